@@ -1,0 +1,1 @@
+"""The REST routes of DESIGN §7, one router per resource."""

@@ -1,0 +1,61 @@
+"""Hand a stored job to the runner: Celery when a broker is configured, else embedded.
+
+``submit_job`` raises when the job cannot be enqueued (e.g. the broker is down); the API then
+marks the job failed and answers 503, so no queued row is left that nobody will run.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+from typing import Any
+
+from worker.jobs import PLAN
+from worker.store.settings import Settings
+
+_lock = threading.Lock()
+_runners: dict[tuple[str, str], Any] = {}
+
+
+class BrokerUnavailable(RuntimeError):
+    """The broker did not take the message."""
+
+
+@lru_cache(maxsize=4)
+def _celery(broker_url: str, shard_time_limit_s: int):
+    from worker.celery_app import make_celery
+
+    return make_celery(Settings(broker_url=broker_url, shard_time_limit_s=shard_time_limit_s))
+
+
+def embedded_runner(settings: Settings):
+    """The process's embedded runner for this database and store (started on first use)."""
+    from worker.embedded import EmbeddedRunner
+
+    key = (settings.database_url, settings.storage)
+    with _lock:
+        if key not in _runners:
+            _runners[key] = EmbeddedRunner(settings)
+        return _runners[key]
+
+
+def submit_job(settings: Settings, job_id: str) -> None:
+    """Enqueue job ``job_id``; raise :class:`BrokerUnavailable` when that is impossible."""
+    if not settings.broker_url:
+        embedded_runner(settings).submit(job_id)
+        return
+    app = _celery(settings.broker_url, settings.shard_time_limit_s)
+    try:
+        app.send_task(
+            PLAN,
+            args=[job_id],
+            retry=True,
+            retry_policy={
+                "max_retries": 2,
+                "interval_start": 0.2,
+                "interval_step": 0.3,
+                "interval_max": 1.0,
+            },
+        )
+    except Exception as exc:  # kombu raises OperationalError / ConnectionError variants
+        raise BrokerUnavailable(f"broker unavailable: {exc}") from exc

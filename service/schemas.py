@@ -1,0 +1,235 @@
+"""Request and response bodies of the API (pydantic), the source of the OpenAPI document."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from worker.options import (
+    DEFAULT_METHODS,
+    GATE_OPS,
+    GATE_STATS,
+    JOB_STATUSES,
+    METRICS,
+    SAMPLE_FILTERS,
+    SPLITS,
+    check_method,
+    check_metric,
+    unique,
+)
+
+JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
+MethodName = Annotated[str, AfterValidator(check_method)]
+MetricName = Annotated[str, AfterValidator(check_metric)]
+Ident = Annotated[str, Field(min_length=1, max_length=64)]
+MAX_INT = 2**31 - 1  # fits every backend's INTEGER
+NO_NUL = r"^[^\x00]*$"  # Postgres text cannot hold NUL
+
+
+class _In(BaseModel):
+    """Request bodies: unknown fields and loose types are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --------------------------------------------------------------------------- common
+
+
+class Links(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    self: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    checks: dict[str, str]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointOut(_Out):
+    id: str
+    sha256: str
+    name: str
+    arch: str
+    num_classes: int
+    class_names: list[str]
+    phase: str | None
+    input_size: list[int]
+    meta: dict[str, Any]
+    size_bytes: int
+    created_at: datetime
+
+
+class CheckpointPage(BaseModel):
+    items: list[CheckpointOut]
+    total: int
+    limit: int
+    offset: int
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+class DatasetPathIn(_In):
+    """A dataset already on the server, under one of the configured data roots."""
+
+    path: str = Field(min_length=1, max_length=4096, pattern=NO_NUL)
+    name: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
+
+
+class SkippedFile(BaseModel):
+    path: str
+    reason: str
+
+
+class DatasetOut(_Out):
+    id: str
+    name: str
+    source: Literal["upload", "path"]
+    num_samples: int
+    class_names: list[str]
+    class_counts: dict[str, int]
+    fingerprint: str
+    skipped: list[SkippedFile]
+    created_at: datetime
+
+
+class DatasetPage(BaseModel):
+    items: list[DatasetOut]
+    total: int
+    limit: int
+    offset: int
+
+
+# --------------------------------------------------------------------------- drift jobs
+
+
+class PolicyRule(_In):
+    """One gate rule (DESIGN §8): ``stat`` of ``metric`` under ``method`` compared to value."""
+
+    method: str = Field(min_length=1, max_length=32, description="a job method or '*'")
+    metric: MetricName
+    stat: Literal[GATE_STATS]  # type: ignore[valid-type]
+    op: Literal[GATE_OPS]  # type: ignore[valid-type]
+    value: float = Field(allow_inf_nan=False)
+
+
+class Policy(_In):
+    """The gate policy, the same structure as the CLI's TOML file."""
+
+    min_samples: int = Field(default=50, ge=0, le=MAX_INT)
+    rule: list[PolicyRule] = Field(default_factory=list, max_length=1000)
+
+
+class JobIn(_In):
+    """The body of ``POST /drift-jobs`` (DESIGN §7)."""
+
+    baseline_id: Ident
+    candidate_id: Ident
+    dataset_id: Ident
+    methods: list[MethodName] = Field(
+        default_factory=lambda: list(DEFAULT_METHODS), min_length=1, max_length=16
+    )
+    metrics: list[MetricName] | None = Field(
+        default=None, min_length=1, max_length=128, description="null: every metric"
+    )
+    sample_filter: Literal[SAMPLE_FILTERS] = "true_positive"  # type: ignore[valid-type]
+    max_samples: int | None = Field(default=None, ge=1, le=MAX_INT)
+    split: Literal[SPLITS] | None = Field(  # type: ignore[valid-type]
+        default="auto", description="auto: the test split when there is one; null: all"
+    )
+    target_layer: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
+    noise_floor: bool = False
+    baseline_replica_id: Ident | None = None
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    policy: Policy | None = None
+
+    def normalised(self) -> dict[str, Any]:
+        """Defaults filled in, names de-duplicated: the job's stored config."""
+        doc = self.model_dump(mode="json")
+        doc["methods"] = unique(self.methods)
+        doc["metrics"] = unique(self.metrics) if self.metrics else list(METRICS)
+        return doc
+
+
+def request_hash(doc: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a normalised body (Idempotency-Key comparisons)."""
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Progress(BaseModel):
+    done: int
+    total: int | None = Field(description="evaluated samples; null until the job is planned")
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatus
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None
+    verdict: dict[str, Any] | None
+    config: dict[str, Any]
+    baseline_id: str
+    candidate_id: str
+    dataset_id: str
+    cancel_requested: bool
+    links: Links
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class Degenerate(BaseModel):
+    baseline: bool
+    candidate: bool
+
+
+class SampleOut(BaseModel):
+    index: int = Field(description="evaluated row of the job")
+    path: str = Field(description="image path relative to the dataset root")
+    label: int
+    label_name: str | None
+    pred_baseline: int
+    pred_candidate: int
+    target_baseline: int
+    target_candidate: int
+    included: bool
+    probs_baseline: list[float]
+    probs_candidate: list[float]
+    method: str
+    metrics: dict[str, float | None] | None = Field(description="null when not included")
+    degenerate: Degenerate | None
+    overlay: str | None
+
+
+class SamplePage(BaseModel):
+    items: list[SampleOut]
+    total: int
+    limit: int
+    offset: int
+    method: str
+    sort: str
+    order: Literal["asc", "desc"]

@@ -1,0 +1,143 @@
+"""End to end through HTTP only, with real processes.
+
+1. The embedded default: ``camdrift serve`` (SQLite, in-process runner).
+2. The deployment: ``camdrift db upgrade`` + the API under uvicorn + two ``celery worker``
+   processes on the real Postgres and Redis, sharing one job's shards.
+Both reports must equal the one ``camdrift drift`` computes locally for the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from tests.integration.conftest import (
+    assert_reports_equal,
+    camdrift_command,
+    free_port,
+    run_job_over_http,
+    wait_http,
+)
+from tests.service.conftest import POSTGRES_URL, REDIS_URL, require_service
+from worker.audit import AuditConfig
+from worker.local_run import run_audit
+from worker.store.db import make_engine, session_factory
+from worker.store.models import JobSample, JobShard, SampleMetric
+
+pytestmark = pytest.mark.slow
+JOB = {"methods": ["layercam", "gradcam++"], "sample_filter": "all", "split": None, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def local_report(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "report.json"
+    cfg = AuditConfig(methods=JOB["methods"], sample_filter="all", split=None, seed=0)
+    return run_audit(inputs.baseline, inputs.candidate, inputs.data, cfg, out)
+
+
+def _check_job(client, status, local_report) -> None:
+    report = client.get(f"/drift-jobs/{status['id']}/report").json()
+    assert_reports_equal(local_report, report)
+    assert status["progress"]["done"] == status["progress"]["total"] == 40
+    rows = client.get(f"/drift-jobs/{status['id']}/samples",
+                      params={"method": "layercam", "sort": "iou_top20", "limit": 5}).json()
+    index = rows["items"][0]["index"]
+    png = client.get(f"/drift-jobs/{status['id']}/samples/{index}/overlay.png",
+                     params={"method": "layercam"})
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    md = client.get(f"/drift-jobs/{status['id']}/report", params={"format": "md"})
+    assert md.status_code == 200 and "layercam" in md.text
+
+
+def test_embedded_default_end_to_end(inputs, processes, tmp_path, local_report) -> None:
+    port = free_port()
+    env = {"CAMDRIFT_DATABASE_URL": f"sqlite:///{tmp_path}/camdrift.db",
+           "CAMDRIFT_STORAGE": str(tmp_path / "storage"), "CAMDRIFT_SHARD_SIZE": "16",
+           "CAMDRIFT_BROKER_URL": ""}
+    api = processes.start("serve", camdrift_command("serve", "--port", str(port)), env)
+    wait_http(f"http://127.0.0.1:{port}/healthz", api)
+    client, status = run_job_over_http(f"http://127.0.0.1:{port}", inputs, JOB)
+    _check_job(client, status, local_report)
+
+
+@pytest.mark.services
+def test_two_celery_workers_share_one_job(inputs, processes, tmp_path, local_report) -> None:
+    require_service(POSTGRES_URL)
+    require_service(REDIS_URL)
+
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(POSTGRES_URL)
+    name = f"camdrift_e2e_{int(time.time() * 1000) % 10**9}"
+    conn = psycopg2.connect(admin.render_as_string(hide_password=False))
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{name}"')
+    db_url = admin.set(database=name).render_as_string(hide_password=False)
+    broker = REDIS_URL.rsplit("/", 1)[0] + "/7"
+    subprocess.run(["redis-cli", "-u", broker, "flushdb"], check=False, capture_output=True)
+    env = {"CAMDRIFT_DATABASE_URL": db_url, "CAMDRIFT_BROKER_URL": broker,
+           "CAMDRIFT_STORAGE": str(tmp_path / "storage"), "CAMDRIFT_SHARD_SIZE": "5",
+           "CAMDRIFT_BATCH_SIZE": "4"}
+    try:
+        # the compose services' commands, run natively
+        migrate = subprocess.run(camdrift_command("db", "upgrade"), env={**_env(), **env},
+                                 capture_output=True, text=True, timeout=120)
+        assert migrate.returncode == 0, migrate.stderr
+        workers = [
+            processes.start(f"worker{i}", [sys.executable, "-m", "celery", "-A", "worker.tasks",
+                                           "worker", "--pool", "solo", "-n", f"w{i}@%h",
+                                           "-Q", "camdrift", "--loglevel", "INFO"], env)
+            for i in (1, 2)
+        ]
+        port = free_port()
+        api = processes.start("api", [sys.executable, "-m", "uvicorn", "--factory",
+                                      "service.app:create_app", "--port", str(port)], env)
+        wait_http(f"http://127.0.0.1:{port}/readyz", api)
+        _wait_ready(processes, workers)
+        client, status = run_job_over_http(f"http://127.0.0.1:{port}", inputs, JOB)
+        _check_job(client, status, local_report)
+        engine = make_engine(db_url)
+        with session_factory(engine)() as s:
+            job_id = status["id"]
+            per_method = s.execute(
+                select(SampleMetric.method, func.count(), func.count(func.distinct(
+                    SampleMetric.index))).where(SampleMetric.job_id == job_id)
+                .group_by(SampleMetric.method)).all()
+            assert sorted(per_method) == [("gradcam++", 40, 40), ("layercam", 40, 40)]
+            assert s.scalar(select(func.count()).select_from(JobSample)
+                            .where(JobSample.job_id == job_id)) == 40
+            assert s.scalar(select(func.count()).select_from(JobShard)
+                            .where(JobShard.job_id == job_id, JobShard.status == "done")) == 8
+        engine.dispose()
+        shards_by_worker = [processes.log(w).count("shard done") for w in workers]
+        assert all(n > 0 for n in shards_by_worker), shards_by_worker
+        assert sum(shards_by_worker) == 8
+        ready = client.get("/readyz").json()
+        assert ready["checks"] == {"database": "ok", "broker": "ok"}, json.dumps(ready)
+    finally:
+        processes.stop_all()
+        conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _wait_ready(processes, workers, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all("ready." in processes.log(w) for w in workers):
+            return
+        for w in workers:
+            assert w.poll() is None, processes.log(w)[-3000:]
+        time.sleep(0.5)
+    raise AssertionError("celery workers did not become ready")

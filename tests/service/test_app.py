@@ -1,0 +1,246 @@
+"""App-wide behaviour: probes, metrics, auth, problem+json everywhere, OpenAPI, no torch."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.auth import token_matches
+from tests.service.conftest import assert_problem
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_healthz_and_readyz(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready", "checks": {"database": "ok", "broker": "embedded"}}
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:1/none", "sqlite-in-a-file"])
+def test_readyz_reports_what_is_down(make_client, tmp_path, url) -> None:
+    if url == "sqlite-in-a-file":
+        (tmp_path / "blocker").write_text("a file where a folder should be")
+        url = f"sqlite:///{tmp_path}/blocker/db.sqlite"
+    client = make_client(broker_url="redis://127.0.0.1:1/0", database_url=url)
+    problem = assert_problem(client.get("/readyz"), 503)
+    assert problem["checks"]["database"].startswith("down")
+    assert problem["checks"]["broker"].startswith("down")
+    assert client.get("/healthz").status_code == 200
+
+
+def test_metrics_exposition(client, world) -> None:
+    world.client.post("/drift-jobs", json=world.job_body())
+    client.get("/checkpoints/nope")
+    text = client.get("/metrics").text
+    assert 'camdrift_jobs{status="queued"} 1' in text
+    assert 'camdrift_jobs{status="running"} 0' in text
+    assert (
+        'camdrift_http_requests_total{method="GET",route="/checkpoints/{checkpoint_id}",'
+        'status="404"} 1'
+    ) in text
+    assert (
+        'camdrift_http_request_duration_seconds_bucket{method="POST",route="/drift-jobs",'
+        'le="+Inf"} 1'
+    ) in text
+    assert "# TYPE camdrift_http_request_duration_seconds histogram" in text
+    client.get("/no/such/route")
+    assert 'route="unmatched",status="404"' in client.get("/metrics").text
+
+
+def test_auth(make_client, checkpoint_files, caplog) -> None:
+    secret = "s3cret-token-value"
+    client = make_client(api_tokens=f"other-token,{secret}")
+    caplog.set_level(logging.INFO, logger="camdrift.api")
+    for method, url in (
+        ("GET", "/checkpoints"),
+        ("POST", "/drift-jobs"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/no/such/route"),
+    ):
+        response = client.request(method, url)
+        assert_problem(response, 401)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    wrong = client.get("/checkpoints", headers={"Authorization": "Bearer nope"})
+    assert_problem(wrong, 401)
+    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert_problem(client.get("/checkpoints", headers={"Authorization": secret}), 401)
+    ok = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/checkpoints", headers=ok).status_code == 200
+    assert (
+        client.get("/checkpoints", headers={"Authorization": "bearer other-token"}).status_code
+        == 200
+    )
+    with open(checkpoint_files.baseline, "rb") as fh:
+        assert client.post("/checkpoints", files={"file": fh}, headers=ok).status_code == 201
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert "http_request method=GET path=/checkpoints status=401" in caplog.text
+    assert secret not in caplog.text
+    doc = client.get("/openapi.json", headers=ok).json()
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert doc["paths"]["/checkpoints"]["get"]["security"] == [{"bearerAuth": []}]
+    assert "security" not in doc["paths"]["/healthz"]["get"]
+
+
+def test_token_comparison() -> None:
+    assert token_matches("b", ["a", "b"]) and not token_matches("c", ["a", "b"])
+    assert not token_matches("", ["a"]) and not token_matches("a", [])
+
+
+def test_problem_json_for_framework_errors(client) -> None:
+    assert_problem(client.get("/no/such/route"), 404)
+    assert_problem(client.delete("/checkpoints"), 405)
+    response = client.post(
+        "/drift-jobs", content=b'{"baseline_id": ', headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400, "body")
+    assert_problem(client.post("/drift-jobs", json=[1, 2]), 422, "body")
+    big = b'{"baseline_id": "' + b"x" * (2 << 20) + b'"}'
+    response = client.post("/drift-jobs", content=big, headers={"content-type": "application/json"})
+    assert_problem(response, 413)
+
+
+def test_body_limit_without_content_length(client) -> None:
+    """A chunked body is counted while it streams in (no Content-Length to trust)."""
+    chunks = iter([b'{"baseline_id": "', *([b"x" * (256 << 10)] * 8), b'"}'])
+    response = client.post(
+        "/drift-jobs", content=chunks, headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 413)
+
+
+def test_openapi_is_complete(client) -> None:
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
+    expected = {
+        ("/checkpoints", "post"),
+        ("/checkpoints", "get"),
+        ("/checkpoints/{checkpoint_id}", "get"),
+        ("/datasets", "post"),
+        ("/datasets", "get"),
+        ("/datasets/{dataset_id}", "get"),
+        ("/drift-jobs", "post"),
+        ("/drift-jobs", "get"),
+        ("/drift-jobs/{job_id}", "get"),
+        ("/drift-jobs/{job_id}/cancel", "post"),
+        ("/drift-jobs/{job_id}/report", "get"),
+        ("/drift-jobs/{job_id}/samples", "get"),
+        ("/drift-jobs/{job_id}/samples/{index}/overlay.png", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    }
+    assert {(p, m) for p, ops in paths.items() for m in ops} == expected
+    schemas = doc["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas and "Problem" in schemas
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            for code, response in op["responses"].items():
+                if int(code) >= 400:
+                    assert list(response["content"]) == ["application/problem+json"], (
+                        path,
+                        method,
+                        code,
+                    )
+            ok = [c for c in op["responses"] if c.startswith("2")]
+            assert ok, (path, method)
+    upload = paths["/checkpoints"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in upload
+    dataset = paths["/datasets"]["post"]["requestBody"]["content"]
+    assert set(dataset) == {"multipart/form-data", "application/json"}
+    assert "DatasetPathIn" in schemas
+    report = paths["/drift-jobs/{job_id}/report"]["get"]["responses"]["200"]["content"]
+    assert set(report) == {"application/json", "text/markdown"}
+    assert "409" in paths["/drift-jobs/{job_id}/report"]["get"]["responses"]
+    assert "503" in paths["/drift-jobs"]["post"]["responses"]
+    overlay = paths["/drift-jobs/{job_id}/samples/{index}/overlay.png"]["get"]["responses"]
+    assert "image/png" in overlay["200"]["content"]
+    job_in = schemas["JobIn"]
+    assert job_in["additionalProperties"] is False
+    assert set(job_in["required"]) == {"baseline_id", "candidate_id", "dataset_id"}
+
+
+def test_responses_match_their_declared_models(world) -> None:
+    """A light conformance check (full fuzzing comes with schemathesis)."""
+    from service.schemas import CheckpointPage, DatasetOut, JobOut
+
+    job = world.client.post("/drift-jobs", json=world.job_body()).json()
+    JobOut.model_validate(job)
+    CheckpointPage.model_validate(world.client.get("/checkpoints").json())
+    DatasetOut.model_validate(world.client.get(f"/datasets/{world.dataset}").json())
+
+
+def test_api_process_never_imports_torch(tmp_path) -> None:
+    code = (
+        "import service.app, sys; service.app.create_app(); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    env = {
+        **os.environ,
+        "CAMDRIFT_DATABASE_URL": "sqlite:///:memory:",
+        "CAMDRIFT_STORAGE": str(tmp_path / "storage"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_option_lists_match_the_engine() -> None:
+    from worker import attribution, metrics, options, selection
+
+    assert options.METHODS == attribution.METHODS
+    assert options.DEFAULT_METHODS == attribution.DEFAULT_METHODS
+    assert options.METRICS == metrics.METRICS
+    assert options.SAMPLE_FILTERS == selection.SAMPLE_FILTERS
+    for name in ("iou_top1", "iou_top99", "iou_top10"):
+        assert options.is_metric(name) and metrics.validate_metric_names([name]) == [name]
+    for name in ("iou_top0", "iou_top100", "iou_top05"):
+        assert not options.is_metric(name)
+        with pytest.raises(ValueError):
+            metrics.validate_metric_names([name])
+
+
+def test_options_and_store_columns_agree() -> None:
+    from worker.options import METRICS
+    from worker.store.models import METRIC_COLUMNS
+
+    assert METRIC_COLUMNS == METRICS
+
+
+def test_settings_from_environment(monkeypatch) -> None:
+    from worker.store.settings import Settings
+
+    monkeypatch.setenv("CAMDRIFT_API_TOKENS", " a , b ,")
+    monkeypatch.setenv("CAMDRIFT_DATA_ROOTS", "/data/one,/data/two")
+    monkeypatch.setenv("CAMDRIFT_BROKER_URL", "")
+    monkeypatch.setenv("CAMDRIFT_MAX_UPLOAD_BYTES", "1234")
+    settings = Settings()
+    assert settings.api_tokens == ["a", "b"]
+    assert settings.data_roots == ["/data/one", "/data/two"]
+    assert settings.broker_url is None and settings.max_upload_bytes == 1234
+    assert "api_tokens" not in repr(settings)
+
+
+def test_unexpected_errors_are_problem_json_without_internals(make_settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    app = create_app(make_settings())
+
+    def boom() -> None:
+        raise RuntimeError("secret internal detail")
+
+    app.add_api_route("/boom", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = assert_problem(client.get("/boom"), 500)
+        assert "secret" not in body["detail"]

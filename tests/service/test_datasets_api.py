@@ -1,0 +1,245 @@
+"""POST/GET /datasets: zip uploads (safe extraction) and server paths (allowed roots only)."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zipfile
+
+import pytest
+
+from tests.service.conftest import (
+    CLASSES,
+    assert_problem,
+    image_folder,
+    make_zip,
+    png_bytes,
+    upload_zip,
+    write_tree,
+)
+
+
+def _nothing_stored(client) -> None:
+    store = client.app.state.store
+    assert list((store.root / "datasets").iterdir()) == []
+    assert list(store.tmp_dir.iterdir()) == []
+    assert client.get("/datasets").json()["total"] == 0
+
+
+def test_image_folder_zip(client) -> None:
+    response = upload_zip(client, make_zip(image_folder(per_class=2)), "phantoms.zip")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert response.headers["location"] == f"/datasets/{body['id']}"
+    assert body["name"] == "phantoms" and body["source"] == "upload"
+    assert body["num_samples"] == 6
+    assert body["class_names"] == sorted(CLASSES[:3])
+    assert body["class_counts"] == {"covid": 2, "normal": 2, "pneumonia": 2}
+    assert len(body["fingerprint"]) == 64
+    assert client.get(f"/datasets/{body['id']}").json() == body
+    store = client.app.state.store
+    assert (store.dataset_dir(body["id"]) / "normal" / "img0.png").is_file()
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_same_tree_same_fingerprint_wrapped_or_not(client) -> None:
+    flat = upload_zip(client, make_zip(image_folder())).json()
+    wrapped = upload_zip(client, make_zip(image_folder(prefix="export/"))).json()
+    assert wrapped["num_samples"] == flat["num_samples"] == 6
+    assert wrapped["fingerprint"] == flat["fingerprint"]
+    assert wrapped["class_names"] == flat["class_names"]
+
+
+def test_manifest_zip_wrapped_in_a_folder(client) -> None:
+    entries = {f"set/images/{i}.png": png_bytes(seed=i) for i in range(4)}
+    rows = ["path,label"] + [f"images/{i}.png,{CLASSES[i % 2]}" for i in range(4)]
+    entries["set/manifest.csv"] = ("\n".join(rows) + "\n").encode()
+    response = upload_zip(client, make_zip(entries), "m.zip", name="manifest set")
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["name"] == "manifest set"
+    assert body["class_counts"] == {"normal": 2, "pneumonia": 2}
+
+
+def test_skipped_files_are_reported(client) -> None:
+    entries = image_folder()
+    entries["normal/notes.txt"] = b"hello"
+    entries["__MACOSX/normal/._img0.png"] = b"junk"
+    body = upload_zip(client, make_zip(entries)).json()
+    assert body["num_samples"] == 6
+    assert {"path": "normal/notes.txt", "reason": "not an image suffix"} in body["skipped"]
+
+
+def _zip_with_raw_names(names: list[str]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("normal/ok.png", png_bytes())
+        for name in names:
+            info = zipfile.ZipInfo("placeholder")
+            info.filename = name  # bypass ZipInfo's own normalisation
+            zf.writestr(info, b"pwned")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name", ["../evil.png", "normal/../../evil.png", "/etc/evil.png", "C:/evil.png", "..\\evil.png"]
+)
+def test_zip_slip_is_refused(client, name) -> None:
+    body = assert_problem(upload_zip(client, _zip_with_raw_names([name])), 422, "file")
+    assert "zip slip" in body["detail"]
+    _nothing_stored(client)
+    assert not (client.app.state.store.root.parent / "evil.png").exists()
+
+
+def test_symlink_entry_is_refused(client) -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("normal/ok.png", png_bytes())
+        link = zipfile.ZipInfo("normal/link.png")
+        link.external_attr = 0o120777 << 16
+        zf.writestr(link, "/etc/passwd")
+    body = assert_problem(upload_zip(client, out.getvalue()), 422, "file")
+    assert "symbolic link" in body["detail"]
+    _nothing_stored(client)
+
+
+def test_too_many_entries(make_client) -> None:
+    client = make_client(max_zip_entries=5)
+    body = assert_problem(upload_zip(client, make_zip(image_folder())), 422, "file")
+    assert "entries" in body["detail"]
+    _nothing_stored(client)
+
+
+def test_zip_bomb_by_declared_size(make_client) -> None:
+    client = make_client(max_unzipped_bytes=100_000)
+    entries = image_folder()
+    entries["normal/zeros.png"] = b"\0" * 200_000  # compresses to almost nothing
+    payload = make_zip(entries)
+    assert len(payload) < 20_000
+    body = assert_problem(upload_zip(client, payload), 422, "file")
+    assert "uncompressed" in body["detail"]
+    _nothing_stored(client)
+
+
+def test_zip_that_lies_about_its_sizes(make_client) -> None:
+    """Declared sizes patched small: extraction counts real bytes (and the CRC fails)."""
+    client = make_client(max_unzipped_bytes=100_000)
+    payload = bytearray(make_zip({"normal/a.png": b"\0" * 500_000, "normal/b.png": png_bytes()}))
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = payload.find(signature)
+        payload[start + offset : start + offset + 4] = struct.pack("<I", 10)
+    assert_problem(upload_zip(client, bytes(payload)), 422, "file")
+    _nothing_stored(client)
+
+
+def test_not_a_zip(client) -> None:
+    body = assert_problem(upload_zip(client, b"this is not a zip"), 422, "file")
+    assert "not a zip" in body["detail"]
+    _nothing_stored(client)
+
+
+def test_non_image_file_is_named(client) -> None:
+    entries = image_folder()
+    entries["pneumonia/fake.png"] = b"I am text, not a PNG"
+    body = assert_problem(upload_zip(client, make_zip(entries)), 422, "file")
+    assert any("pneumonia/fake.png" in e["message"] for e in body["errors"])
+    _nothing_stored(client)
+
+
+def test_decompression_bomb_image_is_named(make_client) -> None:
+    client = make_client(max_image_pixels=40 * 40)
+    entries = image_folder()
+    entries["covid/huge.png"] = png_bytes((64, 64))
+    body = assert_problem(upload_zip(client, make_zip(entries)), 422, "file")
+    message = next(e["message"] for e in body["errors"] if "covid/huge.png" in e["message"])
+    assert "decompression bomb" in message
+    _nothing_stored(client)
+
+
+def test_empty_dataset_and_bad_manifest(client) -> None:
+    body = assert_problem(upload_zip(client, make_zip({"readme.txt": b"x"})), 422, "file")
+    assert "/tmp" not in body["detail"] and "storage" not in body["detail"]
+    bad = make_zip({"manifest.csv": b"path,label\nmissing.png,normal\n"})
+    body = assert_problem(upload_zip(client, bad), 422, "file")
+    assert "missing.png" in body["detail"]
+    _nothing_stored(client)
+
+
+def test_oversize_zip_is_413(make_client) -> None:
+    client = make_client(max_upload_bytes=2000)
+    response = upload_zip(client, make_zip(image_folder()))
+    assert response.status_code == 413
+    _nothing_stored(client)
+
+
+# --------------------------------------------------------------------------- server paths
+
+
+@pytest.fixture
+def roots(tmp_path):
+    allowed = write_tree(tmp_path / "roots" / "allowed" / "set", image_folder())
+    outside = write_tree(tmp_path / "outside" / "set", image_folder())
+    return allowed.parent, allowed, outside
+
+
+def test_server_path_inside_a_root(make_client, roots) -> None:
+    root, allowed, _ = roots
+    client = make_client(data_roots=[str(root)])
+    response = client.post("/datasets", json={"path": str(allowed), "name": "local"})
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["source"] == "path" and body["name"] == "local" and body["num_samples"] == 6
+    # the same data uploaded as a zip has the same fingerprint
+    zipped = upload_zip(client, make_zip(image_folder())).json()
+    assert zipped["fingerprint"] == body["fingerprint"]
+
+
+def test_server_path_outside_the_roots(make_client, roots) -> None:
+    root, _, outside = roots
+    client = make_client(data_roots=[str(root)])
+    assert_problem(client.post("/datasets", json={"path": str(outside)}), 403, "body.path")
+    dotdot = f"{root}/../../outside/set"
+    assert_problem(client.post("/datasets", json={"path": dotdot}), 403, "body.path")
+    os.symlink(outside, root / "escape")
+    assert_problem(client.post("/datasets", json={"path": str(root / "escape")}), 403, "body.path")
+    assert_problem(client.post("/datasets", json={"path": "relative/set"}), 422, "body.path")
+    assert_problem(client.post("/datasets", json={"path": str(root / "nope")}), 422, "body.path")
+    assert client.get("/datasets").json()["total"] == 0
+
+
+def test_symlinked_file_inside_dataset_that_escapes(make_client, roots) -> None:
+    root, allowed, outside = roots
+    client = make_client(data_roots=[str(root)])
+    os.symlink(outside / "normal" / "img0.png", allowed / "normal" / "linked.png")
+    body = assert_problem(client.post("/datasets", json={"path": str(allowed)}), 422, "body.path")
+    assert "outside the dataset root" in body["detail"]
+
+
+def test_server_paths_disabled_without_roots(client, roots) -> None:
+    _, allowed, _ = roots
+    assert_problem(client.post("/datasets", json={"path": str(allowed)}), 403, "body.path")
+
+
+def test_json_body_errors(make_client, roots) -> None:
+    root, allowed, _ = roots
+    client = make_client(data_roots=[str(root)])
+    response = client.post(
+        "/datasets", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 400, "body")
+    response = client.post("/datasets", json={"path": str(allowed), "colour": "red"})
+    assert_problem(response, 422, "body.colour")
+    assert_problem(client.post("/datasets", json={"path": 7}), 422, "body.path")
+    assert_problem(client.post("/datasets", json={}), 422, "body.path")
+    assert_problem(
+        client.post("/datasets", content=b"x", headers={"content-type": "text/plain"}), 415
+    )
+
+
+def test_unknown_dataset_is_404_and_list_pages(client) -> None:
+    assert_problem(client.get("/datasets/nope"), 404)
+    for _ in range(3):
+        upload_zip(client, make_zip(image_folder()))
+    page = client.get("/datasets", params={"limit": 2, "offset": 2}).json()
+    assert page["total"] == 3 and len(page["items"]) == 1

@@ -1,0 +1,222 @@
+"""Report (409 until done, JSON and markdown), per-sample rows, overlay PNGs."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import update
+
+from tests.service.conftest import assert_problem
+from worker.store.models import Job, Report, records_from_row, row_from_records
+
+METRICS = ["iou_top20", "pearson", "iou_top10"]
+
+
+def _row(index: int, path: str, label: int, included: bool, iou: float | None) -> dict:
+    metrics, degenerate = {}, {}
+    if included:
+        for method in ("layercam", "gradcam++"):
+            metrics[method] = {"iou_top20": iou, "pearson": 0.5, "iou_top10": 0.1 * index}
+            degenerate[method] = [False, iou is None]
+    return {
+        "index": index,
+        "path": path,
+        "label": label,
+        "pred_baseline": label,
+        "pred_candidate": label if included else (label + 1) % 5,
+        "probs_baseline": [0.2] * 5,
+        "probs_candidate": [0.2] * 5,
+        "target_baseline": label,
+        "target_candidate": label,
+        "included": included,
+        "metrics": metrics,
+        "degenerate": degenerate,
+    }
+
+
+@pytest.fixture
+def job(world, db):
+    """A job whose worker wrote 6 rows: included ones with iou 0.9, None, 0.3, 0.6, 0.1."""
+    job_id = world.client.post("/drift-jobs", json=world.job_body(metrics=METRICS)).json()["id"]
+    ious = [0.9, None, 0.3, None, 0.6, 0.1]
+    folders = ["covid", "covid", "normal", "normal", "pneumonia", "pneumonia"]
+    for i, iou in enumerate(ious):
+        included = i != 3
+        row = _row(i, f"{folders[i]}/img{i % 2}.png", i // 2, included, iou)
+        db.add_all(records_from_row(job_id, row))
+    db.commit()
+    return job_id
+
+
+def _succeed(db, job_id: str, document: dict) -> None:
+    db.add(Report(job_id=job_id, document=document))
+    db.execute(update(Job).where(Job.id == job_id).values(status="succeeded"))
+    db.commit()
+
+
+REPORT = {
+    "models": {
+        "baseline": {"arch": "tinycnn", "phase": "tl", "sha256": "a" * 64},
+        "candidate": {"arch": "tinycnn", "phase": "ft", "sha256": "b" * 64},
+    },
+    "dataset": {"fingerprint": "c" * 64, "num_evaluated": 6},
+    "config": {"sample_filter": "true_positive", "metrics": ["iou_top20", "pearson"]},
+    "performance": {
+        "baseline": {"n": 6, "accuracy": 1.0, "macro_auc": 0.99},
+        "candidate": {"n": 6, "accuracy": 0.83, "macro_auc": None},
+    },
+    "subsets": {
+        "evaluated": 6,
+        "included": 5,
+        "true_positive": 5,
+        "baseline_correct": 6,
+        "candidate_correct": 5,
+        "disagreement": 1,
+    },
+    "summaries": {
+        "layercam": {
+            "iou_top20": {"overall": {"mean": 0.475, "ci95_low": 0.2, "ci95_high": 0.8}},
+            "pearson": {"overall": {"mean": 0.5, "ci95_low": 0.5, "ci95_high": 0.5}},
+        }
+    },
+    "verdict": {"verdict": "pass"},
+}
+
+
+def test_report_409_until_succeeded_then_json_and_markdown(world, job, db) -> None:
+    problem = assert_problem(world.client.get(f"/drift-jobs/{job}/report"), 409)
+    assert problem["job_status"] == "queued"
+    _succeed(db, job, REPORT)
+    response = world.client.get(f"/drift-jobs/{job}/report")
+    assert response.status_code == 200 and response.json() == REPORT
+    md = world.client.get(f"/drift-jobs/{job}/report", params={"format": "md"})
+    assert md.status_code == 200 and md.headers["content-type"].startswith("text/markdown")
+    text = md.text
+    assert "| layercam | 0.475 [0.200, 0.800] | 0.500 [0.500, 0.500] |" in text
+    assert "| candidate | 6 | 0.830 | – |" in text
+    assert "**PASS**" in text
+    assert_problem(world.client.get(f"/drift-jobs/{job}/report", params={"format": "html"}), 406)
+    assert_problem(
+        world.client.get(f"/drift-jobs/{job}/report", params={"format": "pdf"}), 422, "query.format"
+    )
+    assert_problem(world.client.get("/drift-jobs/nope/report"), 404)
+
+
+def test_report_of_a_failed_job_is_409(world, job, db) -> None:
+    db.execute(update(Job).where(Job.id == job).values(status="failed", error="boom"))
+    db.commit()
+    problem = assert_problem(world.client.get(f"/drift-jobs/{job}/report"), 409)
+    assert problem["job_status"] == "failed"
+
+
+def test_rows_round_trip_through_sql(world, job, db) -> None:
+    from worker.store.models import JobSample, SampleMetric
+
+    sample = db.get(JobSample, (job, 0))
+    metrics = db.query(SampleMetric).filter_by(job_id=job, index=0).all()
+    row = row_from_records(
+        sample, sorted(metrics, key=lambda m: m.method, reverse=True), names=METRICS
+    )
+    assert row == _row(0, "covid/img0.png", 0, True, 0.9)
+
+
+def test_samples_sorted_nulls_last_and_paged(world, job) -> None:
+    url = f"/drift-jobs/{job}/samples"
+    page = world.client.get(url, params={"sort": "iou_top20", "order": "desc"}).json()
+    assert page["total"] == 6 and page["method"] == "layercam"
+    assert [s["index"] for s in page["items"]] == [0, 4, 2, 5, 1, 3]
+    ascending = world.client.get(url, params={"sort": "iou_top20"}).json()
+    assert [s["index"] for s in ascending["items"]] == [5, 2, 4, 0, 1, 3]
+    first = page["items"][0]
+    assert first["metrics"] == {"iou_top20": 0.9, "pearson": 0.5, "iou_top10": 0.0}
+    assert first["label_name"] == "normal" and first["degenerate"] == {
+        "baseline": False,
+        "candidate": False,
+    }
+    assert first["overlay"] == f"/drift-jobs/{job}/samples/0/overlay.png?method=layercam"
+    excluded = next(s for s in page["items"] if s["index"] == 3)
+    assert excluded["metrics"] is None and excluded["overlay"] is None
+    paged = world.client.get(
+        url, params={"sort": "iou_top20", "order": "desc", "limit": 2, "offset": 2}
+    ).json()
+    assert [s["index"] for s in paged["items"]] == [2, 5]
+    only = world.client.get(url, params={"included": "false"}).json()
+    assert only["total"] == 1 and only["items"][0]["index"] == 3
+    other = world.client.get(url, params={"method": "gradcam++"}).json()
+    assert other["method"] == "gradcam++" and other["items"][0]["metrics"]["pearson"] == 0.5
+
+
+def test_samples_validation(world, job) -> None:
+    url = f"/drift-jobs/{job}/samples"
+    assert_problem(world.client.get(url, params={"sort": "iou_top10"}), 422, "query.sort")
+    assert_problem(world.client.get(url, params={"sort": "path; drop"}), 422, "query.sort")
+    assert_problem(world.client.get(url, params={"order": "up"}), 422, "query.order")
+    assert_problem(world.client.get(url, params={"method": "gradcam"}), 422, "query.method")
+    assert_problem(world.client.get(url, params={"limit": 5000}), 422, "query.limit")
+    assert_problem(world.client.get("/drift-jobs/nope/samples"), 404)
+
+
+def _write_maps(world, job: str, rows: list[int]) -> None:
+    maps_dir = world.client.app.state.store.maps_dir(job)
+    maps_dir.mkdir(parents=True)
+    n = len(rows)
+    peak = np.zeros((n, 6, 6), dtype=np.float16)
+    peak[:, 1, 1] = 1.0
+    other = np.zeros((n, 6, 6), dtype=np.float16)
+    other[:, 4, 4] = 1.0
+    arrays = {"rows": np.asarray(rows, dtype=np.int64)}
+    for method in ("layercam", "gradcam++"):
+        arrays[f"baseline__{method}"] = peak
+        arrays[f"candidate__{method}"] = other
+    np.savez_compressed(maps_dir / f"rows-{rows[0]:06d}-{rows[-1]:06d}.npz", **arrays)
+
+
+def test_overlay_png(world, job) -> None:
+    _write_maps(world, job, [0, 1, 2])
+    response = world.client.get(f"/drift-jobs/{job}/samples/2/overlay.png")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content)).convert("RGB")
+    assert image.size == (2 * 32 + 4, 32 + 18)  # two 32x32 panels, a gap, a label strip
+    pixels = np.asarray(image).astype(int)
+    left, right = pixels[18:, :32], pixels[18:, 36:]
+    # the baseline's heat is top-left, the candidate's bottom-right: red where each peaks
+    assert left[7, 7, 0] - left[7, 7, 2] > 60 and right[24, 24, 0] - right[24, 24, 2] > 60
+    assert left[24, 24, 0] - left[24, 24, 2] < right[24, 24, 0] - right[24, 24, 2]
+    gradcampp = world.client.get(
+        f"/drift-jobs/{job}/samples/2/overlay.png", params={"method": "gradcam++"}
+    )
+    assert gradcampp.status_code == 200
+
+
+def test_overlay_404s(world, job) -> None:
+    _write_maps(world, job, [0, 1, 2])
+    assert_problem(world.client.get(f"/drift-jobs/{job}/samples/4/overlay.png"), 404)
+    assert_problem(world.client.get(f"/drift-jobs/{job}/samples/99/overlay.png"), 404)
+    assert_problem(
+        world.client.get(f"/drift-jobs/{job}/samples/0/overlay.png", params={"method": "gradcam"}),
+        422,
+        "query.method",
+    )
+    assert_problem(world.client.get("/drift-jobs/nope/samples/0/overlay.png"), 404)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((6, 6), (32, 32)), ((7, 5), (50, 41))])
+def test_map_rebuild_matches_the_engine_upsampling(shape, size) -> None:
+    """PIL's bilinear upsampling equals torch's (align_corners=False), then min-max."""
+    import torch
+    import torch.nn.functional as F
+
+    from service.overlay import full_size
+
+    raw = np.random.default_rng(0).random(shape).astype(np.float32)
+    ours = full_size(raw, size)
+    ref = F.interpolate(
+        torch.from_numpy(raw)[None, None], size=size, mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    assert not full_size(np.zeros(shape, np.float16), size).any()

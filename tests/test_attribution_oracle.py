@@ -1,0 +1,172 @@
+"""The engine's maps equal pytorch-grad-cam's (the published implementations) to 1e-4."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pytorch_grad_cam")
+from pytorch_grad_cam import (
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from training.zoo import create_model
+from worker.attribution import METHODS, attribute, attribute_batch
+
+ORACLES = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "layercam": LayerCAM,
+    "xgradcam": XGradCAM,
+    "hirescam": HiResCAM,
+}
+TOL = 1e-4
+
+
+def oracle_maps(model, images, targets, layer_path, reshape=None) -> dict[str, np.ndarray]:
+    """pytorch-grad-cam, one full forward/backward per method, on a grad-enabled copy."""
+    net = copy.deepcopy(model)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    layer = net.get_submodule(layer_path)
+    out = {}
+    for name, cls in ORACLES.items():
+        with cls(model=net, target_layers=[layer], reshape_transform=reshape) as cam:
+            out[name] = cam(
+                input_tensor=images, targets=[ClassifierOutputTarget(int(t)) for t in targets]
+            )
+    return out
+
+
+def _check(model, images, targets, target_layer=None, reshape=None) -> None:
+    layer = target_layer or model.spec.feature_layer
+    expected = oracle_maps(model, images, targets, layer, reshape)
+    got = attribute(model, images, targets, METHODS, target_layer=target_layer)
+    for name in METHODS:
+        assert got[name].shape == images.shape[:1] + images.shape[2:]
+        diff = np.abs(got[name].numpy() - expected[name]).max()
+        assert diff < TOL, f"{name}: max abs diff {diff:.2e}"
+
+
+def _model(arch: str, seed: int):
+    torch.manual_seed(seed)
+    return create_model(arch, num_classes=5).eval()
+
+
+def _batch(seed: int, n: int, h: int, w: int):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, h, w, generator=gen)
+    targets = torch.randint(0, 5, (n,), generator=gen)
+    return images, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resnet18_default_path_matches_oracle(seed: int) -> None:
+    model = _model("resnet18", seed)
+    images, targets = _batch(seed, 4, 128, 128)
+    _check(model, images, targets)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_resnet18_named_module_path_matches_oracle(seed: int) -> None:
+    model = _model("resnet18", seed)
+    images, targets = _batch(seed + 10, 3, 128, 128)
+    _check(model, images, targets, target_layer="net.layer3")
+    _check(model, images, targets, target_layer="net.layer4.1.conv2")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_densenet201_matches_oracle_on_both_paths(seed: int) -> None:
+    model = _model("densenet201", seed)
+    images, targets = _batch(seed, 3, 96, 96)
+    _check(model, images, targets)
+    _check(model, images, targets, target_layer="net.features.denseblock4")
+
+
+def test_non_square_input_matches_oracle() -> None:
+    model = _model("resnet18", 3)
+    images, targets = _batch(3, 3, 96, 160)
+    _check(model, images, targets)
+    _check(model, images, targets, target_layer="net.layer3")
+
+
+def test_frozen_backbone_tl_model_matches_oracle() -> None:
+    """A TL checkpoint: backbone requires_grad=False. The oracle needs grads; we do not."""
+    model = _model("resnet18", 4)
+    for p in model.backbone_parameters():
+        p.requires_grad_(False)
+    images, targets = _batch(4, 3, 128, 128)
+    _check(model, images, targets)
+    _check(model, images, targets, target_layer="net.layer3")
+    assert all(not p.requires_grad for p in model.backbone_parameters())
+
+
+def test_named_default_layer_equals_default_path() -> None:
+    model = _model("resnet18", 5)
+    images, targets = _batch(5, 2, 96, 96)
+    a = attribute(model, images, targets, METHODS)
+    b = attribute(model, images, targets, METHODS, target_layer="net.layer4.1")
+    for name in METHODS:
+        assert torch.allclose(a[name], b[name], atol=1e-5)
+
+
+def test_works_inside_a_callers_no_grad_block() -> None:
+    model = _model("tinycnn", 9)
+    images, targets = _batch(9, 2, 64, 64)
+    expected = attribute(model, images, targets, METHODS)
+    with torch.no_grad():
+        got = attribute(model, images, targets, METHODS)
+        hooked = attribute(model, images, targets, METHODS, target_layer="net.features.20")
+    for name in METHODS:
+        assert torch.equal(expected[name], got[name])
+        assert hooked[name].shape == got[name].shape
+
+
+def test_targets_none_explains_each_prediction() -> None:
+    model = _model("tinycnn", 6)
+    images, _ = _batch(6, 4, 64, 64)
+    result = attribute_batch(model, images, None, ["gradcam"])
+    assert torch.equal(result.targets, result.logits.argmax(1))
+
+
+def test_maps_range_and_degenerate_flag() -> None:
+    model = _model("tinycnn", 7)
+    images, targets = _batch(7, 4, 64, 64)
+    result = attribute_batch(model, images, targets, METHODS)
+    for name in METHODS:
+        m = result.maps[name]
+        assert m.min() >= 0 and m.max() <= 1
+        ok = ~result.degenerate[name]
+        assert torch.allclose(m[ok].flatten(1).max(1).values, torch.ones(int(ok.sum())))
+    zero = torch.zeros(2, 3, 3)
+    from worker.attribution import finish_maps
+
+    maps, flags = finish_maps(zero, (8, 8))
+    assert flags.all() and maps.abs().sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"methods": ["nope"]}, "unknown 'nope'"),
+        ({"methods": []}, "at least one"),
+        ({"target_layer": "net.missing"}, "not a module"),
+        ({"targets": [0, 9]}, "class indices"),
+        ({"targets": [0]}, "1 given for a batch of 2"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message) -> None:
+    model = _model("tinycnn", 8)
+    images, targets = _batch(8, 2, 64, 64)
+    args = {"targets": targets, "methods": METHODS} | kwargs
+    with pytest.raises(ValueError, match=message):
+        attribute(model, images, **args)

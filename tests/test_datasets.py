@@ -1,0 +1,304 @@
+"""discover / DatasetIndex / assign_splits / ImageDataset on tiny datasets made in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.datasets import (
+    DatasetError,
+    DatasetIndex,
+    ImageDataset,
+    Sample,
+    assign_splits,
+    discover,
+)
+from training.imageio import ImageReadError
+
+
+def write_png(path: Path, value: int = 128, size: tuple[int, int] = (8, 8)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size, value, dtype=np.uint8)).save(path)
+    return path
+
+
+def write_manifest(root: Path, rows: list[str], header: str = "path,label") -> None:
+    (root / "manifest.csv").write_text("\n".join([header, *rows]) + "\n")
+
+
+def manifest_set(root: Path, labels: dict[str, str], header: str = "path,label") -> None:
+    for name in labels:
+        write_png(root / name)
+    write_manifest(root, [f"{name},{label}" for name, label in labels.items()], header)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_manifest_basic_with_optional_columns(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png"):
+        write_png(tmp_path / "img" / name)
+    write_png(tmp_path / "m" / "a.png")
+    write_manifest(
+        tmp_path,
+        ["img/a.png,normal,train,m/a.png,1,x", "img/b.png,effusion,Validation,,,y"],
+        header="path,label,split,mask,marker,comment",
+    )
+    index = discover(tmp_path)
+    assert index.class_names == ["effusion", "normal"]
+    first, second = index.samples
+    assert (first.label, first.split, first.marker) == (1, "train", 1)
+    assert first.mask == tmp_path.resolve() / "m" / "a.png"
+    assert (second.label, second.split, second.mask, second.marker) == (0, "val", None, None)
+    assert index.counts() == {"effusion": 1, "normal": 1}
+
+
+def test_manifest_missing_file_names_line_and_path(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png")
+    write_manifest(tmp_path, ["a.png,normal", "gone/b.png,normal"])
+    with pytest.raises(DatasetError, match=r"manifest\.csv line 3: gone/b\.png does not exist"):
+        discover(tmp_path)
+
+
+def test_manifest_missing_file_skipped(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png")
+    write_manifest(tmp_path, ["a.png,normal", "gone/b.png,covid"])
+    index = discover(tmp_path, on_error="skip")
+    assert [s.path.name for s in index.samples] == ["a.png"]
+    assert index.skipped == [("gone/b.png", "line 3: gone/b.png does not exist")]
+    assert index.class_names == ["covid", "normal"]  # the manifest declares the classes
+
+
+@pytest.mark.parametrize("bad", ["../outside.png", "sub/../../outside.png", "/etc/passwd"])
+def test_manifest_path_escaping_root(tmp_path: Path, bad: str) -> None:
+    root = tmp_path / "data"
+    write_png(root / "a.png")
+    write_png(tmp_path / "outside.png")
+    write_manifest(root, ["a.png,normal", f"{bad},normal"])
+    with pytest.raises(DatasetError, match="line 3"):
+        discover(root, on_error="skip")  # never skippable
+
+
+def test_manifest_symlink_out_of_root(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_png(root / "a.png")
+    os.symlink(write_png(tmp_path / "secret.png"), root / "link.png")
+    write_manifest(root, ["a.png,normal", "link.png,normal"])
+    with pytest.raises(DatasetError, match=r"line 3: link\.png resolves outside"):
+        discover(root)
+
+
+def test_manifest_structural_errors(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png")
+    write_manifest(tmp_path, ["a.png,normal"], header="file,label")
+    with pytest.raises(DatasetError, match="missing required column"):
+        discover(tmp_path)
+    write_manifest(tmp_path, ["a.png,normal,sometimes"], header="path,label,split")
+    with pytest.raises(DatasetError, match="line 2: unknown split"):
+        discover(tmp_path)
+    write_manifest(tmp_path, ["a.png,normal", "a.png,covid"])
+    with pytest.raises(DatasetError, match=r"line 3: a\.png is already listed on line 2"):
+        discover(tmp_path)
+
+
+def test_class_names_order_and_mismatch(tmp_path: Path) -> None:
+    manifest_set(tmp_path, {"a.png": "normal", "b.png": "covid"})
+    index = discover(tmp_path, class_names=["normal", "covid", "effusion"])
+    assert index.class_names == ["normal", "covid", "effusion"]
+    assert [s.label for s in index.samples] == [0, 1]
+    assert index.counts() == {"normal": 1, "covid": 1, "effusion": 0}
+    with pytest.raises(DatasetError, match="line 3: label 'covid' is not in class_names"):
+        discover(tmp_path, class_names=["normal"])
+
+
+def test_root_must_be_a_directory_with_images(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="not a directory"):
+        discover(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        discover(tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def test_image_folder_discovery(tmp_path: Path) -> None:
+    write_png(tmp_path / "normal" / "x.png")
+    write_png(tmp_path / "pneumonia" / "deep" / "y.PNG")
+    write_png(tmp_path / "pneumonia" / ".hidden.png")
+    write_png(tmp_path / "pneumonia" / ".cache" / "z.png")
+    write_png(tmp_path / "masks" / "normal" / "x.png")
+    write_png(tmp_path / ".git" / "w.png")
+    (tmp_path / "normal" / "notes.txt").write_text("hi")
+    index = discover(tmp_path)
+    assert index.class_names == ["normal", "pneumonia"]
+    assert [(index.relative(s), s.label) for s in index.samples] == [
+        ("normal/x.png", 0),
+        ("pneumonia/deep/y.PNG", 1),
+    ]
+    assert index.samples[0].mask == tmp_path.resolve() / "masks" / "normal" / "x.png"
+    assert index.samples[1].mask is None
+    assert ("normal/notes.txt", "not an image suffix") in index.skipped
+
+
+def test_image_folder_class_names(tmp_path: Path) -> None:
+    write_png(tmp_path / "a" / "1.png")
+    write_png(tmp_path / "b" / "2.png")
+    index = discover(tmp_path, class_names=["b", "a", "c"])
+    assert {s.path.name: s.label for s in index.samples} == {"1.png": 1, "2.png": 0}
+    with pytest.raises(DatasetError, match=r"\['b'\] not in class_names"):
+        discover(tmp_path, class_names=["a"])
+
+
+def test_image_folder_empty_class(tmp_path: Path) -> None:
+    write_png(tmp_path / "a" / "1.png")
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DatasetError, match="class folder has no images"):
+        discover(tmp_path)
+    index = discover(tmp_path, on_error="skip")
+    assert index.class_names == ["a"] and ("b", "class folder has no images") in index.skipped
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+
+def test_fingerprint_stable_and_sensitive(tmp_path: Path) -> None:
+    manifest_set(tmp_path, {"a.png": "normal", "b.png": "covid", "c.png": "covid"})
+    first = discover(tmp_path).fingerprint()
+    assert first == discover(tmp_path).fingerprint()
+    assert len(first) == 64
+    write_manifest(tmp_path, ["c.png,covid", "a.png,normal", "b.png,covid"])  # reordered
+    assert discover(tmp_path).fingerprint() == first
+    write_manifest(tmp_path, ["c.png,covid", "a.png,normal", "b.png,normal"])  # relabelled
+    assert discover(tmp_path).fingerprint() != first
+    write_manifest(tmp_path, ["c.png,covid", "a.png,normal", "b.png,covid"])
+    noise = np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "b.png")  # content (so file size) changed
+    assert discover(tmp_path).fingerprint() != first
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def synthetic_index(per_class: dict[str, int]) -> DatasetIndex:
+    root = Path("/data")
+    samples = [
+        Sample(root / name / f"{i:03d}.png", label)
+        for label, (name, n) in enumerate(per_class.items())
+        for i in range(n)
+    ]
+    return DatasetIndex(root, list(per_class), samples, [])
+
+
+def test_assign_splits_deterministic_and_stratified() -> None:
+    index = synthetic_index({"a": 40, "b": 10, "c": 3, "d": 2})
+    split = assign_splits(index, val=0.15, test=0.15, seed=7)
+    assert split == assign_splits(index, val=0.15, test=0.15, seed=7)
+    assert split != assign_splits(index, val=0.15, test=0.15, seed=8)
+    shuffled = DatasetIndex(index.root, index.class_names, index.samples[::-1], [])
+    by_path = {s.path: s.split for s in split.samples}
+    assert by_path == {s.path: s.split for s in assign_splits(shuffled, seed=7).samples}
+    for label, name in enumerate(index.class_names):
+        splits = [s.split for s in split.samples if s.label == label]
+        if len(splits) >= 3:
+            assert {"train", "val", "test"} <= set(splits), name
+    a = [s.split for s in split.samples if s.label == 0]
+    assert (a.count("train"), a.count("val"), a.count("test")) == (28, 6, 6)
+    assert split.subset("val").counts() == {"a": 6, "b": 2, "c": 1, "d": 0}
+
+
+def test_assign_splits_keeps_complete_manifest_splits(tmp_path: Path) -> None:
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "b.png")
+    write_manifest(tmp_path, ["a.png,x,test", "b.png,x,train"], header="path,label,split")
+    split = assign_splits(discover(tmp_path), seed=3)
+    assert [s.split for s in split.samples] == ["test", "train"]
+    with pytest.raises(DatasetError, match="no splits assigned"):
+        synthetic_index({"a": 3}).subset("train")
+
+
+# --------------------------------------------------------------------------- ImageDataset
+
+
+def gray_set(root: Path, values: dict[str, int]) -> DatasetIndex:
+    for name, value in values.items():
+        write_png(root / "cls" / name, value=value, size=(8, 10))
+    return discover(root)
+
+
+def test_image_dataset_gray_to_three_channels(tmp_path: Path) -> None:
+    index = gray_set(tmp_path, {"half.png": 128, "white.png": 255})
+    ds = ImageDataset(index, (16, 12), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    assert len(ds) == 2 and isinstance(ds, torch.utils.data.Dataset)
+    image, label, i = ds[1]
+    assert image.shape == (3, 16, 12) and image.dtype == torch.float32
+    assert (label, i) == (0, 1)
+    torch.testing.assert_close(image, torch.full((3, 16, 12), 2.0))  # (1 - 0.5) / 0.25
+    image, _, _ = ds[0]
+    assert image.abs().max() < 0.02  # 128/255 ~ 0.5
+
+
+def test_image_dataset_one_channel_and_cache(tmp_path: Path) -> None:
+    write_png(tmp_path / "c" / "rgb.png")
+    Image.fromarray(np.dstack([np.full((8, 8), v, np.uint8) for v in (0, 51, 102)])).save(
+        tmp_path / "c" / "rgb.png"
+    )
+    index = discover(tmp_path)
+    plain = ImageDataset(index, (8, 8), mean=[0.0], std=[1.0], channels=1)
+    cached = ImageDataset(index, (8, 8), mean=[0.0], std=[1.0], channels=1, cache=True)
+    assert plain[0][0].shape == (1, 8, 8)
+    assert plain[0][0].mean().item() == pytest.approx(0.2, abs=1e-6)  # mean of 0, .2, .4
+    torch.testing.assert_close(cached[0][0], plain[0][0], atol=1e-3, rtol=0)
+
+
+def test_image_dataset_raise_and_skip(tmp_path: Path) -> None:
+    index = gray_set(tmp_path, {"a.png": 10, "b.png": 20, "c.png": 30})
+    bad = tmp_path / "cls" / "b.png"
+    bad.write_bytes(bad.read_bytes()[:30])
+    ds = ImageDataset(index, (8, 8), mean=[0.5], std=[0.5])
+    with pytest.raises(ImageReadError, match=r"b\.png"):
+        ds[1]
+    ds = ImageDataset(index, (8, 8), mean=[0.5], std=[0.5], on_error="skip")
+    assert len(ds) == 2 and [s.path.name for s in ds.samples] == ["a.png", "c.png"]
+    assert [Path(p).name for p, _ in ds.read_failures] == ["b.png"]
+    assert ds.index.skipped[-1][0].endswith("b.png")
+    assert len(index.samples) == 3  # the caller's index is not modified
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    images, _, indices = next(iter(loader))
+    assert images.shape == (2, 3, 8, 8) and indices.tolist() == [0, 1]
+    (tmp_path / "cls" / "c.png").write_text("broken after validation")
+    with pytest.warns(UserWarning, match=r"c\.png"):
+        _, _, stand_in = ds[1]
+    assert stand_in == 0 and Path(ds.read_failures[-1][0]).name == "c.png"
+
+
+def test_image_dataset_augment_keeps_laterality(tmp_path: Path) -> None:
+    pixels = np.zeros((32, 32), dtype=np.uint8)
+    pixels[:, :12] = 255  # bright left side
+    write_png(tmp_path / "cls" / "left.png")
+    Image.fromarray(pixels).save(tmp_path / "cls" / "left.png")
+    ds = ImageDataset(discover(tmp_path), (32, 32), mean=[0.0], std=[1.0], augment=True)
+    torch.manual_seed(0)
+    outs = [ds[0][0] for _ in range(20)]
+    assert all(o.shape == (3, 32, 32) and torch.isfinite(o).all() for o in outs)
+    assert all(o[:, :, :12].mean() > 3 * o[:, :, 20:].mean() for o in outs)  # never flipped
+    assert not all(torch.equal(outs[0], o) for o in outs[1:])
+
+
+def test_image_dataset_pickles_for_spawned_workers(tmp_path: Path) -> None:
+    ds = ImageDataset(gray_set(tmp_path, {"a.png": 10}), (8, 8), mean=[0.5], std=[0.5])
+    again = pickle.loads(pickle.dumps(ds))
+    torch.testing.assert_close(again[0][0], ds[0][0])
+
+
+def test_datasets_module_import_is_torch_free() -> None:
+    code = "import sys, training.datasets; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])

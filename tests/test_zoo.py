@@ -1,0 +1,68 @@
+"""Model zoo: shapes at each arch's default input size, pretrained sources, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.checkpoints import model_metadata, save_checkpoint
+from training.zoo import ARCHS, create_model, list_archs
+
+EXPECTED = {
+    "densenet201": ((224, 224), (1920, 7, 7)),
+    "resnet50v2": ((224, 224), (2048, 7, 7)),
+    "inception_v3": ((299, 299), (2048, 8, 8)),
+    "vit_small_patch16_224": ((224, 224), (384, 14, 14)),
+    "resnet18": ((224, 224), (512, 7, 7)),
+    "tinycnn": ((96, 96), (128, 12, 12)),
+}
+
+
+def test_registry_lists_required_archs() -> None:
+    assert set(EXPECTED) <= set(list_archs())
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED))
+def test_output_and_feature_map_shapes(arch: str) -> None:
+    size, grid = EXPECTED[arch]
+    model = create_model(arch, num_classes=5, pretrained="none")
+    assert model.input_size == size
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        logits = model.forward_head(features)
+        assert torch.allclose(model(x), logits, atol=1e-5)
+    assert tuple(model.to_grid(features).shape) == (1, *grid)
+    assert tuple(logits.shape) == (1, 5)
+    module = model.get_submodule(ARCHS[arch].feature_layer)
+    seen = []
+    handle = module.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    assert tuple(seen[-1]) == tuple(features.shape), "feature_layer must produce the feature map"
+
+
+def test_local_weights_file_loads_backbone_and_keeps_new_head(tmp_path) -> None:
+    torch.manual_seed(0)
+    source = create_model("tinycnn", num_classes=4)
+    path = tmp_path / "pre.safetensors"
+    save_checkpoint(path, source, model_metadata(source, ["a", "b", "c", "d"]))
+    target = create_model("tinycnn", num_classes=5, pretrained=path)
+    src, dst = source.net.state_dict(), target.net.state_dict()
+    assert torch.equal(src["features.0.weight"], dst["features.0.weight"])
+    assert dst["fc.weight"].shape == (5, 128)
+
+
+def test_errors_name_the_problem(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown arch 'nope'"):
+        create_model("nope", 5)
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        create_model("tinycnn", 5, pretrained="imagenet")
+    with pytest.raises(ValueError, match="num_classes"):
+        create_model("tinycnn", 1)
+    other = create_model("resnet18", 5)
+    path = tmp_path / "r18.safetensors"
+    save_checkpoint(path, other, model_metadata(other, list("abcde")))
+    with pytest.raises(ValueError, match="not a tinycnn backbone"):
+        create_model("tinycnn", 5, pretrained=path)

@@ -1,0 +1,655 @@
+"""Dataset discovery, splits and the training/evaluation ``ImageDataset``.
+
+A dataset is a directory: either images listed in ``manifest.csv`` (``path,label`` plus
+optional ``split``, ``mask``, ``marker``) or an ImageFolder tree ``root/<class>/**/<image>``.
+:func:`discover` turns it into a :class:`DatasetIndex` (no pixels read) whose
+:meth:`~DatasetIndex.fingerprint` identifies the data in checkpoints and job records.
+
+Importing this module does not import torch, so the API process can discover and
+fingerprint uploads; torch is loaded the first time ``ImageDataset`` is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import random
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from training.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
+
+if TYPE_CHECKING:
+    import torch
+
+MANIFEST_NAME = "manifest.csv"
+MASKS_DIR = "masks"
+SPLITS = ("train", "val", "test")
+ON_ERROR = ("raise", "skip")
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+_FINGERPRINT_VERSION = 1
+
+
+class DatasetError(ValueError):
+    """The dataset on disk is unusable; the message names the file (and manifest line)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: absolute path, class index, and optional manifest metadata."""
+
+    path: Path
+    label: int
+    split: str | None = None
+    mask: Path | None = None
+    marker: int | None = None
+
+
+@dataclass
+class DatasetIndex:
+    """What :func:`discover` found: samples plus the files it left out and why."""
+
+    root: Path
+    class_names: list[str]
+    samples: list[Sample]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def relative(self, sample: Sample) -> str:
+        """The sample's path relative to the root, POSIX style (stable across machines)."""
+        return _relative(self.root, sample.path)
+
+    def fingerprint(self) -> str:
+        """sha256 over the class names and sorted (relative path, label, file size) rows.
+
+        Content is not hashed (too slow for large sets); size catches most replacements.
+        Splits, masks and markers are not part of it: re-splitting keeps the identity.
+        """
+        digest = hashlib.sha256()
+        header = {"v": _FINGERPRINT_VERSION, "class_names": list(self.class_names)}
+        digest.update(json.dumps(header, sort_keys=True).encode())
+        rows = sorted((self.relative(s), s.label, _file_size(s.path)) for s in self.samples)
+        for row in rows:
+            digest.update(b"\n" + json.dumps(row).encode())
+        return digest.hexdigest()
+
+    def subset(self, split: str) -> DatasetIndex:
+        """Samples of one split, same root and classes (call :func:`assign_splits` first)."""
+        name = _normalise_split(split)
+        if name is None:
+            raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        if not any(s.split for s in self.samples):
+            raise DatasetError(f"{self.root}: no splits assigned; call assign_splits() first")
+        chosen = [s for s in self.samples if s.split == name]
+        return DatasetIndex(self.root, list(self.class_names), chosen, [])
+
+    def counts(self) -> dict[str, int]:
+        """Samples per class name, every class listed (zero included), in class order."""
+        totals = dict.fromkeys(self.class_names, 0)
+        for sample in self.samples:
+            totals[self.class_names[sample.label]] += 1
+        return totals
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(
+    root: Path, *, class_names: list[str] | None = None, on_error: str = "raise"
+) -> DatasetIndex:
+    """Index a dataset directory (manifest.csv if present, else an ImageFolder tree).
+
+    ``on_error="skip"`` records missing files (and empty class folders) in ``skipped``
+    instead of raising; structural problems (bad manifest rows, paths escaping the root,
+    unknown labels) always raise, because skipping them would hide a wrong dataset.
+    """
+    _check_on_error(on_error)
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root is not a directory")
+    root = root.resolve()
+    wanted = _check_class_names(class_names)
+    manifest = root / MANIFEST_NAME
+    if manifest.is_file():
+        index = _from_manifest(root, manifest, wanted, on_error)
+    else:
+        index = _from_folders(root, wanted, on_error)
+    if not index.samples:
+        extra = f" ({len(index.skipped)} skipped)" if index.skipped else ""
+        raise DatasetError(f"{root}: no images found{extra}")
+    return index
+
+
+def _check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def _check_class_names(class_names: Sequence[str] | None) -> list[str] | None:
+    if class_names is None:
+        return None
+    names = [str(name) for name in class_names]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"class_names must be non-empty and unique, got {names}")
+    return names
+
+
+def _relative(root: Path, path: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read file size ({exc})") from exc
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    """True when the path, symlinks resolved, stays under the (resolved) root."""
+    return path.resolve().is_relative_to(root)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One parsed manifest row before labels become indices."""
+
+    line: int
+    path: Path
+    label: str
+    split: str | None
+    mask: Path | None
+    marker: int | None
+
+
+def _from_manifest(
+    root: Path, manifest: Path, class_names: list[str] | None, on_error: str
+) -> DatasetIndex:
+    rows = list(_read_manifest(root, manifest))
+    names = class_names or sorted({row.label for row in rows})
+    position = {name: i for i, name in enumerate(names)}
+    samples: list[Sample] = []
+    skipped: list[tuple[str, str]] = []
+    for row in rows:
+        if row.label not in position:
+            raise DatasetError(
+                f"{MANIFEST_NAME} line {row.line}: label {row.label!r} is not in "
+                f"class_names {names}"
+            )
+        problem = _missing_file_problem(root, row)
+        if problem is not None:
+            if on_error == "raise":
+                raise DatasetError(f"{MANIFEST_NAME} line {row.line}: {problem}")
+            skipped.append((_relative(root, row.path), f"line {row.line}: {problem}"))
+            continue
+        label = position[row.label]
+        samples.append(Sample(row.path, label, row.split, row.mask, row.marker))
+    return DatasetIndex(root, list(names), samples, skipped)
+
+
+def _missing_file_problem(root: Path, row: _Row) -> str | None:
+    """Why a row's image or mask cannot be used, or None; these are the skippable errors."""
+    for what, path in (("", row.path), ("mask ", row.mask)):
+        if path is None:
+            continue
+        rel = _relative(root, path)
+        if not path.exists():
+            return f"{what}{rel} does not exist"
+        if not path.is_file():
+            return f"{what}{rel} is not a file"
+    return None
+
+
+def _read_manifest(root: Path, manifest: Path) -> Iterator[_Row]:
+    """Parse and check every row; line numbers are physical lines (header = line 1)."""
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = _manifest_columns(reader.fieldnames)
+            seen: dict[str, int] = {}
+            for raw in reader:
+                row = _parse_row(root, reader.line_num, raw, columns)
+                key = row.path.as_posix()
+                if key in seen:
+                    raise DatasetError(
+                        f"{MANIFEST_NAME} line {row.line}: {_relative(root, row.path)} is "
+                        f"already listed on line {seen[key]}"
+                    )
+                seen[key] = row.line
+                yield row
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{manifest}: cannot read manifest ({exc})") from exc
+
+
+def _manifest_columns(fieldnames: Sequence[str] | None) -> dict[str, str]:
+    """Map canonical column names to the header's spelling (case and spaces ignored)."""
+    if not fieldnames:
+        raise DatasetError(f"{MANIFEST_NAME} line 1: empty manifest (no header)")
+    columns = {name.strip().lower(): name for name in fieldnames if name is not None}
+    missing = [c for c in ("path", "label") if c not in columns]
+    if missing:
+        raise DatasetError(
+            f"{MANIFEST_NAME} line 1: missing required column(s) {missing}; "
+            f"header is {list(fieldnames)}"
+        )
+    return columns
+
+
+def _parse_row(root: Path, line: int, raw: dict[str, Any], columns: dict[str, str]) -> _Row:
+    def cell(name: str) -> str:
+        value = raw.get(columns[name]) if name in columns else None
+        return value.strip() if isinstance(value, str) else ""
+
+    where = f"{MANIFEST_NAME} line {line}"
+    path, label = cell("path"), cell("label")
+    if not path or not label:
+        raise DatasetError(f"{where}: path and label must both be set")
+    split = None
+    if cell("split"):
+        split = _normalise_split(cell("split"))
+        if split is None:
+            raise DatasetError(f"{where}: unknown split {cell('split')!r}; use {SPLITS}")
+    mask = _safe_path(root, cell("mask"), where) if cell("mask") else None
+    marker = _parse_marker(cell("marker"), where) if cell("marker") else None
+    return _Row(line, _safe_path(root, path, where), label, split, mask, marker)
+
+
+def _safe_path(root: Path, text: str, where: str) -> Path:
+    """root/text, refusing absolute paths, '..' and symlinks that lead out of the root."""
+    rel = PurePosixPath(text.replace("\\", "/"))
+    if rel.is_absolute() or (rel.parts and rel.parts[0].endswith(":")):
+        raise DatasetError(f"{where}: {text} is an absolute path; paths must be relative")
+    if ".." in rel.parts:
+        raise DatasetError(f"{where}: {text} escapes the dataset root ('..' not allowed)")
+    path = root.joinpath(*rel.parts)
+    if not _inside(root, path):
+        raise DatasetError(f"{where}: {text} resolves outside the dataset root (symlink)")
+    return path
+
+
+def _normalise_split(value: str) -> str | None:
+    return _SPLIT_ALIASES.get(value.strip().lower())
+
+
+def _parse_marker(text: str, where: str) -> int:
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    if not number.is_integer():
+        raise DatasetError(f"{where}: marker {text!r} is not an integer")
+    return int(number)
+
+
+# --------------------------------------------------------------------------- ImageFolder
+
+
+def _from_folders(root: Path, class_names: list[str] | None, on_error: str) -> DatasetIndex:
+    skipped: list[tuple[str, str]] = []
+    folders = _class_folders(root, skipped)
+    if class_names is not None:
+        unknown = sorted(set(folders) - set(class_names))
+        if unknown:
+            raise DatasetError(f"{root}: class folder(s) {unknown} not in class_names")
+    images = {
+        name: list(_folder_images(root, folder, on_error, skipped))
+        for name, folder in folders.items()
+    }
+    names = class_names if class_names is not None else _non_empty(root, images, on_error, skipped)
+    samples = [
+        Sample(path, label, None, _mask_for(root, path))
+        for label, name in enumerate(names)
+        for path in images.get(name, [])
+    ]
+    return DatasetIndex(root, list(names), samples, skipped)
+
+
+def _non_empty(
+    root: Path, images: dict[str, list[Path]], on_error: str, skipped: list[tuple[str, str]]
+) -> list[str]:
+    """Derived classes: an empty folder would silently add a class the model never sees."""
+    names = []
+    for name in sorted(images):
+        if images[name]:
+            names.append(name)
+        elif on_error == "raise":
+            raise DatasetError(f"{root / name}: class folder has no images")
+        else:
+            skipped.append((name, "class folder has no images"))
+    return names
+
+
+def _class_folders(root: Path, skipped: list[tuple[str, str]]) -> dict[str, Path]:
+    """Visible top-level directories except masks/; loose top-level images are noted."""
+    folders: dict[str, Path] = {}
+    for entry in sorted(root.iterdir()):
+        if _is_hidden(entry.name):
+            continue
+        if entry.is_dir():
+            if entry.name != MASKS_DIR:
+                folders[entry.name] = entry
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            skipped.append((entry.name, "image outside any class folder"))
+    return folders
+
+
+def _folder_images(
+    root: Path, folder: Path, on_error: str, skipped: list[tuple[str, str]]
+) -> Iterator[Path]:
+    """Image files under one class folder, sorted; hidden entries and links out refused."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        for name in sorted(filenames):
+            if _is_hidden(name):
+                continue
+            path = Path(dirpath) / name
+            rel = _relative(root, path)
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((rel, "not an image suffix"))
+            elif not _inside(root, path):
+                raise DatasetError(f"{rel}: resolves outside the dataset root (symlink)")
+            elif not path.is_file():
+                if on_error == "raise":
+                    raise DatasetError(f"{rel}: not a readable file (broken link?)")
+                skipped.append((rel, "not a readable file (broken link?)"))
+            else:
+                yield path
+
+
+def _mask_for(root: Path, image: Path) -> Path | None:
+    """masks/<same relative path> (or the same name as .png) when present."""
+    rel = image.relative_to(root)
+    for candidate in (root / MASKS_DIR / rel, (root / MASKS_DIR / rel).with_suffix(".png")):
+        if candidate.is_file() and _inside(root, candidate):
+            return candidate
+    return None
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def assign_splits(
+    index: DatasetIndex, val: float = 0.15, test: float = 0.15, seed: int = 0
+) -> DatasetIndex:
+    """Keep complete manifest splits; otherwise a seeded split stratified by class.
+
+    Deterministic for a seed and independent of discovery order (samples are sorted by
+    relative path per class before shuffling, each class with its own seeded stream).
+    A class with >= 3 samples gets at least one sample in every split whose fraction > 0.
+    """
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ValueError(f"need 0 <= val, test and val + test < 1, got val={val} test={test}")
+    if index.samples and all(s.split for s in index.samples):
+        return replace(index, samples=list(index.samples), skipped=list(index.skipped))
+    if any(s.split for s in index.samples):
+        warnings.warn(
+            "some samples have a manifest split and some do not; reassigning all splits",
+            stacklevel=2,
+        )
+    split_of: dict[int, str] = {}
+    for label, positions in sorted(_positions_by_class(index).items()):
+        positions.sort(key=lambda i: index.relative(index.samples[i]))
+        random.Random(f"{seed}/{index.class_names[label]}").shuffle(positions)
+        n_val, n_test = _split_sizes(len(positions), val, test)
+        for rank, pos in enumerate(positions):
+            split_of[pos] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    samples = [replace(s, split=split_of[i]) for i, s in enumerate(index.samples)]
+    return replace(index, samples=samples, skipped=list(index.skipped))
+
+
+def _positions_by_class(index: DatasetIndex) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i, sample in enumerate(index.samples):
+        groups[sample.label].append(i)
+    return groups
+
+
+def _split_sizes(n: int, val: float, test: float) -> tuple[int, int]:
+    """(n_val, n_test) by rounding half up, >= 1 each when n >= 3, and >= 1 left to train."""
+    n_val, n_test = math.floor(n * val + 0.5), math.floor(n * test + 0.5)
+    min_val = 1 if n >= 3 and val > 0 else 0
+    min_test = 1 if n >= 3 and test > 0 else 0
+    n_val, n_test = max(n_val, min_val), max(n_test, min_test)
+    while n - n_val - n_test < 1 and n_val + n_test > 0:
+        if n_val > min_val and (n_val >= n_test or n_test <= min_test):
+            n_val -= 1
+        elif n_test > min_test:
+            n_test -= 1
+        else:
+            break
+    return n_val, n_test
+
+
+# --------------------------------------------------------------------------- ImageDataset
+
+
+class _ImageDatasetImpl:
+    """Decoded, resized, normalised images for training and evaluation.
+
+    ``__getitem__(i)`` returns ``(image [channels, H, W] float32, label, i)``.
+
+    Skip mode: with ``on_error="skip"`` the constructor calls :meth:`validate`, which decodes
+    every file once (threaded), drops the unreadable ones from ``self.index`` and records
+    them in ``read_failures`` -- before any DataLoader worker exists, so the record is
+    visible to the caller and every index the sampler draws is readable. If a file breaks
+    after that, ``__getitem__`` records it (in that worker's copy only), warns and returns
+    the next readable sample with *that* sample's label and index.
+
+    ``cache=True`` keeps decoded, resized float16 images (before augmentation) in memory,
+    filled eagerly in the constructor so that forked DataLoader workers share it.
+    """
+
+    def __init__(
+        self,
+        index: DatasetIndex,
+        input_size: tuple[int, int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        channels: int = 3,
+        augment: bool = False,
+        on_error: str = "raise",
+        cache: bool = False,
+        num_threads: int | None = None,
+    ) -> None:
+        _check_on_error(on_error)
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        height, width = (int(v) for v in input_size)
+        if height < 1 or width < 1:
+            raise ValueError(f"input_size must be positive, got {input_size}")
+        self.index = replace(index, samples=list(index.samples), skipped=list(index.skipped))
+        self.input_size = (height, width)
+        self.channels = channels
+        self.augment = augment
+        self.on_error = on_error
+        self.num_threads = num_threads
+        self.mean = _stat_tensor(mean, channels, "mean")
+        self.std = _stat_tensor(std, channels, "std")
+        if bool((self.std <= 0).any()):
+            raise ValueError(f"std must be positive, got {list(std)}")
+        self.read_failures: list[tuple[str, str]] = []
+        self._cache: list[torch.Tensor] | None = None
+        if on_error == "skip" or cache:
+            self._preload(keep=cache)
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.index.samples
+
+    def __len__(self) -> int:
+        return len(self.index.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        try:
+            base = self._base(i)
+        except ImageReadError as exc:
+            if self.on_error == "raise":
+                raise
+            i, base = self._substitute(i, exc)
+        if self.augment:
+            base = _augment(base)
+        image = base.expand(self.channels, -1, -1) if base.shape[0] != self.channels else base
+        return (image - self.mean) / self.std, self.index.samples[i].label, i
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Decode every file once, drop unreadable ones, record and return them."""
+        return self._preload(keep=self._cache is not None)
+
+    def load(self, i: int) -> torch.Tensor:
+        """The sample's image resized to input_size in [0, 1], before augmentation."""
+        return self._base(i).float().expand(self.channels, -1, -1).clone()
+
+    # -- internals
+
+    def _base(self, i: int) -> torch.Tensor:
+        if self._cache is not None:
+            return self._cache[i].float()
+        return self._decode(self.index.samples[i].path)
+
+    def _decode(self, path: Path) -> torch.Tensor:
+        """read_image -> [1 or channels, H, W] float32 at input_size (antialiased bilinear)."""
+        import torch
+        import torch.nn.functional as F
+
+        image = torch.from_numpy(read_image(path))
+        if image.shape[0] == 3 and self.channels == 1:
+            image = image.mean(dim=0, keepdim=True)
+        if tuple(image.shape[-2:]) != self.input_size:
+            image = F.interpolate(
+                image[None],
+                size=self.input_size,
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )[0]
+        return image.contiguous()
+
+    def _preload(self, *, keep: bool) -> list[tuple[str, str]]:
+        """Threaded decode of all samples (PIL and zlib release the GIL)."""
+        paths = [s.path for s in self.index.samples]
+        threads = self.num_threads or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            results = list(pool.map(self._try_decode, paths))
+        failures = [(str(p), err) for p, (_, err) in zip(paths, results, strict=True) if err]
+        if failures and self.on_error == "raise":
+            raise ImageReadError(failures[0][0], failures[0][1])
+        good = [i for i, (img, _) in enumerate(results) if img is not None]
+        self.index.samples = [self.index.samples[i] for i in good]
+        self.index.skipped.extend(failures)
+        self.read_failures.extend(failures)
+        if keep:
+            self._cache = [results[i][0].half() for i in good]  # type: ignore[union-attr]
+        return failures
+
+    def _try_decode(self, path: Path) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return self._decode(path), None
+        except ImageReadError as exc:
+            return None, exc.reason or str(exc)
+
+    def _substitute(self, i: int, exc: ImageReadError) -> tuple[int, torch.Tensor]:
+        """Skip mode after validation: the next readable sample stands in for a broken one."""
+        self.read_failures.append((str(exc.path), exc.reason or str(exc)))
+        warnings.warn(f"skipping unreadable image: {exc}", stacklevel=3)
+        n = len(self)
+        for step in range(1, min(n, 16)):
+            j = (i + step) % n
+            try:
+                return j, self._base(j)
+            except ImageReadError as other:
+                self.read_failures.append((str(other.path), other.reason or str(other)))
+        raise exc
+
+
+def _stat_tensor(values: Sequence[float] | float, channels: int, what: str) -> torch.Tensor:
+    """Per-channel mean/std as [channels, 1, 1]; one value, or equal values, broadcast."""
+    import torch
+
+    items = [float(values)] if isinstance(values, int | float) else [float(v) for v in values]
+    if len(items) != channels:
+        if len(set(items)) != 1:
+            raise ValueError(f"{what} has {len(items)} values for {channels} channel(s)")
+        items = items[:1] * channels
+    return torch.tensor(items, dtype=torch.float32).view(channels, 1, 1)
+
+
+def _augment(image: torch.Tensor) -> torch.Tensor:
+    """Small affine (+-5 deg, +-4 % shift, 0.95-1.05 zoom) and +-10 % brightness/contrast.
+
+    No flips: laterality is diagnostic in chest X-rays. Uses torch's RNG, which the
+    DataLoader seeds differently in every worker.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    channels, height, width = image.shape
+    r = torch.rand(6).tolist()
+    angle = math.radians((r[0] * 2 - 1) * 5.0)
+    scale = 0.95 + 0.10 * r[1]
+    shift_x, shift_y = (r[2] * 2 - 1) * 0.08, (r[3] * 2 - 1) * 0.08  # 4 % of [-1, 1]
+    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
+    theta = torch.tensor(
+        [[cos, -sin * height / width, shift_x], [sin * width / height, cos, shift_y]],
+        dtype=image.dtype,
+    )
+    grid = F.affine_grid(theta[None], [1, channels, height, width], align_corners=False)
+    out = F.grid_sample(
+        image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )[0]
+    contrast, brightness = 0.9 + 0.2 * r[4], 0.9 + 0.2 * r[5]
+    mean = out.mean()
+    return (((out - mean) * contrast + mean) * brightness).clamp_(0.0, 1.0)
+
+
+def _define_image_dataset() -> type:
+    """Join the implementation with torch's Dataset base only when someone asks for it."""
+    from torch.utils.data import Dataset
+
+    cls = type(
+        "ImageDataset",
+        (_ImageDatasetImpl, Dataset),
+        {"__module__": __name__, "__doc__": _ImageDatasetImpl.__doc__},
+    )
+    cls.__qualname__ = "ImageDataset"
+    return cls
+
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    class ImageDataset(_ImageDatasetImpl, Dataset):  # the runtime class has this shape
+        ...
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ImageDataset":
+        cls = _define_image_dataset()
+        globals()["ImageDataset"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,321 @@
+"""The paper's two-phase protocol: transfer learning (frozen backbone), then full fine-tuning.
+
+Phase TL trains a new head on a frozen pretrained backbone (its BatchNorm statistics frozen
+too); phase FT starts from the TL weights, unfreezes everything and trains at a lower learning
+rate. Each phase stops early on validation macro AUC and keeps its best epoch. The two
+results are the checkpoints camdrift compares.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from training.checkpoints import model_metadata, save_checkpoint
+from training.datasets import DatasetIndex, ImageDataset, assign_splits, discover
+from training.evaluation import classification_metrics
+from training.zoo import ZooModel, create_model
+
+log = logging.getLogger("camdrift.training")
+
+
+@dataclass
+class PhaseConfig:
+    """Settings of one training phase."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    patience: int = 4  # epochs without a better validation macro AUC before stopping
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``camdrift train`` can set."""
+
+    arch: str = "tinycnn"
+    pretrained: str = "none"
+    input_size: tuple[int, int] | None = None  # None: the arch's default
+    tl: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=8, lr=3e-3))
+    ft: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=10, lr=5e-4))
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast, CUDA only
+    workers: int = 0
+    augment: bool = True
+    cache: bool = True  # keep decoded, resized images in memory (small datasets)
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    save_every_epoch: bool = False
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    class_names: list[str]
+    fingerprint: str
+
+
+def make_loaders(
+    index: DatasetIndex, model: ZooModel, size: tuple[int, int], cfg: TrainConfig, batch: int
+) -> Loaders:
+    """Train/val/test loaders over a split dataset."""
+    spec = model.spec
+
+    def dataset(split: str, augment: bool) -> ImageDataset:
+        return ImageDataset(
+            index.subset(split), size, spec.mean, spec.std, augment=augment, cache=cfg.cache
+        )
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    common = {"batch_size": batch, "num_workers": cfg.workers}
+    return Loaders(
+        train=DataLoader(dataset("train", cfg.augment), shuffle=True, generator=gen, **common),
+        val=DataLoader(dataset("val", False), shuffle=False, **common),
+        test=DataLoader(dataset("test", False), shuffle=False, **common),
+        class_names=index.class_names,
+        fingerprint=index.fingerprint(),
+    )
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, ...]:
+    """(labels [N], softmax probabilities [N, C]) over a loader, in order."""
+    model.eval()
+    labels, probs = [], []
+    for images, y, _ in loader:
+        logits = model(images.to(device)).float()
+        probs.append(torch.softmax(logits, 1).cpu().numpy())
+        labels.append(np.asarray(y))
+    return np.concatenate(labels), np.concatenate(probs)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, names: list[str]) -> dict:
+    labels, probs = predict(model, loader, device)
+    return classification_metrics(labels, probs, names)
+
+
+def _set_trainable(model: ZooModel, phase: str) -> list[nn.Parameter]:
+    """Freeze the backbone for TL; unfreeze everything for FT. Returns what trains."""
+    head = list(model.classifier_parameters())
+    for p in model.backbone_parameters():
+        p.requires_grad_(phase != "tl")
+    for p in head:
+        p.requires_grad_(True)
+    return head if phase == "tl" else [p for p in model.parameters() if p.requires_grad]
+
+
+def _train_mode(model: ZooModel, phase: str) -> None:
+    """TL keeps the frozen backbone in eval mode so BatchNorm statistics stay pretrained."""
+    model.train()
+    if phase == "tl":
+        model.eval()
+        model.net.get_classifier().train()
+
+
+def run_phase(
+    model: ZooModel,
+    phase: str,
+    loaders: Loaders,
+    cfg: PhaseConfig,
+    run: TrainConfig,
+    device: torch.device,
+    out_dir: Path | None = None,
+    meta_extra: dict | None = None,
+) -> dict[str, Any]:
+    """Train one phase with early stopping on validation macro AUC; keeps the best weights."""
+    params = _set_trainable(model, phase)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    loss_fn = nn.CrossEntropyLoss()
+    use_amp = run.amp and device.type == "cuda"
+    best_auc, best_state, best_epoch, stale = -1.0, None, 0, 0
+    history: list[dict[str, float]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        _train_mode(model, phase)
+        total, seen = 0.0, 0
+        bar = tqdm(
+            loaders.train,
+            desc=f"{phase} epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=not run.progress,
+            unit="batch",
+        )
+        for images, labels, _ in bar:
+            images, labels = images.to(device), torch.as_tensor(labels, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = loss_fn(model(images).float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total / seen:.3f}")
+        scheduler.step()
+        val = evaluate(model, loaders.val, device, loaders.class_names)
+        auc = val["macro_auc"] if val["macro_auc"] is not None else 0.0
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(seen, 1),
+            "val_accuracy": val["accuracy"],
+            "val_macro_auc": auc,
+        }
+        history.append(row)
+        log.info("epoch phase=%s %s", phase, " ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        if run.save_every_epoch and out_dir is not None:
+            _save(
+                model,
+                out_dir / "epochs" / f"{phase}_epoch{epoch:03d}.safetensors",
+                loaders,
+                run,
+                {"phase": f"{phase}-epoch{epoch}", **(meta_extra or {})},
+            )
+        if auc > best_auc:
+            best_auc, best_epoch, stale = auc, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return {"history": history, "best_epoch": best_epoch, "best_val_macro_auc": best_auc}
+
+
+def _save(model: ZooModel, path: Path, loaders: Loaders, run: TrainConfig, extra: dict) -> str:
+    size = list(run.input_size or model.spec.input_size)
+    meta = model_metadata(
+        model,
+        loaders.class_names,
+        input_size=size,
+        dataset_fingerprint=loaders.fingerprint,
+        **extra,
+    )
+    return save_checkpoint(path, model, meta)
+
+
+def train_two_phase(data: Path, out_dir: Path, run: TrainConfig) -> dict[str, Any]:
+    """Train TL then FT; write ``tl.safetensors``, ``ft.safetensors``, ``metrics.json`` and a
+    training-curve PNG into ``out_dir``. Returns the metrics document."""
+    seed_everything(run.seed)
+    device = resolve_device(run.device)
+    index = assign_splits(discover(Path(data)), run.val_fraction, run.test_fraction, run.seed)
+    model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
+    size = tuple(run.input_size or model.spec.input_size)
+    batch = run.tl.batch_size
+    loaders = make_loaders(index, model, size, run, batch)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {
+        "arch": run.arch,
+        "class_names": index.class_names,
+        "dataset": str(data),
+        "dataset_fingerprint": loaders.fingerprint,
+        "config": _jsonable(asdict(run)),
+        "split_counts": {s: len(index.subset(s).samples) for s in ("train", "val", "test")},
+    }
+    parent = None
+    for phase, cfg in (("tl", run.tl), ("ft", run.ft)):
+        if cfg.batch_size != batch:
+            loaders = make_loaders(index, model, size, run, cfg.batch_size)
+            batch = cfg.batch_size
+        extra = {"parent_sha256": parent} if parent else {}
+        log.info("phase start phase=%s epochs=%d lr=%g", phase, cfg.epochs, cfg.lr)
+        fit = run_phase(model, phase, loaders, cfg, run, device, out_dir, extra)
+        test = evaluate(model, loaders.test, device, loaders.class_names)
+        val = evaluate(model, loaders.val, device, loaders.class_names)
+        summary = {"fit": fit, "val": val, "test": test}
+        parent = _save(
+            model,
+            out_dir / f"{phase}.safetensors",
+            loaders,
+            run,
+            {"phase": phase, "train_metrics": _brief(test), **extra},
+        )
+        summary["sha256"] = parent
+        result[phase] = summary
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    plot_curves(result, out_dir / "training_curves.png")
+    return result
+
+
+def pretrain(data: Path, out: Path, run: TrainConfig) -> dict[str, Any]:
+    """Train every layer on a source task: offline stand-in for ImageNet weights."""
+    seed_everything(run.seed)
+    device = resolve_device(run.device)
+    index = assign_splits(discover(Path(data)), run.val_fraction, run.test_fraction, run.seed)
+    model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
+    size = tuple(run.input_size or model.spec.input_size)
+    loaders = make_loaders(index, model, size, run, run.ft.batch_size)
+    fit = run_phase(model, "pretrain", loaders, run.ft, run, device)
+    test = evaluate(model, loaders.test, device, loaders.class_names)
+    sha = _save(
+        model, Path(out), loaders, run, {"phase": "pretrain", "train_metrics": _brief(test)}
+    )
+    return {"fit": fit, "test": test, "sha256": sha}
+
+
+def _brief(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("n", "accuracy", "macro_auc")}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, Iterable) and not isinstance(obj, str):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def plot_curves(result: dict[str, Any], path: Path) -> None:
+    """Loss and validation AUC per epoch, both phases on one time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
+    offset = 0
+    for phase, colour in (("tl", "tab:blue"), ("ft", "tab:orange")):
+        rows = result[phase]["fit"]["history"]
+        x = [offset + r["epoch"] for r in rows]
+        ax_loss.plot(x, [r["train_loss"] for r in rows], "o-", color=colour, label=phase.upper())
+        ax_auc.plot(x, [r["val_macro_auc"] for r in rows], "o-", color=colour, label=phase.upper())
+        offset += len(rows)
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="cross-entropy")
+    ax_auc.set(title="validation macro AUC", xlabel="epoch", ylabel="AUC", ylim=(0.4, 1.01))
+    for ax in (ax_loss, ax_auc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{result['arch']}: two-phase training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

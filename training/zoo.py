@@ -1,0 +1,242 @@
+"""Model zoo: one registry name -> a classifier that knows where its evidence lives.
+
+Every model is a :class:`ZooModel`: a backbone (``forward_features``) that ends at the
+feature map attribution reads, and a head (``forward_head``) from that map to logits. The
+split is what lets the attribution engine run the backbone once under ``no_grad`` and
+backpropagate through the head alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the zoo knows about one architecture."""
+
+    name: str
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    feature_layer: str  # module path (inside ZooModel) producing the backbone's feature map
+    timm_name: str | None = None  # None: built here, not by timm
+    tokens: bool = False  # transformer: the feature map is a token sequence
+
+
+ARCHS: dict[str, ArchSpec] = {
+    spec.name: spec
+    for spec in (
+        ArchSpec(
+            "densenet201",
+            (224, 224),
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            "net.features.norm5",
+            "densenet201",
+        ),
+        ArchSpec("resnet50v2", (224, 224), HALF, HALF, "net.norm", "resnetv2_50"),
+        ArchSpec("inception_v3", (299, 299), HALF, HALF, "net.Mixed_7c", "inception_v3"),
+        ArchSpec(
+            "vit_small_patch16_224",
+            (224, 224),
+            HALF,
+            HALF,
+            "net.blocks.10",
+            "vit_small_patch16_224",
+            tokens=True,
+        ),
+        ArchSpec("resnet18", (224, 224), IMAGENET_MEAN, IMAGENET_STD, "net.layer4", "resnet18"),
+        ArchSpec("tinycnn", (96, 96), HALF, HALF, "net.features", None),
+    )
+}
+
+
+class TinyCNN(nn.Module):
+    """A four-stage CNN small enough to train in seconds on two CPU cores."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_chans
+        # strides 2, 2, 2, 1: a 12 x 12 feature map at 96 px, cheap full-resolution stages
+        for out, stride in zip((width, width * 2, width * 4, width * 8), (2, 2, 2, 1), strict=True):
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+                nn.Conv2d(out, out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(),
+            ]
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.num_features = channels
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class ZooModel(nn.Module):
+    """A classifier split at its feature map: ``forward = forward_head o forward_features``.
+
+    For transformers the split sits before the last block, so the "feature map" is the
+    token sequence entering it (patch tokens carry gradient there; after the last block
+    only the class token would).
+    """
+
+    def __init__(self, spec: ArchSpec, net: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.net = net
+        self.num_classes = num_classes
+
+    @property
+    def arch(self) -> str:
+        return self.spec.name
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.spec.input_size
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.tokens:
+            net = self.net
+            x = net.patch_embed(x)
+            x = net._pos_embed(x)
+            x = net.patch_drop(x)
+            x = net.norm_pre(x)
+            for block in net.blocks[:-1]:
+                x = block(x)
+            return x
+        return self.net.forward_features(x)
+
+    def forward_head(self, a: torch.Tensor) -> torch.Tensor:
+        if self.spec.tokens:
+            x = self.net.norm(self.net.blocks[-1](a))
+            return self.net.forward_head(x)
+        return self.net.forward_head(a)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def to_grid(self, a: torch.Tensor) -> torch.Tensor:
+        """The feature map as [N, C, h, w]; transformer tokens lose their prefix tokens."""
+        if not self.spec.tokens:
+            return a
+        prefix = getattr(self.net, "num_prefix_tokens", 1)
+        patches = a[:, prefix:, :]
+        h, w = self.net.patch_embed.grid_size
+        return patches.transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
+
+    def classifier_parameters(self) -> Iterator[nn.Parameter]:
+        """The parameters a transfer-learning phase trains (the new head)."""
+        yield from self.net.get_classifier().parameters()
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        head = {id(p) for p in self.classifier_parameters()}
+        for p in self.net.parameters():
+            if id(p) not in head:
+                yield p
+
+
+def list_archs() -> list[str]:
+    return sorted(ARCHS)
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    try:
+        return ARCHS[arch]
+    except KeyError:
+        raise ValueError(
+            f"unknown arch {arch!r}; choose one of {', '.join(list_archs())}"
+        ) from None
+
+
+def _build_net(spec: ArchSpec, num_classes: int, in_chans: int, imagenet: bool) -> nn.Module:
+    if spec.timm_name is None:
+        if imagenet:
+            raise ValueError(f"{spec.name} has no ImageNet weights; use a local file or 'none'")
+        return TinyCNN(num_classes, in_chans)
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
+    if spec.tokens:
+        kwargs["dynamic_img_size"] = True
+    return timm.create_model(spec.timm_name, pretrained=imagenet, **kwargs)
+
+
+def create_model(
+    arch: str, num_classes: int, pretrained: str | Path = "none", in_chans: int = 3
+) -> ZooModel:
+    """Build ``arch`` with a fresh ``num_classes`` head.
+
+    ``pretrained``: ``"none"`` (random), ``"imagenet"`` (timm weights; downloads when online),
+    or a path to a weights file (a camdrift ``.safetensors`` checkpoint or a plain state dict)
+    whose backbone is loaded while the head stays new.
+    """
+    spec = arch_spec(arch)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    source = str(pretrained)
+    net = _build_net(spec, num_classes, in_chans, imagenet=source == "imagenet")
+    model = ZooModel(spec, net, num_classes)
+    if source not in ("none", "imagenet"):
+        load_backbone(model, Path(source))
+    return model.eval()
+
+
+def load_backbone(model: ZooModel, path: Path) -> None:
+    """Copy every backbone tensor from a weights file; the classifier stays as built."""
+    from training.checkpoints import read_state_dict
+
+    state = read_state_dict(path)
+    head_names = {
+        name
+        for name, p in model.net.named_parameters()
+        if any(p is q for q in model.classifier_parameters())
+    }
+    own = model.net.state_dict()
+    wanted = {k for k in own if k not in head_names}
+    missing = sorted(k for k in wanted if k not in state)
+    if missing:
+        raise ValueError(
+            f"{path}: not a {model.arch} backbone; missing {len(missing)} tensors, "
+            f"e.g. {missing[0]!r}"
+        )
+    for key in wanted:
+        if tuple(state[key].shape) != tuple(own[key].shape):
+            raise ValueError(
+                f"{path}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                f"{model.arch} needs {tuple(own[key].shape)}"
+            )
+    model.net.load_state_dict({k: state[k] for k in wanted}, strict=False)
+
+
+def named_module(model: nn.Module, path: str) -> nn.Module:
+    """Resolve a dotted module path (``net.layer4``, ``net.blocks.10``) with a clear error."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"target_layer {path!r} is not a module of this model") from None

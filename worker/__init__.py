@@ -1,0 +1,1 @@
+"""Compute side of camdrift: attribution engine, drift metrics, statistics, reports, tasks."""

@@ -1,0 +1,326 @@
+"""One drift audit: two checkpoints, one dataset, per-sample rows -> report.
+
+The same :class:`Audit` serves the local ``camdrift drift`` command and the service's shard
+tasks: a shard is just :meth:`Audit.compute` over a slice of the evaluated positions, and the
+report is built from rows alone, so a sharded job and a local run give the same report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from training.checkpoint_format import CheckpointError
+from training.checkpoints import load_checkpoint
+from training.datasets import DatasetIndex, ImageDataset, discover
+from training.protocol import resolve_device
+from training.zoo import ZooModel
+from worker.attribution import DEFAULT_METHODS, attribute_batch, validate_methods
+from worker.metrics import METRICS, drift_metrics, validate_metric_names
+from worker.selection import choose_targets, validate_filter
+
+log = logging.getLogger("camdrift.audit")
+ROLES = ("baseline", "candidate")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class StopRequested(Exception):
+    """The caller asked the audit to stop between batches (a cancelled job)."""
+
+
+@dataclass
+class AuditConfig:
+    """What a drift job asks for (DESIGN §7 job body, minus the ids)."""
+
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    metrics: list[str] = field(default_factory=lambda: list(METRICS))
+    sample_filter: str = "true_positive"
+    max_samples: int | None = None
+    split: str | None = "auto"  # "auto": the test split when the dataset has one, else all
+    target_layer: str | None = None
+    seed: int = 0
+    batch_size: int = 16
+    device: str = "auto"
+    autocast: str | None = None  # "bf16" on GPU
+    n_boot: int = 2000
+    workers: int = 0
+
+    def validated(self) -> AuditConfig:
+        self.methods = validate_methods(self.methods)
+        self.metrics = validate_metric_names(self.metrics or list(METRICS))
+        validate_filter(self.sample_filter)
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError("max_samples: must be >= 1 or null")
+        if self.batch_size < 1:
+            raise ValueError("batch_size: must be >= 1")
+        if self.autocast not in (None, *AUTOCAST):
+            raise ValueError(f"autocast: choose from {', '.join(AUTOCAST)} or null")
+        return self
+
+
+@dataclass
+class LoadedModel:
+    model: ZooModel
+    meta: dict[str, Any]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.meta.get("input_size") or self.model.spec.input_size)
+
+    def prepare(self, images01: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images at the analysis size -> this model's input (size, normalisation)."""
+        if tuple(images01.shape[-2:]) != self.input_size:
+            images01 = F.interpolate(
+                images01, size=self.input_size, mode="bilinear", align_corners=False, antialias=True
+            )
+        mean = torch.tensor(self.meta.get("mean") or self.model.spec.mean, device=images01.device)
+        std = torch.tensor(self.meta.get("std") or self.model.spec.std, device=images01.device)
+        return (images01 - mean[:, None, None]) / std[:, None, None]
+
+
+def check_compatible(baseline: dict[str, Any], candidate: dict[str, Any]) -> None:
+    if list(baseline["class_names"]) != list(candidate["class_names"]):
+        raise CheckpointError(
+            "class sets do not match: baseline has "
+            f"{baseline['class_names']}, candidate has {candidate['class_names']}"
+        )
+
+
+def evaluation_positions(index: DatasetIndex, cfg: AuditConfig) -> list[int]:
+    """Positions (into ``index.samples``) the audit evaluates: split, then seeded subsample."""
+    split = cfg.split
+    if split == "auto":
+        split = "test" if any(s.split == "test" for s in index.samples) else None
+    positions = [i for i, s in enumerate(index.samples) if split is None or s.split == split]
+    if not positions:
+        raise ValueError(f"split: the dataset has no samples in split {split!r}")
+    if cfg.max_samples is not None and cfg.max_samples < len(positions):
+        rng = np.random.default_rng(cfg.seed)
+        positions = sorted(rng.choice(positions, size=cfg.max_samples, replace=False).tolist())
+    return positions
+
+
+class Audit:
+    """Both checkpoints loaded, the dataset indexed, the evaluated positions fixed."""
+
+    def __init__(
+        self,
+        baseline: Path | str,
+        candidate: Path | str,
+        data: Path | str | DatasetIndex,
+        config: AuditConfig | None = None,
+        models: tuple[LoadedModel, LoadedModel] | None = None,
+    ) -> None:
+        self.config = (config or AuditConfig()).validated()
+        self.device = resolve_device(self.config.device)
+        if models is None:
+            models = tuple(
+                LoadedModel(*load_checkpoint(p, map_location=self.device))
+                for p in (baseline, candidate)
+            )
+        self.baseline, self.candidate = models
+        check_compatible(self.baseline.meta, self.candidate.meta)
+        self.class_names: list[str] = list(self.baseline.meta["class_names"])
+        if isinstance(data, DatasetIndex):
+            self.index = data
+        else:
+            self.index = discover(Path(data), class_names=self.class_names)
+        self.positions = evaluation_positions(self.index, self.config)
+        self.analysis_size = self.baseline.input_size
+
+    @property
+    def total(self) -> int:
+        return len(self.positions)
+
+    def _loader(self, rows: Sequence[int]) -> DataLoader:
+        dataset = ImageDataset(self.index, self.analysis_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        subset = Subset(dataset, [self.positions[r] for r in rows])
+        return DataLoader(
+            subset,
+            batch_size=self.config.batch_size,
+            shuffle=False,
+            num_workers=self.config.workers,
+        )
+
+    def compute(
+        self,
+        rows: Sequence[int] | None = None,
+        progress: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        maps_dir: Path | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per-sample rows for evaluated rows ``rows`` (default: all), batch by batch.
+
+        ``progress(n)`` is called with the samples finished in each batch; ``should_stop`` is
+        checked between batches; raw maps of included samples go to ``maps_dir``.
+        """
+        rows = list(range(self.total)) if rows is None else list(rows)
+        out: list[dict[str, Any]] = []
+        start = 0
+        for images, labels, _ in self._loader(rows):
+            if should_stop is not None and should_stop():
+                raise StopRequested
+            batch_rows = rows[start : start + len(labels)]
+            start += len(labels)
+            out.extend(
+                self._batch(images.to(self.device), torch.as_tensor(labels), batch_rows, maps_dir)
+            )
+            if progress is not None:
+                progress(len(labels))
+        return out
+
+    def _batch(
+        self, images01: torch.Tensor, labels: torch.Tensor, rows: list[int], maps_dir: Path | None
+    ) -> list[dict[str, Any]]:
+        cfg = self.config
+        labels = labels.to(self.device)
+        by_label = cfg.sample_filter in ("true_positive", "all")
+        dtype = AUTOCAST.get(cfg.autocast) if cfg.autocast else None
+        results = [
+            attribute_batch(
+                m.model,
+                m.prepare(images01),
+                labels if by_label else None,
+                cfg.methods,
+                cfg.target_layer,
+                output_size=self.analysis_size,
+                autocast_dtype=dtype,
+            )
+            for m in (self.baseline, self.candidate)
+        ]
+        preds = [r.logits.argmax(1) for r in results]
+        chosen = choose_targets(cfg.sample_filter, labels, *preds)
+        keep = chosen.included
+        values = {
+            m: {
+                k: v.cpu().numpy()
+                for k, v in drift_metrics(
+                    results[0].maps[m][keep], results[1].maps[m][keep], cfg.metrics
+                ).items()
+            }
+            for m in cfg.methods
+        }
+        if maps_dir is not None and bool(keep.any()):
+            _save_raw_maps(
+                maps_dir,
+                [rows[i] for i in keep.nonzero()[:, 0].tolist()],
+                results,
+                keep,
+                cfg.methods,
+            )
+        return _rows(self, rows, labels, preds, results, chosen, values)
+
+
+def _rows(audit: Audit, rows, labels, preds, results, chosen, values) -> list[dict[str, Any]]:
+    probs = [torch.softmax(r.logits, 1).cpu().numpy() for r in results]
+    keep = chosen.included.cpu().numpy()
+    kept_rank = np.cumsum(keep) - 1
+    out = []
+    for i, row in enumerate(rows):
+        sample = audit.index.samples[audit.positions[row]]
+        record: dict[str, Any] = {
+            "index": row,
+            "path": _relative(sample.path, audit.index.root),
+            "label": int(labels[i]),
+            "pred_baseline": int(preds[0][i]),
+            "pred_candidate": int(preds[1][i]),
+            "probs_baseline": [round(float(p), 6) for p in probs[0][i]],
+            "probs_candidate": [round(float(p), 6) for p in probs[1][i]],
+            "target_baseline": int(results[0].targets[i]),
+            "target_candidate": int(results[1].targets[i]),
+            "included": bool(keep[i]),
+            "metrics": {},
+            "degenerate": {},
+        }
+        if keep[i]:
+            k = kept_rank[i]
+            for m, named in values.items():
+                record["metrics"][m] = {name: _finite(v[k]) for name, v in named.items()}
+                record["degenerate"][m] = [
+                    bool(results[0].degenerate[m][i]),
+                    bool(results[1].degenerate[m][i]),
+                ]
+        out.append(record)
+    return out
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def _save_raw_maps(maps_dir: Path, rows: list[int], results, keep, methods) -> None:
+    """Feature-resolution maps, each scaled to max 1, as float16: small and exact enough to
+    rebuild the full-size map for overlays (upsampling + min-max is scale invariant)."""
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {"rows": np.asarray(rows, dtype=np.int64)}
+    for role, result in zip(ROLES, results, strict=True):
+        for m in methods:
+            raw = result.raw[m][keep].float()
+            peak = raw.flatten(1).max(1).values.clamp_min(1e-30)[:, None, None]
+            arrays[f"{role}__{m}"] = (raw / peak).cpu().numpy().astype(np.float16)
+    tmp = maps_dir / f".rows-{rows[0]:06d}-{rows[-1]:06d}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(maps_dir / f"rows-{rows[0]:06d}-{rows[-1]:06d}.npz")
+
+
+def load_raw_maps(maps_dir: Path, row: int) -> dict[str, np.ndarray] | None:
+    """The stored raw maps of one evaluated row, keyed ``role__method``; None if absent."""
+    for path in sorted(maps_dir.glob("rows-*.npz")):
+        with np.load(path) as data:
+            hits = np.nonzero(data["rows"] == row)[0]
+            if hits.size:
+                k = int(hits[0])
+                return {name: data[name][k] for name in data.files if name != "rows"}
+    return None
+
+
+def describe_model(loaded: LoadedModel, source: str) -> dict[str, Any]:
+    meta = loaded.meta
+    return {
+        "source": source,
+        "sha256": meta.get("sha256"),
+        "arch": meta["arch"],
+        "phase": meta.get("phase"),
+        "class_names": list(meta["class_names"]),
+        "input_size": list(loaded.input_size),
+        "parent_sha256": meta.get("parent_sha256"),
+        "train_metrics": meta.get("train_metrics"),
+    }
+
+
+def describe_dataset(audit: Audit, source: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "fingerprint": audit.index.fingerprint(),
+        "num_samples": len(audit.index.samples),
+        "num_evaluated": audit.total,
+        "class_names": audit.class_names,
+        "split": audit.config.split,
+        "analysis_size": list(audit.analysis_size),
+    }
+
+
+EXECUTION_ONLY = ("batch_size", "device", "workers")
+
+
+def config_dict(cfg: AuditConfig) -> dict[str, Any]:
+    """What the results depend on; where and in which batches it ran does not belong."""
+    doc = json.loads(json.dumps(asdict(cfg)))
+    return {k: v for k, v in doc.items() if k not in EXECUTION_ONLY}

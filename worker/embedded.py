@@ -1,0 +1,75 @@
+"""The embedded runner: the same task bodies on a background thread, no broker.
+
+``camdrift serve`` without ``CAMDRIFT_BROKER_URL`` uses it: one process, SQLite, no servers.
+Jobs left queued or running by a previous process are picked up again at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+from sqlalchemy import select
+
+from worker import jobs
+from worker.store import Settings, session_scope
+from worker.store.models import Job
+
+log = logging.getLogger("camdrift.embedded")
+
+
+class EmbeddedRunner:
+    """A FIFO of (task name, args) drained by one daemon thread."""
+
+    def __init__(self, settings: Settings, device: str = "auto", batch_size: int = 16) -> None:
+        self._queue: queue.Queue[tuple[str, list[Any]] | None] = queue.Queue()
+        self.ctx = jobs.WorkerContext.create(
+            settings, self.enqueue, device=device, batch_size=batch_size
+        )
+        self._thread = threading.Thread(target=self._loop, name="camdrift-runner", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, name: str, args: list[Any]) -> None:
+        self._queue.put((name, list(args)))
+
+    def submit(self, job_id: str) -> None:
+        self.enqueue(jobs.PLAN, [job_id])
+
+    def resume_unfinished(self) -> int:
+        """Re-plan jobs a previous process left queued or running (plans are idempotent)."""
+        with session_scope(self.ctx.sessions) as s:
+            ids = s.scalars(select(Job.id).where(Job.status.in_(jobs.ACTIVE))).all()
+        for job_id in ids:
+            self.submit(job_id)
+        return len(ids)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until every queued task ran (tests, shutdown)."""
+        done = threading.Event()
+        self._queue.put(("__mark__", [done]))
+        done.wait(timeout)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        bodies = {
+            jobs.PLAN: jobs.plan_job,
+            jobs.SHARD: jobs.run_shard,
+            jobs.FINALIZE: jobs.finalize_job,
+        }
+        while (item := self._queue.get()) is not None:
+            name, args = item
+            if name == "__mark__":
+                args[0].set()
+                continue
+            try:
+                bodies[name](self.ctx, *args)
+            except jobs.JobFailed as exc:
+                jobs.fail_job(self.ctx, args[0], str(exc))
+            except Exception as exc:  # keep the runner alive for the next job
+                log.exception("task crashed task=%s args=%s", name, args)
+                jobs.fail_job(self.ctx, args[0], f"{type(exc).__name__}: {exc}")

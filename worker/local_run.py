@@ -1,0 +1,65 @@
+"""``camdrift drift``: a whole audit in this process, no server, files next to the report."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from worker.audit import Audit, AuditConfig, config_dict, describe_dataset, describe_model
+from worker.report import build_report
+
+log = logging.getLogger("camdrift.drift")
+
+
+def artifact_paths(out: Path) -> tuple[Path, Path]:
+    """(per-sample rows file, raw maps folder) that belong to report ``out``."""
+    stem = out.with_suffix("")
+    return stem.with_name(stem.name + ".samples.jsonl"), stem.with_name(stem.name + ".maps")
+
+
+def run_audit(
+    baseline: Path,
+    candidate: Path,
+    data: Path,
+    config: AuditConfig,
+    out: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run the audit, write ``out`` (report), its rows (JSON lines) and raw maps."""
+    audit = Audit(baseline, candidate, data, config)
+    rows_path, maps_dir = artifact_paths(out)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, audit.total)
+
+    log.info(
+        "audit start samples=%d methods=%s filter=%s",
+        audit.total,
+        ",".join(audit.config.methods),
+        audit.config.sample_filter,
+    )
+    rows = audit.compute(progress=tick, maps_dir=maps_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(rows_path, "w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    report = build_report(
+        rows,
+        models={
+            "baseline": describe_model(audit.baseline, str(baseline)),
+            "candidate": describe_model(audit.candidate, str(candidate)),
+        },
+        dataset=describe_dataset(audit, str(data)),
+        config=config_dict(audit.config),
+        samples_location=rows_path.name,
+    )
+    out.write_text(json.dumps(report, indent=2))
+    log.info("audit done included=%d report=%s", report["subsets"]["included"], out)
+    return report

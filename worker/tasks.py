@@ -1,0 +1,81 @@
+"""Celery tasks: thin wrappers that run the bodies in ``worker.jobs`` with retry rules.
+
+Transient errors (database or broker unreachable) are retried with backoff; anything else is
+deterministic for this job and ends it ``failed`` with the reason, so a poison job does not
+loop through redelivery.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from training.logs import configure_logging
+from worker import jobs
+from worker.celery_app import make_celery
+from worker.store import get_settings
+
+log = logging.getLogger("camdrift.tasks")
+app = make_celery()
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError)
+_context: jobs.WorkerContext | None = None
+
+
+def _enqueue(name: str, args: list[Any]) -> None:
+    app.send_task(name, args=args)
+
+
+def context() -> jobs.WorkerContext:
+    """One context per worker process (engine pool, model cache)."""
+    global _context
+    if _context is None:
+        import os
+
+        configure_logging(os.environ.get("CAMDRIFT_LOG_LEVEL", "info"))
+        settings = get_settings()
+        _context = jobs.WorkerContext.create(
+            settings,
+            _enqueue,
+            device=os.environ.get("CAMDRIFT_DEVICE", "auto"),
+            batch_size=int(os.environ.get("CAMDRIFT_BATCH_SIZE", "16")),
+        )
+    return _context
+
+
+def _run(task: Any, job_id: str, body: Callable[[], None]) -> None:
+    try:
+        body()
+    except jobs.JobFailed as exc:
+        jobs.fail_job(context(), job_id, str(exc))
+    except SoftTimeLimitExceeded:
+        jobs.fail_job(context(), job_id, f"{task.name} exceeded its time limit")
+    except TRANSIENT as exc:
+        if task.request.retries >= task.max_retries:
+            jobs.fail_job(context(), job_id, f"gave up after retries: {exc}")
+            return
+        log.warning("transient error task=%s job=%s error=%r", task.name, job_id, str(exc))
+        raise task.retry(exc=exc, countdown=min(2**task.request.retries, 30)) from None
+    except DBAPIError as exc:
+        jobs.fail_job(context(), job_id, f"database error: {exc.orig}")
+    except Exception as exc:  # a bug or bad input: fail the job, keep the worker alive
+        log.exception("task crashed task=%s job=%s", task.name, job_id)
+        jobs.fail_job(context(), job_id, f"{type(exc).__name__}: {exc}")
+
+
+@app.task(name=jobs.PLAN, bind=True, max_retries=5)
+def plan_job(self, job_id: str) -> None:
+    _run(self, job_id, lambda: jobs.plan_job(context(), job_id))
+
+
+@app.task(name=jobs.SHARD, bind=True, max_retries=5)
+def run_shard(self, job_id: str, shard_no: int) -> None:
+    _run(self, job_id, lambda: jobs.run_shard(context(), job_id, shard_no))
+
+
+@app.task(name=jobs.FINALIZE, bind=True, max_retries=5)
+def finalize_job(self, job_id: str) -> None:
+    _run(self, job_id, lambda: jobs.finalize_job(context(), job_id))
