@@ -23,7 +23,7 @@ from training.checkpoint_format import CheckpointError
 from training.checkpoints import load_checkpoint
 from training.datasets import DatasetIndex, ImageDataset, discover
 from training.protocol import resolve_device
-from training.zoo import ZooModel
+from training.zoo import ZooModel, named_module
 from worker.attribution import DEFAULT_METHODS, attribute_batch, validate_methods
 from worker.metrics import METRICS, drift_metrics, validate_metric_names
 from worker.selection import choose_targets, validate_filter
@@ -129,6 +129,9 @@ class Audit:
             )
         self.baseline, self.candidate = models
         check_compatible(self.baseline.meta, self.candidate.meta)
+        if self.config.target_layer:
+            for loaded in models:
+                named_module(loaded.model, self.config.target_layer)
         self.class_names: list[str] = list(self.baseline.meta["class_names"])
         if isinstance(data, DatasetIndex):
             self.index = data

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import select
@@ -45,11 +46,14 @@ class EmbeddedRunner:
             self.submit(job_id)
         return len(ids)
 
-    def join(self, timeout: float | None = None) -> None:
-        """Wait until every queued task ran (tests, shutdown)."""
-        done = threading.Event()
-        self._queue.put(("__mark__", [done]))
-        done.wait(timeout)
+    def join(self, timeout: float = 600.0) -> bool:
+        """Wait until every task ran, including tasks that tasks enqueue; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -63,13 +67,20 @@ class EmbeddedRunner:
         }
         while (item := self._queue.get()) is not None:
             name, args = item
-            if name == "__mark__":
-                args[0].set()
-                continue
             try:
-                bodies[name](self.ctx, *args)
+                self._run(bodies[name], args)
+            finally:
+                self._queue.task_done()
+
+    def _run(self, body, args: list[Any]) -> None:
+        """One task; whatever happens, the runner thread lives on for the next job."""
+        try:
+            try:
+                body(self.ctx, *args)
             except jobs.JobFailed as exc:
                 jobs.fail_job(self.ctx, args[0], str(exc))
-            except Exception as exc:  # keep the runner alive for the next job
-                log.exception("task crashed task=%s args=%s", name, args)
+            except Exception as exc:
+                log.exception("task crashed task=%s args=%s", body.__name__, args)
                 jobs.fail_job(self.ctx, args[0], f"{type(exc).__name__}: {exc}")
+        except Exception:  # e.g. the database itself is gone: log, keep the thread
+            log.exception("could not record the task's failure args=%s", args)

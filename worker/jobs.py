@@ -195,9 +195,15 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
             started = s.execute(  # conditional: a cancel that came meanwhile wins
                 update(Job)
                 .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-                .values(status="running", started_at=utcnow(), progress_total=total,
-                        progress_done=0, shards_total=len(bounds), shards_done=0,
-                        attempts=Job.attempts + 1)
+                .values(
+                    status="running",
+                    started_at=utcnow(),
+                    progress_total=total,
+                    progress_done=0,
+                    shards_total=len(bounds),
+                    shards_done=0,
+                    attempts=Job.attempts + 1,
+                )
             ).rowcount
             if started != 1:
                 return

@@ -48,8 +48,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
         torch.manual_seed(seed)
         model = create_model("tinycnn", len(CLASSES))
         path = root / f"{phase}.safetensors"
-        save_checkpoint(path, model, model_metadata(model, list(CLASSES), phase=phase,
-                                                    input_size=[64, 64]))
+        save_checkpoint(
+            path, model, model_metadata(model, list(CLASSES), phase=phase, input_size=[64, 64])
+        )
         paths.append(path)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
@@ -74,10 +75,14 @@ class Processes:
 
     def start(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = self.folder / f"{name}.log"
-        proc = subprocess.Popen(
-            args, env={**os.environ, **env}, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(log, "wb") as sink:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                args,
+                env={**os.environ, **env},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.children.append((proc, log))
         return proc
 
@@ -121,8 +126,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
-def run_job_over_http(base: str, inputs: Inputs, body: dict[str, Any],
-                      timeout: float = 240.0) -> tuple[httpx.Client, dict[str, Any]]:
+def run_job_over_http(
+    base: str, inputs: Inputs, body: dict[str, Any], timeout: float = 240.0
+) -> tuple[httpx.Client, dict[str, Any]]:
     """Upload both checkpoints and the zipped dataset, create a job, poll it to the end."""
     client = httpx.Client(base_url=base, timeout=60)
     ids = []
@@ -133,8 +139,7 @@ def run_job_over_http(base: str, inputs: Inputs, body: dict[str, Any],
         ids.append(r.json()["id"])
     r = client.post("/datasets", files={"file": ("data.zip", inputs.zip_bytes, "application/zip")})
     assert r.status_code == 201, r.text
-    job_body = {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"],
-                **body}
+    job_body = {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"], **body}
     r = client.post("/drift-jobs", json=job_body)
     assert r.status_code == 202, r.text
     location = r.headers["location"]

@@ -44,11 +44,14 @@ def _check_job(client, status, local_report) -> None:
     report = client.get(f"/drift-jobs/{status['id']}/report").json()
     assert_reports_equal(local_report, report)
     assert status["progress"]["done"] == status["progress"]["total"] == 40
-    rows = client.get(f"/drift-jobs/{status['id']}/samples",
-                      params={"method": "layercam", "sort": "iou_top20", "limit": 5}).json()
+    rows = client.get(
+        f"/drift-jobs/{status['id']}/samples",
+        params={"method": "layercam", "sort": "iou_top20", "limit": 5},
+    ).json()
     index = rows["items"][0]["index"]
-    png = client.get(f"/drift-jobs/{status['id']}/samples/{index}/overlay.png",
-                     params={"method": "layercam"})
+    png = client.get(
+        f"/drift-jobs/{status['id']}/samples/{index}/overlay.png", params={"method": "layercam"}
+    )
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     md = client.get(f"/drift-jobs/{status['id']}/report", params={"format": "md"})
     assert md.status_code == 200 and "layercam" in md.text
@@ -56,9 +59,12 @@ def _check_job(client, status, local_report) -> None:
 
 def test_embedded_default_end_to_end(inputs, processes, tmp_path, local_report) -> None:
     port = free_port()
-    env = {"CAMDRIFT_DATABASE_URL": f"sqlite:///{tmp_path}/camdrift.db",
-           "CAMDRIFT_STORAGE": str(tmp_path / "storage"), "CAMDRIFT_SHARD_SIZE": "16",
-           "CAMDRIFT_BROKER_URL": ""}
+    env = {
+        "CAMDRIFT_DATABASE_URL": f"sqlite:///{tmp_path}/camdrift.db",
+        "CAMDRIFT_STORAGE": str(tmp_path / "storage"),
+        "CAMDRIFT_SHARD_SIZE": "16",
+        "CAMDRIFT_BROKER_URL": "",
+    }
     api = processes.start("serve", camdrift_command("serve", "--port", str(port)), env)
     wait_http(f"http://127.0.0.1:{port}/healthz", api)
     client, status = run_job_over_http(f"http://127.0.0.1:{port}", inputs, JOB)
@@ -81,23 +87,60 @@ def test_two_celery_workers_share_one_job(inputs, processes, tmp_path, local_rep
     db_url = admin.set(database=name).render_as_string(hide_password=False)
     broker = REDIS_URL.rsplit("/", 1)[0] + "/7"
     subprocess.run(["redis-cli", "-u", broker, "flushdb"], check=False, capture_output=True)
-    env = {"CAMDRIFT_DATABASE_URL": db_url, "CAMDRIFT_BROKER_URL": broker,
-           "CAMDRIFT_STORAGE": str(tmp_path / "storage"), "CAMDRIFT_SHARD_SIZE": "5",
-           "CAMDRIFT_BATCH_SIZE": "4"}
+    env = {
+        "CAMDRIFT_DATABASE_URL": db_url,
+        "CAMDRIFT_BROKER_URL": broker,
+        "CAMDRIFT_STORAGE": str(tmp_path / "storage"),
+        "CAMDRIFT_SHARD_SIZE": "5",
+        "CAMDRIFT_BATCH_SIZE": "4",
+    }
     try:
         # the compose services' commands, run natively
-        migrate = subprocess.run(camdrift_command("db", "upgrade"), env={**_env(), **env},
-                                 capture_output=True, text=True, timeout=120)
+        migrate = subprocess.run(
+            camdrift_command("db", "upgrade"),
+            env={**_env(), **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert migrate.returncode == 0, migrate.stderr
         workers = [
-            processes.start(f"worker{i}", [sys.executable, "-m", "celery", "-A", "worker.tasks",
-                                           "worker", "--pool", "solo", "-n", f"w{i}@%h",
-                                           "-Q", "camdrift", "--loglevel", "INFO"], env)
+            processes.start(
+                f"worker{i}",
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.tasks",
+                    "worker",
+                    "--pool",
+                    "solo",
+                    "-n",
+                    f"w{i}@%h",
+                    "-Q",
+                    "camdrift",
+                    "--loglevel",
+                    "INFO",
+                ],
+                env,
+            )
             for i in (1, 2)
         ]
         port = free_port()
-        api = processes.start("api", [sys.executable, "-m", "uvicorn", "--factory",
-                                      "service.app:create_app", "--port", str(port)], env)
+        api = processes.start(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "service.app:create_app",
+                "--port",
+                str(port),
+            ],
+            env,
+        )
         wait_http(f"http://127.0.0.1:{port}/readyz", api)
         _wait_ready(processes, workers)
         client, status = run_job_over_http(f"http://127.0.0.1:{port}", inputs, JOB)
@@ -106,14 +149,27 @@ def test_two_celery_workers_share_one_job(inputs, processes, tmp_path, local_rep
         with session_factory(engine)() as s:
             job_id = status["id"]
             per_method = s.execute(
-                select(SampleMetric.method, func.count(), func.count(func.distinct(
-                    SampleMetric.index))).where(SampleMetric.job_id == job_id)
-                .group_by(SampleMetric.method)).all()
+                select(
+                    SampleMetric.method, func.count(), func.count(func.distinct(SampleMetric.index))
+                )
+                .where(SampleMetric.job_id == job_id)
+                .group_by(SampleMetric.method)
+            ).all()
             assert sorted(per_method) == [("gradcam++", 40, 40), ("layercam", 40, 40)]
-            assert s.scalar(select(func.count()).select_from(JobSample)
-                            .where(JobSample.job_id == job_id)) == 40
-            assert s.scalar(select(func.count()).select_from(JobShard)
-                            .where(JobShard.job_id == job_id, JobShard.status == "done")) == 8
+            assert (
+                s.scalar(
+                    select(func.count()).select_from(JobSample).where(JobSample.job_id == job_id)
+                )
+                == 40
+            )
+            assert (
+                s.scalar(
+                    select(func.count())
+                    .select_from(JobShard)
+                    .where(JobShard.job_id == job_id, JobShard.status == "done")
+                )
+                == 8
+            )
         engine.dispose()
         shards_by_worker = [processes.log(w).count("shard done") for w in workers]
         assert all(n > 0 for n in shards_by_worker), shards_by_worker

@@ -1,0 +1,13 @@
+# The GPU worker image: CUDA torch + the engine, one Celery worker per GPU (--pool solo).
+FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md alembic.ini ./
+COPY training ./training
+COPY worker ./worker
+COPY service ./service
+COPY migrations ./migrations
+RUN pip install ".[postgres]"
+RUN useradd --uid 10001 camdrift && mkdir -p /data && chown camdrift /data
+USER camdrift
+CMD ["celery", "-A", "worker.tasks", "worker", "--pool", "solo", "-Q", "camdrift", "--loglevel", "INFO"]

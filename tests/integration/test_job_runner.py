@@ -1,0 +1,211 @@
+"""The job runner's promises, driven step by step on SQLite: shards, redelivery, cancel, poison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from service import migrate
+from training.checkpoint_format import sha256_file
+from training.datasets import discover
+from training.phantoms import CLASSES
+from worker import jobs
+from worker.store import Settings, session_scope
+from worker.store.models import (
+    Checkpoint,
+    Dataset,
+    Job,
+    JobSample,
+    JobShard,
+    Report,
+    SampleMetric,
+)
+
+pytestmark = pytest.mark.slow
+
+
+class Recorder:
+    """An enqueue that keeps the messages, so the test plays the broker."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, list[Any]]] = []
+
+    def __call__(self, name: str, args: list[Any]) -> None:
+        self.messages.append((name, list(args)))
+
+    def take(self, name: str) -> list[list[Any]]:
+        picked = [a for n, a in self.messages if n == name]
+        self.messages = [(n, a) for n, a in self.messages if n != name]
+        return picked
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> jobs.WorkerContext:
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/db.sqlite",
+        storage=str(tmp_path / "store"),
+        shard_size=10,
+    )
+    migrate.upgrade(settings)
+    return jobs.WorkerContext.create(settings, Recorder(), device="cpu", batch_size=4)
+
+
+def make_job(ctx: jobs.WorkerContext, inputs, **config: Any) -> str:
+    """A queued job row over the shared checkpoint and dataset records (made on first use)."""
+    with session_scope(ctx.sessions) as s:
+        ids = []
+        for path in (inputs.baseline, inputs.candidate):
+            sha = sha256_file(path)
+            record = s.scalar(select(Checkpoint).where(Checkpoint.sha256 == sha))
+            if record is None:
+                record = Checkpoint(
+                    sha256=sha,
+                    name=path.name,
+                    arch="tinycnn",
+                    num_classes=5,
+                    class_names=list(CLASSES),
+                    phase=None,
+                    input_size=[64, 64],
+                    meta={},
+                    size_bytes=path.stat().st_size,
+                    storage_path=str(path),
+                )
+                s.add(record)
+                s.flush()
+            ids.append(record.id)
+        data = s.scalar(select(Dataset).where(Dataset.root_path == str(inputs.data)))
+        if data is None:
+            index = discover(inputs.data)
+            data = Dataset(
+                name="phantoms",
+                source="path",
+                root_path=str(inputs.data),
+                num_samples=len(index.samples),
+                class_names=index.class_names,
+                class_counts=index.counts(),
+                fingerprint=index.fingerprint(),
+                skipped=[],
+            )
+            s.add(data)
+            s.flush()
+        body = {
+            "methods": ["layercam", "gradcam++"],
+            "sample_filter": "all",
+            "split": None,
+            "seed": 0,
+            **config,
+        }
+        job = Job(
+            baseline_id=ids[0],
+            candidate_id=ids[1],
+            dataset_id=data.id,
+            config=body,
+            request_hash="x",
+        )
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def job_row(ctx: jobs.WorkerContext, job_id: str) -> Job:
+    with session_scope(ctx.sessions) as s:
+        return s.get(Job, job_id)
+
+
+def counts(ctx: jobs.WorkerContext, job_id: str) -> tuple[int, int]:
+    with session_scope(ctx.sessions) as s:
+        samples = s.scalar(
+            select(func.count()).select_from(JobSample).where(JobSample.job_id == job_id)
+        )
+        metrics = s.scalar(
+            select(func.count()).select_from(SampleMetric).where(SampleMetric.job_id == job_id)
+        )
+    return samples, metrics
+
+
+def test_redelivered_messages_change_nothing(ctx, inputs) -> None:
+    job_id = make_job(ctx, inputs)
+    jobs.plan_job(ctx, job_id)
+    jobs.plan_job(ctx, job_id)  # redelivered plan: only re-sends unfinished shards
+    shards = ctx.enqueue.take(jobs.SHARD)
+    assert sorted(no for _, no in shards) == [0, 0, 1, 1, 2, 2, 3, 3]
+    for job, no in shards:  # every shard delivered twice
+        jobs.run_shard(ctx, job, no)
+    assert counts(ctx, job_id) == (40, 80)
+    assert job_row(ctx, job_id).shards_done == 4
+    finals = ctx.enqueue.take(jobs.FINALIZE)
+    assert finals == [[job_id]], "exactly one shard completes the set"
+    jobs.finalize_job(ctx, job_id)
+    jobs.finalize_job(ctx, job_id)
+    job = job_row(ctx, job_id)
+    assert job.status == "succeeded" and job.progress_done == job.progress_total == 40
+    with session_scope(ctx.sessions) as s:
+        assert s.scalar(select(func.count()).select_from(Report)) == 1
+
+
+def test_a_shard_run_twice_replaces_its_rows(ctx, inputs) -> None:
+    job_id = make_job(ctx, inputs)
+    jobs.plan_job(ctx, job_id)
+    ctx.enqueue.take(jobs.SHARD)
+    jobs.run_shard(ctx, job_id, 0)
+    with session_scope(ctx.sessions) as s:  # as if the worker died before acknowledging
+        s.get(JobShard, (job_id, 0)).status = "pending"
+        s.get(Job, job_id).shards_done = 0
+    jobs.run_shard(ctx, job_id, 0)
+    assert counts(ctx, job_id) == (10, 20)
+    assert job_row(ctx, job_id).shards_done == 1
+
+
+def test_cancel_stops_a_running_job_between_batches(ctx, inputs, monkeypatch) -> None:
+    job_id = make_job(ctx, inputs)
+    jobs.plan_job(ctx, job_id)
+    checks = {"n": 0}
+    real = jobs._cancel_requested
+
+    def cancel_after_first_batch(c, jid):
+        checks["n"] += 1
+        if checks["n"] == 2:  # the user cancels while the first batch is being computed
+            with session_scope(c.sessions) as s:
+                s.get(Job, jid).cancel_requested = True
+        return real(c, jid)
+
+    monkeypatch.setattr(jobs, "_cancel_requested", cancel_after_first_batch)
+    jobs.run_shard(ctx, job_id, 0)
+    job = job_row(ctx, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert job.progress_done == 4, "one batch of 4 ran, then it stopped"
+    for _, no in ctx.enqueue.take(jobs.SHARD)[1:]:
+        jobs.run_shard(ctx, job_id, no)  # later shards see the cancel and do nothing
+    assert counts(ctx, job_id) == (0, 0)
+    assert ctx.enqueue.take(jobs.FINALIZE) == []
+
+
+def test_cancel_while_queued_is_never_started(ctx, inputs) -> None:
+    job_id = make_job(ctx, inputs)
+    with session_scope(ctx.sessions) as s:
+        s.get(Job, job_id).cancel_requested = True
+    jobs.plan_job(ctx, job_id)
+    assert job_row(ctx, job_id).status == "cancelled"
+    assert ctx.enqueue.messages == []
+
+
+def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) -> None:
+    from worker.embedded import EmbeddedRunner
+
+    bad = make_job(ctx, inputs, target_layer="net.nope")
+    runner = EmbeddedRunner(ctx.settings, device="cpu", batch_size=8)
+    try:
+        runner.submit(bad)
+        runner.join(timeout=60)
+        job = job_row(ctx, bad)
+        assert job.status == "failed" and "net.nope" in job.error
+        assert not jobs.fail_job(ctx, bad, "again"), "a finished job keeps its outcome"
+        good_id = make_job(ctx, inputs)
+        runner.submit(good_id)
+        runner.join(timeout=120)
+        assert job_row(ctx, good_id).status == "succeeded"
+    finally:
+        runner.stop()

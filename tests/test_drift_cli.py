@@ -1,0 +1,140 @@
+"""``camdrift drift``: a whole local audit, a report that validates, clear errors (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from service.cli import app
+from training.checkpoints import model_metadata, save_checkpoint
+from training.phantoms import CLASSES, generate_dataset
+from training.zoo import create_model
+from worker.metrics import METRICS
+from worker.report_schema import validate_report
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("drift")
+    generate_dataset(root / "data", per_class=6, size=48, seed=1)
+    for seed, phase in ((0, "tl"), (1, "ft")):
+        torch.manual_seed(seed)
+        model = create_model("tinycnn", 5)
+        save_checkpoint(
+            root / f"{phase}.safetensors",
+            model,
+            model_metadata(model, list(CLASSES), phase=phase, input_size=[48, 48]),
+        )
+    return root
+
+
+def _drift(world, *extra: str):
+    return runner.invoke(
+        app,
+        [
+            "drift",
+            "--baseline",
+            str(world / "tl.safetensors"),
+            "--candidate",
+            str(world / "ft.safetensors"),
+            "--data",
+            str(world / "data"),
+            *extra,
+        ],
+    )
+
+
+def test_report_validates_with_counts_aucs_and_cis(world) -> None:
+    out = world / "report.json"
+    result = _drift(
+        world,
+        "--out",
+        str(out),
+        "--sample-filter",
+        "all",
+        "--split",
+        "all",
+        "--methods",
+        "layercam,gradcam++,gradcam",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    validate_report(report)
+    assert report["subsets"]["evaluated"] == 30 and report["subsets"]["included"] == 30
+    for role in ("baseline", "candidate"):
+        assert 0.0 <= report["performance"][role]["macro_auc"] <= 1.0
+    for method in ("layercam", "gradcam++", "gradcam"):
+        for metric in METRICS:
+            overall = report["summaries"][method][metric]["overall"]
+            if overall["n"] >= 2:
+                assert overall["ci95_low"] <= overall["mean"] <= overall["ci95_high"]
+            assert set(report["summaries"][method][metric]) == {"overall", *CLASSES}
+    rows = (world / "report.samples.jsonl").read_text().splitlines()
+    assert len(rows) == 30 and (world / "report.maps").is_dir()
+    assert len(report["method_comparisons"]) == 3 * len(METRICS)
+    assert "attribution drift" in result.output
+
+
+def test_true_positive_filter_keeps_only_agreeing_correct_samples(world) -> None:
+    out = world / "tp.json"
+    assert _drift(world, "--out", str(out), "--split", "all").exit_code == 0
+    report = json.loads(out.read_text())
+    assert report["subsets"]["included"] == report["subsets"]["true_positive"]
+    for line in (world / "tp.samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        agrees = row["label"] == row["pred_baseline"] == row["pred_candidate"]
+        assert row["included"] == agrees
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "nope"], "unknown 'nope'"),
+        (["--metrics", "iou_top0"], "iou_top0"),
+        (["--sample-filter", "some"], "sample_filter"),
+        (["--target-layer", "net.nothing"], "not a module"),
+        (["--split", "holdout"], "no samples in split"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(world, args, message) -> None:
+    result = _drift(world, "--out", str(world / "bad.json"), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (world / "bad.json").exists()
+
+
+def test_missing_checkpoint_and_class_mismatch_exit_2(world, tmp_path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "drift",
+            "--baseline",
+            str(tmp_path / "none.safetensors"),
+            "--candidate",
+            str(world / "ft.safetensors"),
+            "--data",
+            str(world / "data"),
+        ],
+    )
+    assert result.exit_code == 2 and "no such checkpoint" in result.output
+    model = create_model("tinycnn", 3)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, model, model_metadata(model, ["a", "b", "c"]))
+    result = runner.invoke(
+        app,
+        [
+            "drift",
+            "--baseline",
+            str(world / "tl.safetensors"),
+            "--candidate",
+            str(other),
+            "--data",
+            str(world / "data"),
+        ],
+    )
+    assert result.exit_code == 2 and "class sets do not match" in result.output

@@ -1,0 +1,86 @@
+"""Two-phase training: artefacts, metadata lineage, frozen backbone in TL, and learnability."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint_format import read_metadata, sha256_file
+from training.checkpoints import load_checkpoint
+from training.phantoms import generate_dataset
+from training.protocol import PhaseConfig, TrainConfig, pretrain, train_two_phase
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("train")
+    generate_dataset(root / "data", per_class=12, size=48, seed=0)
+    cfg = TrainConfig(
+        arch="tinycnn",
+        input_size=(48, 48),
+        progress=False,
+        save_every_epoch=True,
+        tl=PhaseConfig(epochs=2, lr=1e-2, batch_size=16),
+        ft=PhaseConfig(epochs=2, lr=1e-3, batch_size=16),
+    )
+    return root / "run", train_two_phase(root / "data", root / "run", cfg)
+
+
+def test_writes_checkpoints_metrics_and_curves(small_run) -> None:
+    run, result = small_run
+    for name in ("tl.safetensors", "ft.safetensors", "metrics.json", "training_curves.png"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == [
+        "ft_epoch001.safetensors",
+        "ft_epoch002.safetensors",
+        "tl_epoch001.safetensors",
+        "tl_epoch002.safetensors",
+    ]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for phase in ("tl", "ft"):
+        test = metrics[phase]["test"]
+        assert set(test) >= {"accuracy", "macro_auc", "recall_per_class", "confusion_matrix"}
+        assert len(test["confusion_matrix"]) == 5
+    assert metrics == json.loads(json.dumps(result))
+
+
+def test_ft_names_its_tl_parent_and_tl_froze_the_backbone(small_run) -> None:
+    run, _ = small_run
+    tl_meta, ft_meta = read_metadata(run / "tl.safetensors"), read_metadata(run / "ft.safetensors")
+    assert tl_meta["phase"] == "tl" and ft_meta["phase"] == "ft"
+    assert ft_meta["parent_sha256"] == sha256_file(run / "tl.safetensors")
+    assert tl_meta["input_size"] == [48, 48]
+    first, _ = load_checkpoint(run / "epochs" / "tl_epoch001.safetensors")
+    tl, _ = load_checkpoint(run / "tl.safetensors")
+    ft, _ = load_checkpoint(run / "ft.safetensors")
+    a, b, c = (m.net.state_dict() for m in (first, tl, ft))
+    backbone = [k for k in a if not k.startswith("fc.")]
+    assert all(torch.equal(a[k], b[k]) for k in backbone), "TL must not touch the backbone"
+    assert not all(torch.equal(b[k], c[k]) for k in backbone), "FT must train the backbone"
+
+
+@pytest.mark.slow
+def test_offline_pretrained_tinycnn_learns_the_phantoms(tmp_path) -> None:
+    """The issue's bar: 5 x 200 phantoms at 96 px, offline-pretrained small backbone:
+    FT macro AUC >= 0.97 on the held-out split, TL clearly better than chance."""
+    generate_dataset(tmp_path / "source", 200, 96, seed=1000, task="source")
+    generate_dataset(tmp_path / "target", 200, 96, seed=0)
+    pre_cfg = TrainConfig(
+        arch="tinycnn",
+        input_size=(96, 96),
+        progress=False,
+        ft=PhaseConfig(epochs=12, lr=3e-3, patience=12),
+    )
+    pretrain(tmp_path / "source", tmp_path / "pre.safetensors", pre_cfg)
+    cfg = TrainConfig(
+        arch="tinycnn",
+        input_size=(96, 96),
+        progress=False,
+        pretrained=str(tmp_path / "pre.safetensors"),
+    )
+    result = train_two_phase(tmp_path / "target", tmp_path / "run", cfg)
+    assert result["ft"]["test"]["macro_auc"] >= 0.97, result["ft"]["test"]
+    assert result["tl"]["test"]["macro_auc"] >= 0.75, result["tl"]["test"]
