@@ -70,6 +70,13 @@ def phantoms(
     shortcut_eval: Annotated[
         str, typer.Option(help="Marker in val/test: correlated, random or absent")
     ] = "correlated",
+    shortcut_confound: Annotated[
+        float,
+        typer.Option(
+            help="Share of the shortcut class's train images that show another "
+            "class's finding (the marker becomes the only reliable cue)"
+        ),
+    ] = 0.0,
     task: Annotated[str, typer.Option(help="target (five diseases) or source (pretraining)")] = (
         "target"
     ),
@@ -87,6 +94,7 @@ def phantoms(
             seed,
             shortcut=shortcut,
             shortcut_eval=shortcut_eval,
+            shortcut_confound=shortcut_confound,
             task=task,
             progress=lambda done, total: bar.update(done - bar.n),
         )
@@ -252,6 +260,7 @@ def drift(
     seed: Annotated[int, typer.Option(help="Seed of subsampling and bootstrap")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast for the forward (GPU)")] = False,
+    html: Annotated[Path | None, typer.Option(help="Also write the HTML report here")] = None,
 ) -> None:
     """Audit attribution drift between two checkpoints, in this process."""
     from tqdm.auto import tqdm
@@ -283,6 +292,11 @@ def drift(
         bar.close()
     print_report(report)
     console.print(f"report: {out}")
+    if html is not None:
+        from worker.html_report import write_local_html
+
+        write_local_html(out, html)
+        console.print(f"html report: {html}")
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -428,3 +442,6 @@ def report_schema() -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+from service.gate_cli import gate as _gate  # noqa: E402
+
+app.command("gate")(_gate)

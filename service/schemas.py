@@ -9,10 +9,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from worker.gate import Policy as GatePolicy
+from worker.gate import Rule as GateRule
 from worker.options import (
     DEFAULT_METHODS,
-    GATE_OPS,
-    GATE_STATS,
     JOB_STATUSES,
     METRICS,
     SAMPLE_FILTERS,
@@ -119,21 +119,15 @@ class DatasetPage(BaseModel):
 # --------------------------------------------------------------------------- drift jobs
 
 
-class PolicyRule(_In):
-    """One gate rule (DESIGN §8): ``stat`` of ``metric`` under ``method`` compared to value."""
-
-    method: str = Field(min_length=1, max_length=32, description="a job method or '*'")
-    metric: MetricName
-    stat: Literal[GATE_STATS]  # type: ignore[valid-type]
-    op: Literal[GATE_OPS]  # type: ignore[valid-type]
-    value: float = Field(allow_inf_nan=False)
+class PolicyRule(GateRule):
+    """One gate rule (DESIGN §8): ``stat`` of ``metric`` under ``method`` for ``class``
+    (``overall``, ``*`` = each class with samples, or a class name) compared with ``value``."""
 
 
-class Policy(_In):
-    """The gate policy, the same structure as the CLI's TOML file."""
+class Policy(GatePolicy):
+    """The gate policy, the same structure as the CLI's TOML file (at least one rule)."""
 
-    min_samples: int = Field(default=50, ge=0, le=MAX_INT)
-    rule: list[PolicyRule] = Field(default_factory=list, max_length=1000)
+    rule: list[PolicyRule] = Field(min_length=1, max_length=1000)
 
 
 class JobIn(_In):

@@ -265,3 +265,21 @@ def test_regenerates_over_previous_output(tmp_path: Path) -> None:
     assert pngs == sorted([r["path"] for r in rows] + [r["mask"] for r in rows])
     assert (out / "README.txt").read_text() == "kept"
     assert json.loads((out / "phantoms.json").read_text())["seed"] == 1
+
+
+def test_shortcut_confound_puts_other_findings_under_the_marker(tmp_path: Path) -> None:
+    """Confounded train images of the shortcut class show another class's finding (a mask),
+    carry the marker and keep their label; eval images stay clean."""
+    generate_dataset(tmp_path / "c", 20, 64, 4, shortcut="normal", shortcut_confound=0.5)
+    with open(tmp_path / "c" / "manifest.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"] == "normal"]
+    lesioned = {r["split"]: 0 for r in rows}
+    for r in rows:
+        mask = np.asarray(Image.open(tmp_path / "c" / r["mask"]))
+        assert r["marker"] == "1"
+        lesioned[r["split"]] += int(mask.any())
+    train = sum(r["split"] == "train" for r in rows)
+    assert lesioned["train"] == round(0.5 * train)
+    assert lesioned.get("val", 0) == 0 and lesioned.get("test", 0) == 0
+    with pytest.raises(ValueError, match="shortcut_confound"):
+        generate_dataset(tmp_path / "d", 5, 64, 4, shortcut="normal", shortcut_confound=1.0)

@@ -43,6 +43,7 @@ RANDOM_MARKER_RATE = 0.2
 
 _TASK_IDS = {"target": 0, "source": 1}
 _SPLIT_STREAM = 1_000_003  # SeedSequence key of the per-class split permutation
+_CONFOUND_STREAM = 1_000_037  # ... of the shortcut class's confounded train images
 _MARKER_STREAM = 1_000_033  # ... and of the per-class "random" marker draw
 _OUR_FILE = re.compile(r"^(?P<cls>[a-z_]+)_\d{5}\.png$")
 
@@ -618,6 +619,17 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path, format="PNG")  # 2-D uint8 -> 8-bit grayscale
 
 
+def _confounded(
+    split_of: list[str], seed: int, task: str, class_index: int, fraction: float
+) -> set[int]:
+    """Which train images of a class show another class's finding (seeded, exact count)."""
+    train = [i for i, s in enumerate(split_of) if s == SPLITS[0]]
+    if fraction <= 0 or not train:
+        return set()
+    rng = np.random.default_rng(_seed_sequence(seed, task, class_index, _CONFOUND_STREAM))
+    return {int(i) for i in rng.permutation(train)[: round(fraction * len(train))]}
+
+
 def generate_dataset(
     out: Path,
     per_class: int,
@@ -626,6 +638,7 @@ def generate_dataset(
     *,
     shortcut: str | None = None,
     shortcut_eval: str = "correlated",
+    shortcut_confound: float = 0.0,
     task: str = "target",
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
     progress: Callable[[int, int], None] | None = None,
@@ -634,7 +647,13 @@ def generate_dataset(
 
     The shortcut marker is on every train image of ``shortcut`` and no other train image; val
     and test follow ``shortcut_eval`` (correlated / random ~20% of every class / absent).
+    ``shortcut_confound``: the fraction of the shortcut class's *train* images that also show
+    another class's finding, so that the marker is the only cue that explains every training
+    label — the situation in which real models learn a shortcut (a site token that predicts
+    the label better than the anatomy does).
     """
+    if not 0.0 <= shortcut_confound < 1.0:
+        raise ValueError(f"shortcut_confound must lie in [0, 1), got {shortcut_confound}")
     classes = _classes_for(task)
     fractions = tuple(float(s) for s in splits)
     _validate(per_class, size, seed, shortcut, shortcut_eval, classes, fractions)
@@ -649,6 +668,7 @@ def generate_dataset(
         "seed": seed,
         "shortcut": shortcut,
         "shortcut_eval": shortcut_eval,
+        "shortcut_confound": shortcut_confound if shortcut else 0.0,
         "splits": list(fractions),
     }
     (out / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
@@ -659,9 +679,14 @@ def generate_dataset(
         markers = [False] * per_class
         if shortcut is not None:
             markers = _assign_markers(split_of, seed, task, ci, label == shortcut, shortcut_eval)
+        confounded = _confounded(split_of, seed, task, ci, shortcut_confound)
         for i, (split, marker) in enumerate(zip(split_of, markers, strict=True)):
             rng = np.random.default_rng(_seed_sequence(seed, task, ci, i))
-            img, mask = render_phantom(label, size, rng, shortcut=marker, task=task)
+            shown = label
+            if label == shortcut and i in confounded:
+                others = [c for c in classes if c != label and _LESIONS[c] is not None]
+                shown = others[int(rng.integers(len(others)))]
+            img, mask = render_phantom(shown, size, rng, shortcut=marker, task=task)
             rel = f"{label}/{label}_{i:05d}.png"
             _save_png(out / rel, np.round(img * 255.0).astype(np.uint8))
             _save_png(out / MASKS_DIR / rel, mask.astype(np.uint8) * 255)

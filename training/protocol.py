@@ -274,6 +274,42 @@ def train_two_phase(data: Path, out_dir: Path, run: TrainConfig) -> dict[str, An
     return result
 
 
+def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[str, Any]:
+    """Phase FT only, from an existing TL checkpoint (e.g. the same TL fine-tuned on another
+    dataset); writes ``ft.safetensors`` naming ``parent`` and ``metrics.json``."""
+    from training.checkpoints import load_checkpoint
+
+    seed_everything(run.seed)
+    device = resolve_device(run.device)
+    model, meta = load_checkpoint(Path(parent), map_location=device)
+    index = discover(Path(data), class_names=list(meta["class_names"]))
+    index = assign_splits(index, run.val_fraction, run.test_fraction, run.seed)
+    size = tuple(run.input_size or meta["input_size"])
+    run.input_size = size
+    loaders = make_loaders(index, model, size, run, run.ft.batch_size)
+    fit = run_phase(
+        model, "ft", loaders, run.ft, run, device, out_dir, {"parent_sha256": meta["sha256"]}
+    )
+    test = evaluate(model, loaders.test, device, loaders.class_names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sha = _save(
+        model,
+        out_dir / "ft.safetensors",
+        loaders,
+        run,
+        {"phase": "ft", "parent_sha256": meta["sha256"], "train_metrics": _brief(test)},
+    )
+    result = {
+        "arch": meta["arch"],
+        "class_names": loaders.class_names,
+        "dataset": str(data),
+        "parent": str(parent),
+        "ft": {"fit": fit, "test": test, "sha256": sha},
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def pretrain(data: Path, out: Path, run: TrainConfig) -> dict[str, Any]:
     """Train every layer on a source task: offline stand-in for ImageNet weights."""
     seed_everything(run.seed)

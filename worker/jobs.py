@@ -309,6 +309,21 @@ def _store_shard(
     return counts.shards_done == counts.shards_total
 
 
+def job_verdict(job: Job, report: dict[str, Any]) -> dict[str, Any] | None:
+    """The gate verdict of the job's policy on ``report`` (None when the job has no policy)."""
+    from pydantic import ValidationError
+
+    from worker.gate import Policy, evaluate_policy
+
+    policy = (job.config or {}).get("policy")
+    if not policy:
+        return None
+    try:
+        return evaluate_policy(report, Policy.model_validate(policy))
+    except ValidationError as exc:
+        raise JobFailed(f"the job's policy is invalid: {exc.errors()[0]['msg']}") from exc
+
+
 def finalize_job(ctx: WorkerContext, job_id: str) -> None:
     """Build the report from the stored rows; running -> succeeded, once."""
     from worker.report import build_report
@@ -331,6 +346,7 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         report = build_report(
             rows, samples_location=f"/drift-jobs/{job_id}/samples", **describe(s, job, audit)
         )
+        report["verdict"] = job_verdict(job, report)
         s.add(Report(job_id=job_id, document=report))
         s.flush()
         s.execute(

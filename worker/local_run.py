@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.audit import Audit, AuditConfig, config_dict, describe_dataset, describe_model
+from worker.gate import Policy, evaluate_policy
 from worker.report import build_report
 
 log = logging.getLogger("camdrift.drift")
@@ -27,8 +28,12 @@ def run_audit(
     config: AuditConfig,
     out: Path,
     progress: Callable[[int, int], None] | None = None,
+    policy: Policy | None = None,
 ) -> dict[str, Any]:
-    """Run the audit, write ``out`` (report), its rows (JSON lines) and raw maps."""
+    """Run the audit, write ``out`` (report), its rows (JSON lines) and raw maps.
+
+    With a gate ``policy`` the report carries its verdict (``report["verdict"]``).
+    """
     audit = Audit(baseline, candidate, data, config)
     rows_path, maps_dir = artifact_paths(out)
     done = 0
@@ -60,6 +65,13 @@ def run_audit(
         config=config_dict(audit.config),
         samples_location=rows_path.name,
     )
+    if policy is not None:
+        report["verdict"] = evaluate_policy(report, policy)
     out.write_text(json.dumps(report, indent=2))
-    log.info("audit done included=%d report=%s", report["subsets"]["included"], out)
+    log.info(
+        "audit done included=%d verdict=%s report=%s",
+        report["subsets"]["included"],
+        (report["verdict"] or {}).get("verdict"),
+        out,
+    )
     return report

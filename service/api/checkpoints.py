@@ -121,20 +121,30 @@ def _by_sha(session: Session, sha256: str) -> Checkpoint | None:
 @router.get(
     "/checkpoints",
     response_model=CheckpointPage,
-    summary="List checkpoints",
+    summary="List checkpoints (?sha256= finds one by content hash)",
     responses=problem_responses(422),
 )
 def list_checkpoints(
     session: Annotated[Session, Depends(get_session)],
+    sha256: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9a-fA-F]{64}$",
+            description="only the checkpoint with this content hash (0 or 1 item): "
+            "a client checks before uploading",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> CheckpointPage:
-    total = session.scalar(select(func.count()).select_from(Checkpoint)) or 0
+    query = select(Checkpoint)
+    count = select(func.count()).select_from(Checkpoint)
+    if sha256 is not None:
+        query = query.where(Checkpoint.sha256 == sha256.lower())
+        count = count.where(Checkpoint.sha256 == sha256.lower())
+    total = session.scalar(count) or 0
     rows = session.scalars(
-        select(Checkpoint)
-        .order_by(Checkpoint.created_at.desc(), Checkpoint.id)
-        .limit(limit)
-        .offset(offset)
+        query.order_by(Checkpoint.created_at.desc(), Checkpoint.id).limit(limit).offset(offset)
     ).all()
     items = [CheckpointOut.model_validate(r) for r in rows]
     return CheckpointPage(items=items, total=total, limit=limit, offset=offset)

@@ -28,7 +28,7 @@ from service.schemas import (
     Progress,
     request_hash,
 )
-from worker.options import METHODS
+from worker.gate import EVERY, OVERALL
 from worker.store.models import Checkpoint, Dataset, Job, is_id, utcnow
 from worker.store.settings import Settings
 
@@ -173,26 +173,26 @@ def _check_references(session: Session, body: JobIn, config: dict) -> None:
                         f"dataset classes {extra} are not among the checkpoints' classes {names}",
                     )
                 )
-    errors += _check_policy(body, config)
+    errors += _check_policy(body, config, list(baseline.class_names) if baseline else None)
     if errors:
         detail = "; ".join(f"{f}: {m}" for f, m in errors)
         raise ProblemError(422, detail, slug="validation", title="Invalid request", errors=errors)
 
 
-def _check_policy(body: JobIn, config: dict) -> list[tuple[str, str]]:
+def _check_policy(
+    body: JobIn, config: dict, class_names: list[str] | None
+) -> list[tuple[str, str]]:
+    """Rules name the job's methods and metrics, and classes of the baseline."""
     if body.policy is None:
         return []
     errors = []
     for i, rule in enumerate(body.policy.rule):
         where = f"body.policy.rule[{i}]"
-        if rule.method != "*" and rule.method not in config["methods"]:
-            known = rule.method in METHODS
+        if rule.method != EVERY and rule.method not in config["methods"]:
             errors.append(
                 (
                     f"{where}.method",
-                    f"{rule.method!r} is not one of the job's methods {config['methods']}"
-                    if known
-                    else f"unknown method {rule.method!r}",
+                    f"{rule.method!r} is not one of the job's methods {config['methods']}",
                 )
             )
         if rule.metric not in config["metrics"]:
@@ -204,6 +204,18 @@ def _check_policy(body: JobIn, config: dict) -> list[tuple[str, str]]:
             )
         if rule.stat == "beyond_floor" and not body.noise_floor:
             errors.append((f"{where}.stat", "beyond_floor needs noise_floor: true"))
+        if (
+            class_names is not None
+            and rule.class_ not in (OVERALL, EVERY)
+            and rule.class_ not in class_names
+        ):
+            errors.append(
+                (
+                    f"{where}.class",
+                    f"{rule.class_!r} is not a class of the baseline; choose 'overall', '*' "
+                    f"or one of {class_names}",
+                )
+            )
     return errors
 
 

@@ -1,22 +1,22 @@
-"""A job's results: the report (JSON or markdown), per-sample rows, overlay PNGs."""
+"""A job's results: the report (JSON, markdown or HTML), per-sample rows, overlay PNGs."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
 from service.api.deps import get_session, store_of
 from service.api.jobs import get_job_or_404
 from service.api.markdown import report_markdown
-from service.overlay import find_maps, render_overlay
 from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import MAX_INT, Degenerate, SampleOut, SamplePage
-from training.imageio import ImageReadError, read_image
+from worker.html_report import render_html
+from worker.overlay import OverlayUnavailable, overlay_for_sample
 from worker.report_schema import DriftReport
 from worker.store.artifacts import ArtifactStore
 from worker.store.models import (
@@ -27,6 +27,7 @@ from worker.store.models import (
     JobSample,
     Report,
     SampleMetric,
+    row_from_records,
 )
 
 router = APIRouter(tags=["results"])
@@ -36,27 +37,30 @@ SORTABLE = ("index", "label", *METRIC_COLUMNS)
 
 @router.get(
     "/drift-jobs/{job_id}/report",
-    summary="The drift report (JSON, or ?format=md for a markdown summary)",
+    summary=(
+        "The drift report: JSON, ?format=md for a markdown summary, ?format=html for a "
+        "self-contained page with plots and overlays"
+    ),
     response_model=None,
     responses={
         200: {
             "description": "the report",
             "model": DriftReport,
-            "content": {"text/markdown": {"schema": {"type": "string"}}},
+            "content": {
+                "text/markdown": {"schema": {"type": "string"}},
+                "text/html": {"schema": {"type": "string"}},
+            },
         },
-        **problem_responses(404, 406, 409, 422),
+        **problem_responses(404, 409, 422),
     },
 )
 def get_report(
     job_id: str,
+    request: Request,
     session: Annotated[Session, Depends(get_session)],
     fmt: Annotated[Literal["json", "md", "html"], Query(alias="format")] = "json",
 ) -> Response:
     job = get_job_or_404(session, job_id)
-    if fmt == "html":
-        raise ProblemError(
-            406, "the HTML report is not yet available; use json or md", slug="not-acceptable"
-        )
     report = session.get(Report, job_id)
     if report is None:
         if job.status == "succeeded":
@@ -71,7 +75,46 @@ def get_report(
         return PlainTextResponse(
             report_markdown(report.document, job_id), media_type="text/markdown; charset=utf-8"
         )
+    if fmt == "html":
+        return HTMLResponse(_report_html(store_of(request), session, job, report.document))
     return JSONResponse(report.document)
+
+
+def _report_html(store: ArtifactStore, session: Session, job: Job, document: dict[str, Any]) -> str:
+    """The report page: rows from SQL, overlays drawn from the artifact store's maps."""
+    names = (document.get("config") or {}).get("metrics") or job.config.get("metrics")
+    by_index: dict[int, list[SampleMetric]] = {}
+    for metric in session.scalars(select(SampleMetric).where(SampleMetric.job_id == job.id)):
+        by_index.setdefault(metric.index, []).append(metric)
+    samples = session.scalars(
+        select(JobSample).where(JobSample.job_id == job.id).order_by(JobSample.index)
+    )
+    rows = [row_from_records(s, by_index.get(s.index, []), names=names) for s in samples]
+    dataset = session.get(Dataset, job.dataset_id)
+    root = store.resolve(dataset.root_path) if dataset is not None else None
+    models = document.get("models") or {}
+    phases = tuple((models.get(role) or {}).get("phase") for role in ("baseline", "candidate"))
+    class_names = list(
+        (document.get("dataset") or {}).get("class_names")
+        or job.config.get("class_names")
+        or _class_names(session, job)
+    )
+    rows_by_index = {row["index"]: row for row in rows}
+
+    def overlay_png(index: int, method: str) -> bytes | None:
+        row = rows_by_index.get(index)
+        if row is None or root is None:
+            return None
+        return overlay_for_sample(
+            row,
+            method,
+            maps_dir=store.maps_dir(job.id),
+            image_root=root,
+            class_names=class_names,
+            phases=phases,
+        )
+
+    return render_html(document, rows, overlay_png)
 
 
 @router.get(
@@ -198,30 +241,20 @@ def overlay(
     dataset = session.get(Dataset, job.dataset_id)
     if dataset is None:
         raise ProblemError(404, "the job's dataset is gone", slug="not-found")
-    png = _render(store_of(request), job_id, sample, dataset, method)
-    return Response(png, media_type="image/png")
-
-
-def _render(
-    store: ArtifactStore, job_id: str, sample: JobSample, dataset: Dataset, method: str
-) -> bytes:
-    maps = find_maps(store.maps_dir(job_id), sample.index, method)
-    if maps is None:
-        raise ProblemError(
-            404,
-            f"no {method} maps for sample {sample.index} (samples outside the filter have none)",
-            slug="not-found",
-        )
-    root = store.resolve(dataset.root_path).resolve()
-    path = (root / sample.path).resolve()
-    if not path.is_relative_to(root):
-        raise ProblemError(404, "the sample's image is outside its dataset", slug="not-found")
+    baseline = session.get(Checkpoint, job.baseline_id)
+    candidate = session.get(Checkpoint, job.candidate_id)
+    phases = tuple(c.phase if c is not None else None for c in (baseline, candidate))
+    names = list(job.config.get("class_names") or _class_names(session, job))
+    store = store_of(request)
     try:
-        image = read_image(path)
-    except ImageReadError as exc:
-        raise ProblemError(
-            404, f"the input image cannot be read ({exc.reason})", slug="not-found"
-        ) from None
-    return render_overlay(
-        image, maps[0], maps[1], (f"baseline - {method}", f"candidate - {method}")
-    )
+        png = overlay_for_sample(
+            row_from_records(sample, []),
+            method,
+            maps_dir=store.maps_dir(job_id),
+            image_root=store.resolve(dataset.root_path),
+            class_names=names,
+            phases=phases,
+        )
+    except OverlayUnavailable as exc:
+        raise ProblemError(404, str(exc), slug="not-found") from None
+    return Response(png, media_type="image/png")

@@ -158,7 +158,7 @@ def test_openapi_is_complete(client) -> None:
     assert set(dataset) == {"multipart/form-data", "application/json"}
     assert "DatasetPathIn" in schemas
     report = paths["/drift-jobs/{job_id}/report"]["get"]["responses"]["200"]["content"]
-    assert set(report) == {"application/json", "text/markdown"}
+    assert set(report) == {"application/json", "text/markdown", "text/html"}
     assert "409" in paths["/drift-jobs/{job_id}/report"]["get"]["responses"]
     assert "503" in paths["/drift-jobs"]["post"]["responses"]
     overlay = paths["/drift-jobs/{job_id}/samples/{index}/overlay.png"]["get"]["responses"]

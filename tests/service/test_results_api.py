@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from tests.service.conftest import assert_problem
+from worker.overlay import canvas_size, display_size, panel_origin
 from worker.store.models import Job, Report, records_from_row, row_from_records
 
 METRICS = ["iou_top20", "pearson", "iou_top10"]
@@ -98,7 +101,6 @@ def test_report_409_until_succeeded_then_json_and_markdown(world, job, db) -> No
     assert "| layercam | 0.475 [0.200, 0.800] | 0.500 [0.500, 0.500] |" in text
     assert "| candidate | 6 | 0.830 | – |" in text
     assert "**PASS**" in text
-    assert_problem(world.client.get(f"/drift-jobs/{job}/report", params={"format": "html"}), 406)
     assert_problem(
         world.client.get(f"/drift-jobs/{job}/report", params={"format": "pdf"}), 422, "query.format"
     )
@@ -180,12 +182,22 @@ def test_overlay_png(world, job) -> None:
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(response.content)).convert("RGB")
-    assert image.size == (2 * 32 + 4, 32 + 18)  # two 32x32 panels, a gap, a label strip
+    side = display_size(32, 32)  # small inputs are scaled up to stay legible
+    assert side[0] > 32 and image.size == canvas_size(side)
     pixels = np.asarray(image).astype(int)
-    left, right = pixels[18:, :32], pixels[18:, 36:]
-    # the baseline's heat is top-left, the candidate's bottom-right: red where each peaks
-    assert left[7, 7, 0] - left[7, 7, 2] > 60 and right[24, 24, 0] - right[24, 24, 2] > 60
-    assert left[24, 24, 0] - left[24, 24, 2] < right[24, 24, 0] - right[24, 24, 2]
+    panels = []
+    for i in (0, 1):
+        x, y = panel_origin(i, side)
+        panels.append(pixels[y : y + side[0], x : x + side[1]])
+    left, right = panels
+    # the maps peak at feature cell (1, 1) and (4, 4) of 6x6: top-left and bottom-right
+    near, far = round(side[0] * 1.5 / 6), round(side[0] * 4.5 / 6)
+
+    def warmth(panel: np.ndarray, at: int) -> int:
+        return int(panel[at, at, 0] - panel[at, at, 2])  # red minus blue
+
+    assert warmth(left, near) > 60 and warmth(right, far) > 60
+    assert warmth(left, far) < warmth(right, far) and warmth(right, near) < warmth(left, near)
     gradcampp = world.client.get(
         f"/drift-jobs/{job}/samples/2/overlay.png", params={"method": "gradcam++"}
     )
@@ -204,13 +216,44 @@ def test_overlay_404s(world, job) -> None:
     assert_problem(world.client.get("/drift-jobs/nope/samples/0/overlay.png"), 404)
 
 
+def test_report_html_page_with_rows_from_sql_and_overlays_from_the_store(world, job, db) -> None:
+    """?format=html: one self-contained page; the most drifted included samples (iou 0.1,
+    0.3, 0.6, 0.9 ...) get overlays where the store has their maps (rows 0-2 here)."""
+    from worker.html_report import SECTIONS
+
+    _write_maps(world, job, [0, 1, 2])
+    assert_problem(world.client.get(f"/drift-jobs/{job}/report", params={"format": "html"}), 409)
+    document = {
+        **REPORT,
+        "dataset": {**REPORT["dataset"], "class_names": ["covid", "normal", "<b>pneu</b>"]},
+        "verdict": {"verdict": "fail", "rules": [{"method": "layercam", "passed": False}]},
+    }
+    _succeed(db, job, document)
+    response = world.client.get(f"/drift-jobs/{job}/report", params={"format": "html"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}"' in page, sid
+    assert 'class="banner v-fail"' in page
+    assert "<b>pneu</b>" not in page and "&lt;b&gt;pneu&lt;/b&gt;" in page
+    assert "http://" not in page and "https://" not in page
+    samples = page.split('<section id="samples"')[1].split("</section>")[0]
+    # layercam, lowest iou first: 5 (0.1, no maps), 2 (0.3), 4 (0.6, no maps), 0 (0.9)
+    assert samples.index("<b>#5</b>") < samples.index("<b>#2</b>") < samples.index("<b>#0</b>")
+    payloads = re.findall(r'src="data:image/png;base64,([^"]+)"', samples)
+    assert len(payloads) == 2 and samples.count("overlay unavailable") == 2
+    for payload in payloads:
+        assert Image.open(io.BytesIO(base64.b64decode(payload))).format == "PNG"
+
+
 @pytest.mark.parametrize(("shape", "size"), [((6, 6), (32, 32)), ((7, 5), (50, 41))])
 def test_map_rebuild_matches_the_engine_upsampling(shape, size) -> None:
     """PIL's bilinear upsampling equals torch's (align_corners=False), then min-max."""
     import torch
     import torch.nn.functional as F
 
-    from service.overlay import full_size
+    from worker.overlay import full_size
 
     raw = np.random.default_rng(0).random(shape).astype(np.float32)
     ours = full_size(raw, size)

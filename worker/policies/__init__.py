@@ -1,0 +1,1 @@
+"""Gate policies shipped with camdrift (package data for :func:`worker.gate.default_policy`)."""
