@@ -1,38 +1,54 @@
 """The README's main job, end to end on phantoms: the whole product in one command.
 
-phantoms (source + target task) -> offline pretraining -> two-phase TL/FT training -> the
-embedded service on a local port -> upload both checkpoints and the zipped dataset -> POST a
-drift job -> poll its progress -> print the report summary.
+phantoms (source task, clean task, the same task with a shortcut marker) -> offline
+pretraining -> two-phase TL/FT training -> a second fine-tune of the same TL on the shortcut
+data -> the embedded service on a local port -> both fine-tunes gated through the REST API
+with the default policy -> the two verdicts, with the ground truth to judge them by.
 """
 
 from __future__ import annotations
 
-import io
 import socket
 import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+SHORTCUT_CLASS = "normal"
+SHORTCUT_CONFOUND = 0.5
+
 
 def run_demo(
     workdir: Path, *, per_class: int, size: int, seed: int, arch: str, console: Console
-) -> dict[str, Any]:
+) -> dict[str, dict[str, Any]]:
     from service.cli import print_report, print_training
+    from service.gate_cli import print_verdict, run_on_server
     from training.phantoms import generate_dataset
-    from training.protocol import PhaseConfig, TrainConfig, pretrain, train_two_phase
+    from training.protocol import PhaseConfig, TrainConfig, finetune, pretrain, train_two_phase
+    from worker.gate import default_policy
 
     started = time.perf_counter()
-    data, runs = workdir / "data", workdir / "runs"
-    console.rule("1/5 phantom chest X-rays")
+    data, runs, reports = workdir / "data", workdir / "runs", workdir / "reports"
+    console.rule("1/6 phantom chest X-rays")
     source = generate_dataset(data / "source", per_class, size, seed + 1000, task="source")
-    target = generate_dataset(data / "phantoms", per_class, size, seed)
-    console.print(f"source task: {source}\ntarget task: {target}")
+    clean = generate_dataset(data / "clean", per_class, size, seed)
+    shortcut = generate_dataset(
+        data / "shortcut",
+        per_class,
+        size,
+        seed,
+        shortcut=SHORTCUT_CLASS,
+        shortcut_confound=SHORTCUT_CONFOUND,
+    )
+    console.print(
+        f"source task {source.parent}\nclean task {clean.parent}\nshortcut task "
+        f"{shortcut.parent}: a corner marker on every '{SHORTCUT_CLASS}' image, and in training "
+        f"{SHORTCUT_CONFOUND:.0%} of them also show another class's finding"
+    )
 
-    console.rule("2/5 offline pretraining on the source task (stand-in for ImageNet)")
+    console.rule("2/6 offline pretraining on the source task (stand-in for ImageNet)")
     pre_cfg = TrainConfig(
         arch=arch,
         input_size=(size, size),
@@ -43,26 +59,54 @@ def run_demo(
     pre = pretrain(source.parent, weights, pre_cfg)
     console.print(f"source-task test macro AUC {pre['test']['macro_auc']:.3f} -> {weights}")
 
-    console.rule("3/5 two-phase training: TL (frozen backbone), then FT")
+    console.rule("3/6 two-phase training on the clean task: TL (frozen backbone), then FT")
     cfg = TrainConfig(arch=arch, pretrained=str(weights), input_size=(size, size), seed=seed)
-    result = train_two_phase(target.parent, runs / "clean", cfg)
-    print_training(result)
+    print_training(train_two_phase(clean.parent, runs / "clean", cfg))
+    tl = runs / "clean" / "tl.safetensors"
 
-    console.rule("4/5 the embedded service: upload, POST /drift-jobs, poll")
+    console.rule("4/6 the same TL fine-tuned on the shortcut task")
+    short = finetune(
+        shortcut.parent,
+        tl,
+        runs / "shortcut",
+        TrainConfig(arch=arch, input_size=(size, size), seed=seed),
+    )
+    console.print(f"shortcut FT: test macro AUC {short['ft']['test']['macro_auc']:.3f}")
+
+    console.rule("5/6 camdrift gate through the embedded service (default policy)")
+    policy = default_policy()
+    options = {"sample_filter": "all", "seed": seed, "noise_floor": True}
+    results: dict[str, dict[str, Any]] = {}
+    reports.mkdir(parents=True, exist_ok=True)
     with EmbeddedServer(workdir / "service") as base:
         console.print(f"camdrift service at {base} (SQLite + in-process runner)")
-        report = submit_and_wait(
-            base,
-            runs / "clean" / "tl.safetensors",
-            runs / "clean" / "ft.safetensors",
-            target.parent,
-            {"seed": seed},
-            console,
-        )
-    console.rule("5/5 report: TL -> FT attribution drift (LayerCAM, Grad-CAM++)")
-    print_report(report)
-    console.print(f"done in {time.perf_counter() - started:.0f} s")
-    return report
+        for name in ("clean", "shortcut"):
+            candidate = runs / name / "ft.safetensors"
+            report, job_id = run_on_server(
+                base, None, tl, candidate, shortcut.parent, None, policy, options, timeout=1800
+            )
+            html = _fetch(f"{base}/drift-jobs/{job_id}/report?format=html")
+            (reports / f"{name}.html").write_text(html)
+            results[name] = report
+
+    console.rule("6/6 verdicts: TL -> clean FT, TL -> shortcut FT")
+    for name, expected in (("clean", "pass"), ("shortcut", "fail")):
+        report = results[name]
+        console.print(f"\n[bold]{name} fine-tune[/] (ground truth: should {expected})")
+        print_report(report)
+        print_verdict(report["verdict"])
+        console.print(f"html report: {reports / (name + '.html')}")
+    verdicts = {name: results[name]["verdict"]["verdict"] for name in results}
+    console.print(f"\nverdicts {verdicts}; done in {time.perf_counter() - started:.0f} s")
+    return results
+
+
+def _fetch(url: str) -> str:
+    import httpx
+
+    response = httpx.get(url, timeout=120)
+    response.raise_for_status()
+    return response.text
 
 
 class EmbeddedServer:
@@ -104,49 +148,3 @@ class EmbeddedServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
-
-
-def zip_folder(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
-        for file in sorted(folder.rglob("*")):
-            if file.is_file():
-                zf.write(file, file.relative_to(folder).as_posix())
-    return buffer.getvalue()
-
-
-def submit_and_wait(
-    base: str, baseline: Path, candidate: Path, data: Path, job: dict[str, Any], console: Console
-) -> dict[str, Any]:
-    """Upload, create the job, follow its progress, return the report."""
-    import httpx
-    from tqdm.auto import tqdm
-
-    with httpx.Client(base_url=base, timeout=120) as client:
-        ids = []
-        for path in (baseline, candidate):
-            with open(path, "rb") as fh:
-                r = client.post("/checkpoints", files={"file": (path.name, fh)})
-            r.raise_for_status()
-            ids.append(r.json()["id"])
-        r = client.post(
-            "/datasets", files={"file": ("data.zip", zip_folder(data), "application/zip")}
-        )
-        r.raise_for_status()
-        body = {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"], **job}
-        r = client.post("/drift-jobs", json=body)
-        r.raise_for_status()
-        location = r.headers["location"]
-        console.print(f"POST /drift-jobs -> {r.status_code}, Location: {location}")
-        with tqdm(desc="drift job", unit="img") as bar:
-            while True:
-                status = client.get(location).json()
-                bar.total = status["progress"]["total"]
-                bar.update((status["progress"]["done"] or 0) - bar.n)
-                if status["status"] not in ("queued", "running"):
-                    break
-                time.sleep(0.5)
-        if status["status"] != "succeeded":
-            raise RuntimeError(f"job {status['id']} ended {status['status']}: {status['error']}")
-        console.print(f"GET {location}/report")
-        return client.get(f"{location}/report").json()

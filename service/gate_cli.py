@@ -11,7 +11,6 @@ says what to do). Torch is imported only by ``--local``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tempfile
@@ -26,6 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from training.checkpoint_format import sha256_file
 from worker.gate import (
     Policy,
     PolicyError,
@@ -77,8 +77,13 @@ def gate(
         str | None, typer.Option(help="Comma-separated CAM methods (default layercam,gradcam++)")
     ] = None,
     sample_filter: Annotated[
-        str | None, typer.Option(help="true_positive (default), all, predicted or disagreement")
-    ] = None,
+        str,
+        typer.Option(
+            help="all (default: every sample, maps explain its label, so a class the "
+            "baseline misses cannot hide drift), true_positive (the paper's), predicted "
+            "or disagreement"
+        ),
+    ] = "all",
     max_samples: Annotated[int | None, typer.Option(help="Seeded subsample size")] = None,
     split: Annotated[
         str | None, typer.Option(help="auto (default: the test split if any), all, or a split")
@@ -124,7 +129,7 @@ def gate(
             assert data is not None
             doc, job_id = _run_local(baseline, candidate, data, rules, options, report), None
         else:
-            doc, job_id = _run_server(
+            doc, job_id = run_on_server(
                 server, token, baseline, candidate, data, dataset_id, rules, options, timeout
             )
             if report is not None:
@@ -430,14 +435,6 @@ def _reason(exc: Exception) -> str:
     return text[:1].lower() + text[1:]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _checkpoint_id(api: _Api, path: Path, role: str) -> str:
     """The server's id for this file: found by sha256, uploaded only when missing."""
     try:
@@ -508,7 +505,7 @@ def zip_folder(folder: Path, archive: Path) -> int:
     return count
 
 
-def _run_server(
+def run_on_server(
     server: str,
     token: str | None,
     baseline: Path,

@@ -104,9 +104,9 @@ def test_default_policy_ships_with_the_package() -> None:
     assert policy.min_samples == 30
     rules = {(r.metric, r.stat, r.op, r.value) for r in policy.rule}
     assert rules == {
-        ("iou_top20", "mean", ">=", 0.20),
-        ("pearson", "mean", ">=", 0.35),
-        ("displacement", "mean", "<=", 0.15),
+        ("iou_top20", "mean", ">=", 0.15),
+        ("pearson", "mean", ">=", 0.30),
+        ("displacement", "mean", "<=", 0.20),
     }
     assert all(r.method == "*" and r.class_ == "*" and r.name for r in policy.rule)
     text = Path(__file__).parents[1].joinpath("worker/policies/default.toml").read_text()
@@ -377,13 +377,22 @@ def test_what_the_report_lacks_is_inconclusive(rule, reason) -> None:
 
 
 def test_beyond_floor_reads_the_noise_floor() -> None:
+    """beyond_floor = share of samples whose drift lies beyond the floor's 95% tail."""
     report = make_report({"layercam": {"iou_top20": IOU, "displacement": {"overall": 0.2}}})
+
+    def entry(overall: float, per_class: dict[str, float]) -> dict:
+        return {
+            "direction": "lower",
+            "threshold": 0.8,
+            "beyond_floor": overall,
+            "beyond_floor_per_class": per_class,
+            "floor": _stats(0.9),
+        }
+
     report["noise_floor"] = {
-        "summaries": {
-            "layercam": {
-                "iou_top20": {"overall": _stats(0.9)},
-                "displacement": {"overall": _stats(0.05)},
-            }
+        "layercam": {
+            "iou_top20": entry(0.3, {}),
+            "displacement": entry(0.15, {}),
         }
     }
     result = evaluate_policy(
@@ -395,6 +404,12 @@ def test_beyond_floor_reads_the_noise_floor() -> None:
     )
     assert [round(c["observed"], 6) for c in result["rules"]] == [0.3, 0.15]
     assert result["verdict"] == "fail" and result["counts"]["failed"] == 2
+    report["noise_floor"]["layercam"]["iou_top20"] = entry(0.1, {"a": 0.05})
+    result = evaluate_policy(report, _policy(_rule(stat="beyond_floor", op="<=", value=0.25)))
+    assert result["rules"][0]["observed"] == pytest.approx(0.1)
+    report.pop("noise_floor")
+    result = evaluate_policy(report, _policy(_rule(stat="beyond_floor", op="<=", value=0.25)))
+    assert result["rules"][0]["passed"] is None and "no noise floor" in result["rules"][0]["reason"]
 
 
 def test_ci_needs_two_values() -> None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from service.demo import EmbeddedServer
-from service.demo import zip_folder as zip_folder_bytes
+from service.gate_cli import zip_folder
 from training.checkpoints import model_metadata, save_checkpoint
 from training.phantoms import CLASSES, generate_dataset
 from training.zoo import create_model
@@ -328,7 +328,8 @@ def test_dataset_id_and_server_side_rejections(world, server) -> None:
     with _api(server) as api:
         with open(world / "tl.safetensors", "rb") as fh:
             tl = api.post("/checkpoints", files={"file": ("tl.safetensors", fh)}).json()["id"]
-        zipped = zip_folder_bytes(world / "data")
+        zip_folder(world / "data", world / "data.zip")
+        zipped = (world / "data.zip").read_bytes()
         upload = api.post("/datasets", files={"file": ("data.zip", zipped, "application/zip")})
         assert upload.status_code == 201, upload.text
         dataset_id = upload.json()["id"]

@@ -52,6 +52,7 @@ class AuditConfig:
     device: str = "auto"
     autocast: str | None = None  # "bf16" on GPU
     n_boot: int = 2000
+    noise_floor: bool = False  # also measure baseline-vs-perturbed-baseline drift per sample
     workers: int = 0
 
     def validated(self) -> AuditConfig:
@@ -203,15 +204,23 @@ class Audit:
         preds = [r.logits.argmax(1) for r in results]
         chosen = choose_targets(cfg.sample_filter, labels, *preds)
         keep = chosen.included
-        values = {
-            m: {
-                k: v.cpu().numpy()
-                for k, v in drift_metrics(
-                    results[0].maps[m][keep], results[1].maps[m][keep], cfg.metrics
-                ).items()
-            }
-            for m in cfg.methods
-        }
+        values = _metrics(results[0].maps, results[1].maps, keep, cfg)
+        floor = None
+        if cfg.noise_floor and bool(keep.any()):
+            noisy = perturb(
+                images01[keep], [rows[i] for i in keep.nonzero()[:, 0].tolist()], cfg.seed
+            )
+            again = attribute_batch(
+                self.baseline.model,
+                self.baseline.prepare(noisy),
+                results[0].targets[keep],
+                cfg.methods,
+                cfg.target_layer,
+                output_size=self.analysis_size,
+                autocast_dtype=dtype,
+            )
+            kept = {m: results[0].maps[m][keep] for m in cfg.methods}
+            floor = _metrics(kept, again.maps, None, cfg)
         if maps_dir is not None and bool(keep.any()):
             _save_raw_maps(
                 maps_dir,
@@ -220,10 +229,45 @@ class Audit:
                 keep,
                 cfg.methods,
             )
-        return _rows(self, rows, labels, preds, results, chosen, values)
+        return _rows(self, rows, labels, preds, results, chosen, values, floor)
 
 
-def _rows(audit: Audit, rows, labels, preds, results, chosen, values) -> list[dict[str, Any]]:
+FLOOR_NOISE_STD = 0.02  # additive Gaussian noise on [0, 1] images
+FLOOR_GAIN = 0.05  # brightness gain drawn from [1 - g, 1 + g]
+FLOOR_STREAM = 7_919  # separates the floor's random stream from every other seeded draw
+
+
+def perturb(images01: torch.Tensor, rows: list[int], seed: int) -> torch.Tensor:
+    """A label-preserving copy: seeded brightness gain + Gaussian noise, no geometry.
+
+    Each sample's draw depends only on (seed, its evaluated row), so shards and batch sizes
+    give the same floor as one local run.
+    """
+    out = torch.empty_like(images01)
+    for i, row in enumerate(rows):
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + row * 31 + FLOOR_STREAM)
+        gain = 1.0 + FLOOR_GAIN * (2.0 * torch.rand((), generator=gen) - 1.0)
+        noise = torch.randn(images01.shape[1:], generator=gen) * FLOOR_NOISE_STD
+        out[i] = (images01[i].cpu() * gain + noise).clamp(0.0, 1.0).to(images01.device)
+    return out
+
+
+def _metrics(a: dict, b: dict, keep, cfg: AuditConfig) -> dict[str, dict[str, np.ndarray]]:
+    """method -> metric -> values for the kept samples."""
+    return {
+        m: {
+            k: v.cpu().numpy()
+            for k, v in drift_metrics(
+                a[m] if keep is None else a[m][keep],
+                b[m] if keep is None else b[m][keep],
+                cfg.metrics,
+            ).items()
+        }
+        for m in cfg.methods
+    }
+
+
+def _rows(audit: Audit, rows, labels, preds, results, chosen, values, floor=None) -> list[dict]:
     probs = [torch.softmax(r.logits, 1).cpu().numpy() for r in results]
     keep = chosen.included.cpu().numpy()
     kept_rank = np.cumsum(keep) - 1
@@ -252,6 +296,11 @@ def _rows(audit: Audit, rows, labels, preds, results, chosen, values) -> list[di
                     bool(results[0].degenerate[m][i]),
                     bool(results[1].degenerate[m][i]),
                 ]
+            if floor is not None:
+                record["floor"] = {
+                    m: {name: _finite(v[k]) for name, v in named.items()}
+                    for m, named in floor.items()
+                }
         out.append(record)
     return out
 

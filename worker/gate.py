@@ -56,18 +56,6 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 }
 assert set(OPS) == set(GATE_OPS)
 
-# How beyond_floor reads each metric: "up" = larger means more drift, "down" = larger means
-# less drift (a similarity), "abs" = a signed change whose size is the drift.
-_DRIFT_DIRECTION = {
-    "displacement": "up",
-    "peak_displacement": "up",
-    "pearson": "down",
-    "spearman": "down",
-    "iou_t50": "down",
-    "concentration_change": "abs",
-    "entropy_change": "abs",
-}
-
 
 class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the file and the line."""
@@ -471,25 +459,24 @@ def _evaluate(
 def _beyond_floor(
     report: dict[str, Any], metric: str, method: str, klass: str, stats: dict[str, Any]
 ) -> tuple[float | None, str]:
-    """Drift minus its noise floor, signed so that > 0 means more drift than noise.
+    """The share of samples whose drift lies beyond the noise floor's 95% tail (0..1).
 
-    Reads ``report["noise_floor"]["summaries"][method][metric][class]["mean"]`` (the same
-    shape as ``summaries``) and compares means: ``drift - floor`` for distances,
-    ``floor - drift`` for similarities (IoU, correlations), ``|drift| - |floor|`` for changes.
+    Reads ``report["noise_floor"][method][metric]``: ``beyond_floor`` overall, or
+    ``beyond_floor_per_class[class]`` (see ``worker.report.noise_floor``).
     """
     floor = report.get("noise_floor")
-    if not isinstance(floor, dict) or not floor.get("summaries"):
+    if not isinstance(floor, dict) or not floor:
         return None, "the report has no noise floor (run the job with noise_floor: true)"
-    fstats = ((floor["summaries"].get(method) or {}).get(metric) or {}).get(klass) or {}
-    drift, base = stats.get("mean"), fstats.get("mean")
-    if drift is None or base is None:
+    entry = (floor.get(method) or {}).get(metric)
+    if not isinstance(entry, dict):
+        return None, f"no noise floor for {method} {metric}"
+    if klass == "overall":
+        value = entry.get("beyond_floor")
+    else:
+        value = (entry.get("beyond_floor_per_class") or {}).get(klass)
+    if value is None:
         return None, f"no noise floor for {method} {metric} ({klass})"
-    direction = _DRIFT_DIRECTION.get(metric, "down" if metric.startswith("iou_") else "up")
-    if direction == "up":
-        return drift - base, ""
-    if direction == "down":
-        return base - drift, ""
-    return abs(drift) - abs(base), ""
+    return float(value), ""
 
 
 def _check(

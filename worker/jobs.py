@@ -81,6 +81,7 @@ def audit_config(job: Job, ctx: WorkerContext):
         device=ctx.device,
         autocast=cfg.get("autocast"),
         n_boot=int(cfg.get("n_boot", 2000)),
+        noise_floor=bool(cfg.get("noise_floor", False)),
     ).validated()
 
 

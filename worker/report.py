@@ -14,7 +14,7 @@ import numpy as np
 
 import training
 from training.evaluation import classification_metrics
-from worker.stats import paired_test, summarize_groups
+from worker.stats import paired_test, summarize, summarize_groups
 
 SCHEMA_VERSION = "1.0"
 REPORT_KIND = "camdrift.drift-report"
@@ -59,12 +59,83 @@ def build_report(
         "method_comparisons": _comparisons(included, methods, metrics),
         "degenerate": _degenerate_counts(included, methods),
         "samples": {"location": samples_location, "count": len(rows), "included": len(included)},
+        "noise_floor": noise_floor(
+            included, methods, metrics, class_names, n_boot=n_boot, seed=seed
+        ),
         "verdict": None,
     }
 
 
-def _column(rows: list[dict[str, Any]], method: str, metric: str) -> np.ndarray:
-    values = [r["metrics"].get(method, {}).get(metric) for r in rows]
+SIMILARITIES = ("iou_t50", "pearson", "spearman")  # and every iou_topQ: 1 = unchanged
+DISTANCES = ("displacement", "peak_displacement")  # 0 = unchanged, larger = moved
+
+
+def floor_direction(metric: str) -> str:
+    """How drift exceeds the floor: ``lower`` similarity, ``higher`` distance, ``abs`` change."""
+    if metric in SIMILARITIES or metric.startswith("iou_top"):
+        return "lower"
+    return "higher" if metric in DISTANCES else "abs"
+
+
+def noise_floor(
+    rows: list[dict[str, Any]],
+    methods: list[str],
+    metrics: list[str],
+    class_names: list[str],
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Drift next to its floor: per method x metric, the floor's distribution (baseline vs a
+    perturbed baseline), the threshold at the floor's 95% tail, and the share of samples whose
+    drift lies beyond it. None when the audit measured no floor."""
+    floored = [r for r in rows if r.get("floor")]
+    if not floored:
+        return None
+    labels = np.asarray([r["label"] for r in floored], dtype=np.int64)
+    out: dict[str, Any] = {}
+    for method in methods:
+        out[method] = {}
+        for metric in metrics:
+            floor = _column(floored, method, metric, key="floor")
+            drift = _column(floored, method, metric)
+            direction = floor_direction(metric)
+            finite = floor[np.isfinite(floor)]
+            threshold = beyond = None
+            per_class: dict[str, float | None] = dict.fromkeys(class_names)
+            if finite.size:
+                if direction == "lower":
+                    threshold = float(np.quantile(finite, 0.05))
+                    hit = drift < threshold
+                elif direction == "higher":
+                    threshold = float(np.quantile(finite, 0.95))
+                    hit = drift > threshold
+                else:
+                    threshold = float(np.quantile(np.abs(finite), 0.95))
+                    hit = np.abs(drift) > threshold
+                valid = np.isfinite(drift)
+                beyond = _share(hit, valid)
+                per_class = {
+                    name: _share(hit, valid & (labels == k)) for k, name in enumerate(class_names)
+                }
+            out[method][metric] = {
+                "direction": direction,
+                "threshold": threshold,
+                "beyond_floor": beyond,
+                "beyond_floor_per_class": per_class,
+                "floor": summarize(floor, n_boot=n_boot, seed=seed),
+            }
+    return out
+
+
+def _share(hit: np.ndarray, valid: np.ndarray) -> float | None:
+    return float(hit[valid].mean()) if valid.any() else None
+
+
+def _column(
+    rows: list[dict[str, Any]], method: str, metric: str, key: str = "metrics"
+) -> np.ndarray:
+    values = [(r.get(key) or {}).get(method, {}).get(metric) for r in rows]
     return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
 
 

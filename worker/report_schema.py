@@ -91,6 +91,14 @@ class SamplesRef(_Strict):
     included: int
 
 
+class FloorEntry(_Strict):
+    direction: Literal["lower", "higher", "abs"]
+    threshold: Number
+    beyond_floor: Number
+    beyond_floor_per_class: dict[str, Number]
+    floor: Stats
+
+
 class DriftReport(BaseModel):
     """A drift report, ``schema_version`` 1.x. Later sections (verdict, noise floor) extend it."""
 
@@ -107,6 +115,7 @@ class DriftReport(BaseModel):
     method_comparisons: list[Comparison]
     degenerate: dict[str, dict[Literal["baseline", "candidate"], int]]
     samples: SamplesRef
+    noise_floor: dict[str, dict[str, FloorEntry]] | None = None
     verdict: dict[str, Any] | None = None
 
 

@@ -30,13 +30,21 @@ from worker.store.db import make_engine, session_factory
 from worker.store.models import JobSample, JobShard, SampleMetric
 
 pytestmark = pytest.mark.slow
-JOB = {"methods": ["layercam", "gradcam++"], "sample_filter": "all", "split": None, "seed": 0}
+JOB = {
+    "methods": ["layercam", "gradcam++"],
+    "sample_filter": "all",
+    "split": None,
+    "seed": 0,
+    "noise_floor": True,
+}
 
 
 @pytest.fixture(scope="module")
 def local_report(inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "report.json"
-    cfg = AuditConfig(methods=JOB["methods"], sample_filter="all", split=None, seed=0)
+    cfg = AuditConfig(
+        methods=JOB["methods"], sample_filter="all", split=None, seed=0, noise_floor=True
+    )
     return run_audit(inputs.baseline, inputs.candidate, inputs.data, cfg, out)
 
 

@@ -36,6 +36,7 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+FLOOR_KEY = "__floor__"  # in ``sample_metrics.extra``: the sample's noise-floor metrics
 METRIC_COLUMNS: tuple[str, ...] = (
     "displacement",
     "peak_displacement",
@@ -222,8 +223,12 @@ class SampleMetric(Base):
     def values(self) -> dict[str, float | None]:
         """Every metric of the row, columns and ``extra`` together."""
         out: dict[str, float | None] = {name: getattr(self, name) for name in METRIC_COLUMNS}
-        out.update(self.extra or {})
+        out.update({k: v for k, v in (self.extra or {}).items() if k != FLOOR_KEY})
         return out
+
+    def floor(self) -> dict[str, float | None] | None:
+        """The sample's noise-floor metrics (baseline vs perturbed baseline), if measured."""
+        return (self.extra or {}).get(FLOOR_KEY)
 
 
 class Report(Base):
@@ -256,6 +261,9 @@ def records_from_row(job_id: str, row: dict[str, Any]) -> list[Base]:
         flags = (row.get("degenerate") or {}).get(method, [False, False])
         columns = {k: v for k, v in values.items() if k in METRIC_COLUMNS}
         extra = {k: v for k, v in values.items() if k not in METRIC_COLUMNS}
+        floor = (row.get("floor") or {}).get(method)
+        if floor is not None:
+            extra[FLOOR_KEY] = floor
         records.append(
             SampleMetric(
                 job_id=job_id,
@@ -296,6 +304,11 @@ def row_from_records(
         if names is not None:
             values = {name: values.get(name) for name in names}
         row["metrics"][record.method] = values
+        floor = record.floor()
+        if floor is not None:
+            if names is not None:
+                floor = {name: floor.get(name) for name in names}
+            row.setdefault("floor", {})[record.method] = floor
         row["degenerate"][record.method] = [
             record.degenerate_baseline,
             record.degenerate_candidate,

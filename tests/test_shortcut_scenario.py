@@ -1,0 +1,60 @@
+"""The demo scenario with ground truth: the default policy passes a clean fine-tune and fails
+one that learned the shortcut marker, on three seeds, while both keep a high AUC."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.demo import SHORTCUT_CLASS, SHORTCUT_CONFOUND
+from training.phantoms import generate_dataset
+from training.protocol import PhaseConfig, TrainConfig, finetune, pretrain, train_two_phase
+from worker.audit import AuditConfig
+from worker.gate import default_policy
+from worker.local_run import run_audit
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_policy_passes_clean_and_fails_shortcut(seed: int, tmp_path) -> None:
+    quiet = {"progress": False, "seed": seed, "input_size": (96, 96)}
+    generate_dataset(tmp_path / "source", 200, 96, seed + 1000, task="source")
+    generate_dataset(tmp_path / "clean", 200, 96, seed)
+    generate_dataset(
+        tmp_path / "shortcut",
+        200,
+        96,
+        seed,
+        shortcut=SHORTCUT_CLASS,
+        shortcut_confound=SHORTCUT_CONFOUND,
+    )
+    pretrain(
+        tmp_path / "source",
+        tmp_path / "pre.safetensors",
+        TrainConfig(ft=PhaseConfig(epochs=12, lr=3e-3, patience=12), **quiet),
+    )
+    train_two_phase(
+        tmp_path / "clean",
+        tmp_path / "clean_run",
+        TrainConfig(pretrained=str(tmp_path / "pre.safetensors"), **quiet),
+    )
+    tl = tmp_path / "clean_run" / "tl.safetensors"
+    finetune(tmp_path / "shortcut", tl, tmp_path / "short_run", TrainConfig(**quiet))
+    policy = default_policy()
+    verdicts = {}
+    for name, run in (("clean", "clean_run"), ("shortcut", "short_run")):
+        report = run_audit(
+            tl,
+            tmp_path / run / "ft.safetensors",
+            tmp_path / "shortcut",
+            AuditConfig(seed=seed, sample_filter="all"),
+            tmp_path / f"{name}.json",
+            policy=policy,
+        )
+        verdicts[name] = report["verdict"]
+        assert report["performance"]["candidate"]["macro_auc"] >= 0.95, name
+    assert verdicts["clean"]["verdict"] == "pass", verdicts["clean"]["reason"]
+    assert verdicts["shortcut"]["verdict"] == "fail"
+    failed = [c for c in verdicts["shortcut"]["rules"] if c["passed"] is False]
+    assert {c["class"] for c in failed} == {SHORTCUT_CLASS}, "the marker's class moved"
+    assert {c["metric"] for c in failed} & {"iou_top20", "pearson"}
