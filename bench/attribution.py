@@ -24,7 +24,8 @@ import torch
 
 from training.zoo import create_model
 from worker.attribution import attribute_batch
-from worker.metrics import drift_metrics
+from worker.audit import metrics_by_method
+from worker.metrics import METRICS
 
 METHODS = ("layercam", "gradcam++")
 
@@ -77,14 +78,12 @@ def run_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
 
     def engine() -> None:
         a, b = engine_maps()
-        for method in METHODS:
-            drift_metrics(a[method], b[method])
+        metrics_by_method(a, b, METHODS, METRICS)
 
     maps = engine_maps()
 
     def metrics_only() -> None:
-        for method in METHODS:
-            drift_metrics(maps[0][method], maps[1][method])
+        metrics_by_method(maps[0], maps[1], METHODS, METRICS)
 
     def peer() -> None:
         wanted = [ClassifierOutputTarget(int(t)) for t in targets]
