@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from service.cli import app
+from tests.builders import tiny_audit_inputs
 from training.checkpoints import model_metadata, save_checkpoint
-from training.phantoms import CLASSES, generate_dataset
+from training.phantoms import CLASSES
 from training.zoo import create_model
 from worker.metrics import METRICS
 from worker.report_schema import validate_report
@@ -20,17 +20,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("drift")
-    generate_dataset(root / "data", per_class=6, size=48, seed=1)
-    for seed, phase in ((0, "tl"), (1, "ft")):
-        torch.manual_seed(seed)
-        model = create_model("tinycnn", 5)
-        save_checkpoint(
-            root / f"{phase}.safetensors",
-            model,
-            model_metadata(model, list(CLASSES), phase=phase, input_size=[48, 48]),
-        )
-    return root
+    return tiny_audit_inputs(tmp_path_factory.mktemp("drift"))
 
 
 def _drift(world, *extra: str):

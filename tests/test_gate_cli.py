@@ -14,15 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from service.cli import app
 from service.demo import EmbeddedServer
 from service.gate_cli import zip_folder
-from training.checkpoints import model_metadata, save_checkpoint
-from training.phantoms import CLASSES, generate_dataset
-from training.zoo import create_model
+from tests.builders import tiny_audit_inputs
+from training.phantoms import CLASSES
 
 runner = CliRunner()
 TOKEN = "gate-test-token"
@@ -55,16 +53,7 @@ FAST = ("--split", "all", "--sample-filter", "all", "--methods", "layercam")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("gate")
-    generate_dataset(root / "data", per_class=6, size=48, seed=1)
-    for seed, phase in ((0, "tl"), (1, "ft")):
-        torch.manual_seed(seed)
-        model = create_model("tinycnn", 5)
-        save_checkpoint(
-            root / f"{phase}.safetensors",
-            model,
-            model_metadata(model, list(CLASSES), phase=phase, input_size=[48, 48]),
-        )
+    root = tiny_audit_inputs(tmp_path_factory.mktemp("gate"))
     for name, text in (
         ("pass", PASS_POLICY),
         ("fail", FAIL_POLICY),

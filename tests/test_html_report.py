@@ -15,14 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from service.cli import app
-from training.checkpoints import model_metadata, save_checkpoint
-from training.phantoms import CLASSES, generate_dataset
-from training.zoo import create_model
+from tests.builders import tiny_audit_inputs
 from worker.html_report import SECTIONS, headline, most_drifted, render_html, write_local_html
 from worker.overlay import OverlayUnavailable, render_overlay
 from worker.report import build_report
@@ -303,13 +300,7 @@ def test_missing_overlays_and_a_sparse_report_still_render() -> None:
 @pytest.fixture(scope="module")
 def local_page(tmp_path_factory) -> tuple[Path, Path]:
     """``camdrift drift --html`` on phantoms with two random tiny CNNs: (report, page)."""
-    root = tmp_path_factory.mktemp("html")
-    generate_dataset(root / "data", per_class=4, size=64, seed=3)
-    for seed, phase in ((0, "tl"), (1, "ft")):
-        torch.manual_seed(seed)
-        model = create_model("tinycnn", 5)
-        meta = model_metadata(model, list(CLASSES), phase=phase, input_size=[64, 64])
-        save_checkpoint(root / f"{phase}.safetensors", model, meta)
+    root = tiny_audit_inputs(tmp_path_factory.mktemp("html"), per_class=4, size=64, seed=3)
     out, page = root / "report.json", root / "report.html"
     result = CliRunner().invoke(
         app,

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoints import model_metadata, save_checkpoint
-from training.phantoms import CLASSES, generate_dataset
-from training.zoo import create_model
+from tests.builders import tiny_audit_inputs
 from worker.attribution import attribute
 from worker.audit import Audit, AuditConfig, perturb
 from worker.metrics import drift_metrics
@@ -18,17 +16,7 @@ from worker.report_schema import validate_report
 
 @pytest.fixture(scope="module")
 def audit_inputs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("floor")
-    generate_dataset(root / "data", per_class=4, size=48, seed=2)
-    for seed, phase in ((0, "tl"), (1, "ft")):
-        torch.manual_seed(seed)
-        model = create_model("tinycnn", 5)
-        save_checkpoint(
-            root / f"{phase}.safetensors",
-            model,
-            model_metadata(model, list(CLASSES), phase=phase, input_size=[48, 48]),
-        )
-    return root
+    return tiny_audit_inputs(tmp_path_factory.mktemp("floor"), per_class=4, seed=2)
 
 
 def _audit(root, **kw) -> Audit:

@@ -29,16 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-METRICS: tuple[str, ...] = (
-    "displacement",
-    "peak_displacement",
-    "iou_top20",
-    "iou_t50",
-    "pearson",
-    "spearman",
-    "concentration_change",
-    "entropy_change",
-)
+from worker.options import METRICS
+
 THRESHOLD = 0.5
 _TOPQ = re.compile(r"iou_top([1-9][0-9]?)")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-SAMPLE_FILTERS: tuple[str, ...] = ("true_positive", "all", "predicted", "disagreement")
+from worker.options import SAMPLE_FILTERS
 
 
 def validate_filter(name: str) -> str:

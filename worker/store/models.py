@@ -29,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from worker.options import METRICS
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -37,16 +39,7 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 FLOOR_KEY = "__floor__"  # in ``sample_metrics.extra``: the sample's noise-floor metrics
-METRIC_COLUMNS: tuple[str, ...] = (
-    "displacement",
-    "peak_displacement",
-    "iou_top20",
-    "iou_t50",
-    "pearson",
-    "spearman",
-    "concentration_change",
-    "entropy_change",
-)
+METRIC_COLUMNS: tuple[str, ...] = METRICS  # one nullable float column per built-in metric
 
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
