@@ -19,7 +19,8 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from training.zoo import create_model
-from worker.attribution import METHODS, attribute, attribute_batch
+from worker.attribution import GRADIENT_METHODS as METHODS
+from worker.attribution import attribute, attribute_batch
 
 ORACLES = {
     "gradcam": GradCAM,

@@ -6,6 +6,11 @@ per-sample target logits gives G = dS/dA. Each method is then a cheap function o
 (DESIGN §4), so five methods cost what one does, and none needs a full backward pass.
 A ``target_layer`` inside the network uses a forward hook that switches grad on at that
 module: the part of the network before it still runs without building a graph.
+
+Score-CAM (``scorecam``) and Integrated Gradients (``ig``) are not functions of (A, G): they
+live in :mod:`worker.perturbation` and run their own, expensive, extra passes (Score-CAM one
+masked forward per feature channel per sample, IG ``ig_steps`` forwards and backwards per
+sample), only when requested. Score-CAM reuses the pass's feature map A.
 """
 
 from __future__ import annotations
@@ -18,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "xgradcam", "hirescam")
+from worker.perturbation import IG_CHUNK, IG_STEPS, SCORECAM_CHUNK, ig_raw, scorecam_raw
+
+# functions of (A, G) from the single pass: five cost what one does
+GRADIENT_METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "xgradcam", "hirescam")
+# extra passes each, run only when requested: scorecam = one masked forward per feature
+# channel per sample (512 for resnet18); ig = ig_steps forwards + backwards per sample
+PERTURBATION_METHODS: tuple[str, ...] = ("scorecam", "ig")
+METHODS: tuple[str, ...] = GRADIENT_METHODS + PERTURBATION_METHODS
 DEFAULT_METHODS: tuple[str, ...] = ("layercam", "gradcam++")
 GRADCAMPP_EPS = 1e-6
 XGRADCAM_EPS = 1e-7
@@ -30,7 +42,8 @@ class Attribution:
 
     ``maps``: method -> [N, H, W] in [0, 1] at the output size; ``raw``: method -> the ReLU'd
     map at feature-map resolution (what :func:`finish_maps` turns into ``maps``; small enough
-    to store); ``degenerate``: method -> bool [N], maps with no positive evidence (all zero).
+    to store; for ``ig`` it is at input resolution); ``degenerate``: method -> bool [N], maps
+    with no positive evidence (all zero).
     """
 
     maps: dict[str, Tensor]
@@ -61,10 +74,15 @@ def attribute(
     *,
     output_size: tuple[int, int] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    ig_steps: int = IG_STEPS,
+    chunk: int | None = None,
 ) -> dict[str, Tensor]:
     """Maps in [0, 1] at the input's H x W (or ``output_size``), one per method.
 
     ``targets``: the class to explain for each sample; ``None`` explains each prediction.
+    ``ig_steps``: Riemann midpoint steps for ``ig``; ``chunk``: images per forward in the
+    extra passes of ``scorecam`` and ``ig`` (default 64 each). Both are expensive (see
+    :data:`PERTURBATION_METHODS`) and run only when requested.
     """
     return attribute_batch(
         model,
@@ -74,6 +92,8 @@ def attribute(
         target_layer,
         output_size=output_size,
         autocast_dtype=autocast_dtype,
+        ig_steps=ig_steps,
+        chunk=chunk,
     ).maps
 
 
@@ -86,20 +106,49 @@ def attribute_batch(
     *,
     output_size: tuple[int, int] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    ig_steps: int = IG_STEPS,
+    chunk: int | None = None,
 ) -> Attribution:
-    """Like :func:`attribute`, keeping logits, targets, raw maps and degenerate flags."""
+    """Like :func:`attribute`, keeping logits, targets, raw maps and degenerate flags.
+
+    The gradient CAMs come from one forward and a head-only backward; ``scorecam`` reuses that
+    forward's feature map and adds its masked forwards; ``ig`` adds its own path passes.
+    """
     methods = validate_methods(methods)
     if images.ndim != 4:
         raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
     size = output_size or (images.shape[-2], images.shape[-1])
     activations, logits, grid = _forward(model, images, target_layer, autocast_dtype)
     chosen = _resolve_targets(targets, logits)
-    with torch.enable_grad():  # callers may hold no_grad; the head's graph is all we need
-        score = logits.gather(1, chosen[:, None]).sum()
-        (grads,) = torch.autograd.grad(score, activations)
     a = grid(activations.detach()).float()
-    g = grid(grads).float()
-    raw = {m: torch.relu(cam_from(m, a, g)) for m in methods}
+    raw: dict[str, Tensor] = {}
+    gradient = [m for m in methods if m in GRADIENT_METHODS]
+    if gradient:
+        with torch.enable_grad():  # callers may hold no_grad; the head's graph is all we need
+            score = logits.gather(1, chosen[:, None]).sum()
+            (grads,) = torch.autograd.grad(score, activations)
+        g = grid(grads).float()
+        raw.update({m: torch.relu(cam_from(m, a, g)) for m in gradient})
+    logits = logits.detach()  # drops the head's graph before the extra passes
+    if "scorecam" in methods:
+        raw["scorecam"] = scorecam_raw(
+            model,
+            images,
+            a,
+            chosen,
+            chunk=chunk or SCORECAM_CHUNK,
+            autocast_dtype=autocast_dtype,
+        )
+    if "ig" in methods:
+        raw["ig"] = ig_raw(
+            model,
+            images,
+            chosen,
+            steps=ig_steps,
+            chunk=chunk or IG_CHUNK,
+            autocast_dtype=autocast_dtype,
+        )
+    raw = {m: raw[m] for m in methods}
     maps, degenerate = {}, {}
     for m in methods:
         maps[m], degenerate[m] = finish_maps(raw[m], size)

@@ -9,7 +9,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-METHODS: tuple[str, ...] = ("gradcam", "gradcam++", "layercam", "xgradcam", "hirescam")
+METHODS: tuple[str, ...] = (
+    "gradcam",
+    "gradcam++",
+    "layercam",
+    "xgradcam",
+    "hirescam",
+    # expensive, extra passes each (worker.perturbation): one masked forward per feature channel
+    # per sample, and 32 path forwards + backwards per sample
+    "scorecam",
+    "ig",
+)
 DEFAULT_METHODS: tuple[str, ...] = ("layercam", "gradcam++")
 METRICS: tuple[str, ...] = (
     "displacement",
