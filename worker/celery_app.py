@@ -6,11 +6,34 @@ engine. Workers start with ``celery -A worker.tasks worker --pool solo``.
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from worker.store import Settings, get_settings
 
 QUEUE = "camdrift"
+
+
+def visibility_timeout_s(settings: Settings) -> int:
+    """Seconds after which Redis hands an unacknowledged message (its worker died) to another
+    worker: ``CAMDRIFT_VISIBILITY_TIMEOUT_S``, default well above one shard's time limit."""
+    value = os.environ.get("CAMDRIFT_VISIBILITY_TIMEOUT_S", "").strip()
+    return max(1, int(value)) if value else 2 * settings.shard_time_limit_s + 60
+
+
+def transport_options(settings: Settings) -> dict[str, int]:
+    """Redis transport options: the visibility timeout, and how often a worker looks for
+    unacknowledged messages past it (kombu's default, every 10th tick of 10 s, is tuned for
+    hour-long timeouts; with a short timeout the lost message would wait 100 s)."""
+    visibility = visibility_timeout_s(settings)
+    period = min(100, max(1, visibility // 2))
+    interval = max(1, min(10, period))
+    return {
+        "visibility_timeout": visibility,
+        "unacked_restore_interval": interval,
+        "unacked_restore_throttle": max(1, period // interval),
+    }
 
 
 def make_celery(settings: Settings | None = None) -> Celery:
@@ -30,7 +53,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         # Redis redelivers unacknowledged messages after this long: well above a shard's time.
-        broker_transport_options={"visibility_timeout": 2 * limit + 60},
+        broker_transport_options=transport_options(settings),
         task_soft_time_limit=limit,
         task_time_limit=limit + 60,
         broker_connection_retry_on_startup=True,

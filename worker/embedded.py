@@ -1,7 +1,8 @@
 """The embedded runner: the same task bodies on a background thread, no broker.
 
 ``camdrift serve`` without ``CAMDRIFT_BROKER_URL`` uses it: one process, SQLite, no servers.
-Jobs left queued or running by a previous process are picked up again at start.
+Jobs left queued or running by a previous process are picked up again at start, and the
+sweeper (``worker.sweeper``) runs whenever the runner has been idle for its interval.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy import select
 from worker import jobs
 from worker.store import Settings, session_scope
 from worker.store.models import Job
+from worker.sweeper import SweepPolicy, safe_sweep
 
 log = logging.getLogger("camdrift.embedded")
 
@@ -29,6 +31,7 @@ class EmbeddedRunner:
         self.ctx = jobs.WorkerContext.create(
             settings, self.enqueue, device=device, batch_size=batch_size
         )
+        self.sweep_policy = SweepPolicy.from_env(settings)
         self._thread = threading.Thread(target=self._loop, name="camdrift-runner", daemon=True)
         self._thread.start()
 
@@ -65,7 +68,15 @@ class EmbeddedRunner:
             jobs.SHARD: jobs.run_shard,
             jobs.FINALIZE: jobs.finalize_job,
         }
-        while (item := self._queue.get()) is not None:
+        interval = self.sweep_policy.interval_s
+        while True:
+            try:
+                item = self._queue.get(timeout=interval if interval > 0 else None)
+            except queue.Empty:  # idle: look for jobs whose messages were lost
+                safe_sweep(self.ctx, self.sweep_policy)
+                continue
+            if item is None:
+                break
             name, args = item
             try:
                 self._run(bodies[name], args)

@@ -9,6 +9,8 @@ SQL, not a chord) enqueues finalisation. A redelivered message therefore does no
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,6 +38,13 @@ log = logging.getLogger("camdrift.jobs")
 ACTIVE = ("queued", "running")
 Enqueue = Callable[[str, list[Any]], None]  # (task name, args)
 PLAN, SHARD, FINALIZE = "camdrift.plan_job", "camdrift.run_shard", "camdrift.finalize_job"
+_clock = time.monotonic  # the shard time limit's clock (tests replace it)
+
+
+def max_shard_attempts() -> int:
+    """How often one shard may start (redelivery after a crash or a sweep) before the job fails:
+    a shard that kills its worker every time must not loop forever."""
+    return max(1, int(os.environ.get("CAMDRIFT_MAX_SHARD_ATTEMPTS", "5")))
 
 
 class JobFailed(Exception):
@@ -228,6 +237,11 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
         if job.cancel_requested:
             job.status, job.finished_at = "cancelled", utcnow()
             return
+        if shard.attempts >= max_shard_attempts():
+            raise JobFailed(
+                f"shard {shard_no} gave up after {shard.attempts} attempts"
+                " (its worker was lost or it exceeded its time limit each time)"
+            )
         shard.attempts += 1
         start, stop = shard.start, shard.stop
         try:
@@ -241,14 +255,25 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
                 update(Job).where(Job.id == job_id).values(progress_done=Job.progress_done + n)
             )
 
+    limit = ctx.settings.shard_time_limit_s
+    deadline = _clock() + limit
+    timed_out = False
+
+    def should_stop() -> bool:  # checked between batches: the cooperative time limit
+        nonlocal timed_out
+        timed_out = _clock() > deadline
+        return timed_out or _cancel_requested(ctx, job_id)
+
     try:
         rows = audit.compute(
             range(start, stop),
             progress=progress,
-            should_stop=lambda: _cancel_requested(ctx, job_id),
+            should_stop=should_stop,
             maps_dir=ctx.store.maps_dir(job_id),
         )
     except StopRequested:
+        if timed_out:
+            raise JobFailed(f"shard {shard_no} exceeded its time limit of {limit} s") from None
         _cancel(ctx, job_id)
         return
     except ValueError as exc:

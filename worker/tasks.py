@@ -8,16 +8,19 @@ loop through redelivery.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from training.logs import configure_logging
 from worker import jobs
 from worker.celery_app import make_celery
 from worker.store import get_settings
+from worker.sweeper import SweepPolicy, safe_sweep
 
 log = logging.getLogger("camdrift.tasks")
 app = make_celery()
@@ -44,6 +47,29 @@ def context() -> jobs.WorkerContext:
             batch_size=int(os.environ.get("CAMDRIFT_BATCH_SIZE", "16")),
         )
     return _context
+
+
+@worker_ready.connect
+def start_sweeper(**_: Any) -> None:
+    """A daemon thread per worker that re-enqueues stuck jobs (see ``worker.sweeper``)."""
+    import os
+
+    configure_logging(os.environ.get("CAMDRIFT_LOG_LEVEL", "info"))
+    settings = get_settings()
+    policy = SweepPolicy.from_env(settings)
+    if policy.interval_s <= 0:
+        return
+    # its own context (engine): with a prefork pool the task context must not be made in the
+    # parent process, whose connections the forked children would share
+    ctx = jobs.WorkerContext.create(settings, _enqueue)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(policy.interval_s):
+            safe_sweep(ctx, policy)
+
+    threading.Thread(target=loop, name="camdrift-sweeper", daemon=True).start()
+    log.info("sweeper started interval=%ss", policy.interval_s)
 
 
 def _run(task: Any, job_id: str, body: Callable[[], None]) -> None:
