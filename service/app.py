@@ -7,6 +7,7 @@ reports a database that does not answer.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlalchemy.pool import QueuePool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 import training
 from service.api import checkpoints, datasets, health, jobs, results
@@ -32,6 +36,15 @@ from worker.store.db import make_engine, session_factory
 from worker.store.settings import Settings, get_settings
 
 UPLOAD_PATHS = frozenset({"/checkpoints", "/datasets"})
+# Requests handled at once (others wait their turn on the event loop, which costs nothing). The
+# SQL pool holds more connections than this, so a route never waits for a connection: FastAPI
+# serialises a sync route's response on the shared thread pool *before* the request's session
+# is closed, so with more requests in flight than connections, every pool thread could sit in a
+# route waiting for a connection held by a finished route waiting for a thread -- the API froze
+# until the pool timeout (found by tests/load with 64 clients).
+MAX_CONCURRENT_REQUESTS = 24
+SQL_POOL_SIZE = 8
+SQL_POOL_MAX_OVERFLOW = MAX_CONCURRENT_REQUESTS + 8 - SQL_POOL_SIZE  # + health, metrics, runner
 DESCRIPTION = (
     "Audit attribution drift between two checkpoints of a medical-image classifier. "
     "Errors are RFC 9457 `application/problem+json`."
@@ -41,7 +54,7 @@ DESCRIPTION = (
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A ready-to-serve app for ``settings`` (default: from the environment)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.database_url)
+    engine = _make_engine(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (checkpoints, datasets, jobs, results, health):
         app.include_router(module.router)
 
-    # Added last = outermost: observer -> auth -> body limit -> routes.
+    # Added last = outermost: observer -> auth -> body limit -> concurrency limit -> routes.
+    app.add_middleware(ConcurrencyLimitMiddleware, limit=MAX_CONCURRENT_REQUESTS, exempt=OPEN_PATHS)
     app.add_middleware(
         BodyLimitMiddleware, upload_limit=settings.max_upload_bytes, upload_paths=UPLOAD_PATHS
     )
@@ -74,6 +88,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = lambda: _openapi(app, secured=bool(settings.api_tokens))  # type: ignore[method-assign]
     return app
+
+
+def _make_engine(url: str) -> Engine:
+    """The API's engine: a queue pool sized above ``MAX_CONCURRENT_REQUESTS`` where it has one
+    (SQLite ``:memory:`` gets a singleton pool, which takes no size)."""
+    engine = make_engine(url)
+    if isinstance(engine.pool, QueuePool):
+        engine.dispose()
+        engine = make_engine(url, pool_size=SQL_POOL_SIZE, max_overflow=SQL_POOL_MAX_OVERFLOW)
+    return engine
+
+
+class ConcurrencyLimitMiddleware:
+    """At most ``limit`` HTTP requests inside the app at once (``exempt`` paths always pass)."""
+
+    def __init__(self, app: ASGIApp, limit: int, exempt: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.limit = limit
+        self.exempt = exempt
+        # One semaphore per event loop (test clients run the same app on several loops).
+        self._semaphores: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        semaphore = self._semaphores.get(loop)
+        if semaphore is None:
+            for stale in [other for other in self._semaphores if other.is_closed()]:
+                del self._semaphores[stale]
+            semaphore = self._semaphores[loop] = asyncio.Semaphore(self.limit)
+        async with semaphore:
+            await self.app(scope, receive, send)
 
 
 async def _rejected(_: Request, exc: Exception) -> JSONResponse:
