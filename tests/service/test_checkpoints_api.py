@@ -127,3 +127,27 @@ def test_malformed_multipart_is_400(client) -> None:
     )
     assert response.status_code in (400, 422), response.text
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+class _Payload:
+    """Unpickling this would write a marker file: the proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_real_pickled_code_checkpoint_is_refused_unexecuted(client, tmp_path) -> None:
+    import io
+
+    import torch
+
+    marker = tmp_path / "executed"
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(2), "payload": _Payload(str(marker))}, buffer)
+    response = client.post("/checkpoints", files={"file": ("evil.pt", buffer.getvalue())})
+    assert_problem(response, 422, "file")
+    assert not marker.exists(), "the upload must never be unpickled"
+    assert _stored(client) == [] and _tmp_files(client) == []
