@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 import training
 from service.api import checkpoints, datasets, health, jobs, results
+from service.api import studies as studies_api
 from service.auth import OPEN_PATHS, BearerAuthMiddleware
 from service.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Rejected, _rejected)
     for module in (checkpoints, datasets, jobs, results, health):
         app.include_router(module.router)
+    app.include_router(studies_api.router)
 
     # Added last = outermost: observer -> auth -> body limit -> concurrency limit -> routes.
     app.add_middleware(ConcurrencyLimitMiddleware, limit=MAX_CONCURRENT_REQUESTS, exempt=OPEN_PATHS)

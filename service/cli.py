@@ -298,6 +298,12 @@ def drift(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda")] = "auto",
     bf16: Annotated[bool, typer.Option(help="bf16 autocast for the forward (GPU)")] = False,
     html: Annotated[Path | None, typer.Option(help="Also write the HTML report here")] = None,
+    noise_floor: Annotated[
+        bool, typer.Option(help="Also measure drift against a perturbed baseline")
+    ] = False,
+    replica: Annotated[
+        Path | None, typer.Option(help="A baseline replica (other seed): its drift floor")
+    ] = None,
 ) -> None:
     """Audit attribution drift between two checkpoints, in this process."""
     from tqdm.auto import tqdm
@@ -316,6 +322,7 @@ def drift(
         seed=seed,
         device=device,
         autocast="bf16" if bf16 else None,
+        noise_floor=noise_floor,
     )
     bar = tqdm(desc="drift", unit="img")
 
@@ -324,7 +331,7 @@ def drift(
         bar.update(done - bar.n)
 
     try:
-        report = run_audit(baseline, candidate, data, cfg, out, progress)
+        report = run_audit(baseline, candidate, data, cfg, out, progress, replica=replica)
     finally:
         bar.close()
     print_report(report)
@@ -475,6 +482,78 @@ def report_schema() -> None:
 
     json.dump(report_json_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+@app.command()
+@user_errors
+def study(
+    report: Annotated[
+        list[Path], typer.Option("--report", help="A drift report (repeat; its .samples.jsonl)")
+    ],
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="Entry names, in --report order")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Study report JSON to write")] = Path("study.json"),
+    n_boot: Annotated[int, typer.Option(help="Bootstrap replicates")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
+) -> None:
+    """Rank several model pairs on one dataset: per method x metric, Kendall tau between the
+    methods' rankings, and ranking reversals with their bootstrap confidence."""
+    from worker.study import load_local_entry, study_report
+
+    names = list(name or [])
+    if names and len(names) != len(report):
+        raise ValueError(f"give one --name per --report ({len(names)} for {len(report)})")
+    entries = [load_local_entry(path, names[k] if names else None) for k, path in enumerate(report)]
+    if not names and len({e["name"] for e in entries}) < len(entries):
+        for k, entry in enumerate(entries):
+            entry["name"] = f"{k + 1}:{entry['name']}"
+    document = study_report(entries, n_boot=n_boot, seed=seed)
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print_study(document)
+    console.print(f"study report: {out}")
+
+
+def print_study(document: dict[str, Any]) -> None:
+    """Rankings per method x metric, Kendall tau between methods, reversals with confidence."""
+    from rich.table import Table
+
+    console.print(
+        f"study of {len(document['entries'])} model pairs on {document['n_common']} common samples"
+    )
+    table = Table(title="ranking, most stable first (mean)")
+    table.add_column("metric")
+    for method in document["methods"]:
+        table.add_column(method)
+    for metric in document["metrics"]:
+        cells = []
+        for method in document["methods"]:
+            r = document["rankings"][method][metric]
+            cells.append(" > ".join(f"{n} ({_fmt(r['means'][n])})" for n in r["ranking"]) or "-")
+        table.add_row(metric, *cells)
+    console.print(table)
+    taus = Table(title="Kendall tau between the methods' rankings")
+    for col in ("metric", "methods", "tau", "p"):
+        taus.add_column(col)
+    for metric, items in document["kendall_tau"].items():
+        for item in items:
+            taus.add_row(
+                metric, " vs ".join(item["methods"]), _fmt(item["tau"]), _fmt(item["p_value"])
+            )
+    console.print(taus)
+    if not document["reversals"]:
+        console.print("no ranking reversals")
+        return
+    rev = Table(title="ranking reversals (confidence = min of both orders' probabilities)")
+    for col in ("metric", "pair", "orders", "confidence"):
+        rev.add_column(col)
+    for r in document["reversals"]:
+        orders = "; ".join(
+            f"{m}: {o['more_stable']} ({_fmt(o['probability'], 2)})" for m, o in r["orders"].items()
+        )
+        mark = " *" if r["confident"] else ""
+        rev.add_row(r["metric"], " / ".join(r["pair"]), orders, _fmt(r["confidence"], 2) + mark)
+    console.print(rev)
 
 
 from service.gate_cli import gate as _gate  # noqa: E402 - registered last: it imports this module

@@ -227,3 +227,47 @@ class SamplePage(BaseModel):
     method: str
     sort: str
     order: Literal["asc", "desc"]
+
+
+# --------------------------------------------------------------------------- studies
+
+
+class StudyIn(_In):
+    """The body of ``POST /drift-studies``: finished jobs on one dataset to compare."""
+
+    name: str = Field(min_length=1, max_length=255, pattern=NO_NUL)
+    job_ids: list[Ident] = Field(
+        min_length=2,
+        max_length=64,
+        description="succeeded drift jobs on the same dataset and evaluated samples",
+    )
+
+
+class StudyOut(BaseModel):
+    id: str
+    name: str
+    job_ids: list[str]
+    created_at: datetime
+    links: Links
+
+
+class StudyReport(BaseModel):
+    """The study report (``worker.study.study_report``): per method x metric rankings of the
+    jobs' model pairs, Kendall tau between the methods' rankings, bootstrap order
+    probabilities and ranking reversals with their confidence."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: str
+    kind: Literal["camdrift.study-report"]
+    study_id: str | None = None
+    name: str | None = None
+    dataset: dict[str, Any]
+    entries: list[dict[str, Any]]
+    methods: list[str]
+    metrics: list[str]
+    n_common: int
+    config: dict[str, Any]
+    rankings: dict[str, dict[str, Any]]
+    kendall_tau: dict[str, list[dict[str, Any]]]
+    reversals: list[dict[str, Any]]

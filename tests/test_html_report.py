@@ -26,7 +26,7 @@ from worker.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-SECTION_IDS = [sid for sid, _ in SECTIONS]
+SECTION_IDS = [sid for sid, _ in SECTIONS if sid != "floor"]  # "floor": only with a floor
 assert SECTION_IDS == [
     "verdict",
     "performance",
@@ -415,3 +415,20 @@ def test_page_renders_in_headless_chromium(local_page, tmp_path) -> None:
             pixels = np.asarray(image.convert("RGB"))
         assert pixels.std() > 20  # something was drawn, not a blank page
     assert "v-fail" in dom and ">FAIL<" in dom
+
+
+def test_floor_section_appears_only_with_a_floor(local_page) -> None:
+    report_path, _ = local_page
+    report = json.loads(report_path.read_text())
+    assert 'id="floor"' not in render_html(report, [], lambda index, method: None)
+    stats = report["summaries"]["layercam"]["pearson"]["overall"]
+    entry = {
+        "direction": "lower",
+        "threshold": 0.9,
+        "beyond_floor": 0.42,
+        "beyond_floor_per_class": {},
+        "floor": stats,
+    }
+    report["noise_floor"] = {"layercam": {"pearson": entry}}
+    page = render_html(report, [], lambda index, method: None)
+    assert 'id="floor"' in page and "42%" in page and 'href="#floor"' in page

@@ -58,3 +58,38 @@ def test_default_policy_passes_clean_and_fails_shortcut(seed: int, tmp_path) -> 
     failed = [c for c in verdicts["shortcut"]["rules"] if c["passed"] is False]
     assert {c["class"] for c in failed} == {SHORTCUT_CLASS}, "the marker's class moved"
     assert {c["metric"] for c in failed} & {"iou_top20", "pearson"}
+    if seed == 0:
+        _shortcut_lies_beyond_the_floor_and_a_replica_within(tmp_path, tl, quiet)
+
+
+def _shortcut_lies_beyond_the_floor_and_a_replica_within(tmp_path, tl, quiet) -> None:
+    """A replica of the clean baseline (same protocol, other seed) drifts no more than noise;
+    the shortcut fine-tune drifts far beyond both floors."""
+    replica_cfg = TrainConfig(
+        pretrained=str(tmp_path / "pre.safetensors"),
+        ft=PhaseConfig(epochs=0),
+        **{**quiet, "seed": quiet["seed"] + 7},
+    )
+    train_two_phase(tmp_path / "clean", tmp_path / "replica_run", replica_cfg)
+    replica = tmp_path / "replica_run" / "tl.safetensors"
+    cfg = AuditConfig(seed=0, sample_filter="all", noise_floor=True)
+    for name, candidate, low, high in (
+        ("replica", replica, 0.0, 0.15),
+        ("shortcut", tmp_path / "short_run" / "ft.safetensors", 0.6, 1.0),
+    ):
+        report = run_audit(
+            tl,
+            candidate,
+            tmp_path / "shortcut",
+            cfg,
+            tmp_path / f"floor-{name}.json",
+            replica=replica,
+        )
+        assert report["models"]["replica"]["sha256"]
+        for method, named in report["noise_floor"].items():
+            for metric in ("iou_top20", "pearson"):
+                beyond = named[metric]["beyond_floor"]
+                assert low <= beyond <= high, (name, method, metric, beyond)
+        for method, named in report["replica_floor"].items():
+            beyond = named["pearson"]["beyond_floor"]
+            assert low <= beyond <= high or name == "replica", (name, method, beyond)

@@ -120,6 +120,7 @@ class Audit:
         data: Path | str | DatasetIndex,
         config: AuditConfig | None = None,
         models: tuple[LoadedModel, LoadedModel] | None = None,
+        replica: Path | str | LoadedModel | None = None,
     ) -> None:
         self.config = (config or AuditConfig()).validated()
         self.device = resolve_device(self.config.device)
@@ -130,8 +131,13 @@ class Audit:
             )
         self.baseline, self.candidate = models
         check_compatible(self.baseline.meta, self.candidate.meta)
+        if isinstance(replica, str | Path):
+            replica = LoadedModel(*load_checkpoint(replica, map_location=self.device))
+        self.replica: LoadedModel | None = replica
+        if replica is not None:
+            check_compatible(self.baseline.meta, replica.meta)
         if self.config.target_layer:
-            for loaded in models:
+            for loaded in (*models, *([replica] if replica else [])):
                 named_module(loaded.model, self.config.target_layer)
         self.class_names: list[str] = list(self.baseline.meta["class_names"])
         if isinstance(data, DatasetIndex):
@@ -221,6 +227,19 @@ class Audit:
             )
             kept = {m: results[0].maps[m][keep] for m in cfg.methods}
             floor = _metrics(kept, again.maps, None, cfg)
+        replica = None
+        if self.replica is not None and bool(keep.any()):
+            twin = attribute_batch(
+                self.replica.model,
+                self.replica.prepare(images01[keep]),
+                results[0].targets[keep],
+                cfg.methods,
+                cfg.target_layer,
+                output_size=self.analysis_size,
+                autocast_dtype=dtype,
+            )
+            kept = {m: results[0].maps[m][keep] for m in cfg.methods}
+            replica = _metrics(kept, twin.maps, None, cfg)
         if maps_dir is not None and bool(keep.any()):
             _save_raw_maps(
                 maps_dir,
@@ -229,7 +248,7 @@ class Audit:
                 keep,
                 cfg.methods,
             )
-        return _rows(self, rows, labels, preds, results, chosen, values, floor)
+        return _rows(self, rows, labels, preds, results, chosen, values, floor, replica)
 
 
 FLOOR_NOISE_STD = 0.02  # additive Gaussian noise on [0, 1] images
@@ -271,7 +290,9 @@ def metrics_by_method(
     return {m: drift_metrics(a[m], b[m], names) for m in methods}
 
 
-def _rows(audit: Audit, rows, labels, preds, results, chosen, values, floor=None) -> list[dict]:
+def _rows(
+    audit: Audit, rows, labels, preds, results, chosen, values, floor=None, replica=None
+) -> list[dict]:
     probs = [torch.softmax(r.logits, 1).cpu().numpy() for r in results]
     keep = chosen.included.cpu().numpy()
     kept_rank = np.cumsum(keep) - 1
@@ -300,6 +321,11 @@ def _rows(audit: Audit, rows, labels, preds, results, chosen, values, floor=None
                     bool(results[0].degenerate[m][i]),
                     bool(results[1].degenerate[m][i]),
                 ]
+            if replica is not None:
+                record["replica_floor"] = {
+                    m: {name: _finite(v[k]) for name, v in named.items()}
+                    for m, named in replica.items()
+                }
             if floor is not None:
                 record["floor"] = {
                     m: {name: _finite(v[k]) for name, v in named.items()}

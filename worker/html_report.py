@@ -37,6 +37,7 @@ SECTIONS = (
     ("subsets", "Samples evaluated"),
     ("distributions", "Distributions"),
     ("per-class", "Per class"),
+    ("floor", "Noise floor"),
     ("samples", "Most drifted"),
     ("settings", "Settings"),
 )
@@ -745,6 +746,50 @@ def _per_class_section(report: dict[str, Any]) -> str:
     return _section("per-class", "Per class: mean drift", note + "".join(blocks))
 
 
+def _floor_section(report: dict[str, Any]) -> str:
+    """Drift next to its floor(s): the share of samples beyond the floor's 95% tail."""
+    floors = [
+        (key, label)
+        for key, label in (
+            ("noise_floor", "perturbed baseline"),
+            ("replica_floor", "baseline replica (other seed)"),
+        )
+        if isinstance(report.get(key), dict) and report[key]
+    ]
+    if not floors:
+        return ""
+    blocks = []
+    for key, label in floors:
+        floor = report[key]
+        head = ["method", "metric", "floor median", "floor 95% tail", "beyond the floor"]
+        table_rows = []
+        for method in _methods(report):
+            for metric in _metrics(report):
+                entry = _dict(_dict(floor.get(method)).get(metric))
+                if not entry:
+                    continue
+                beyond = _num(entry.get("beyond_floor"))
+                share = "–" if beyond is None else f"{beyond:.0%}"
+                table_rows.append(
+                    [
+                        esc(method_label(method)),
+                        esc(metric),
+                        f"<span class=num>{fmt(_dict(entry.get('floor')).get('median'))}</span>",
+                        f"<span class=num>{fmt(entry.get('threshold'))}</span>",
+                        f"<span class=num><strong>{esc(share)}</strong></span>",
+                    ]
+                )
+        blocks.append(f"<h3>vs {esc(label)}</h3>" + _table(head, table_rows, "floor"))
+    note = (
+        '<p class="muted">The floor is the drift that noise alone causes: the same metrics '
+        "between the baseline's maps and those of a slightly perturbed input (brightness "
+        "and noise, no geometry) or of a replica trained with another seed. “Beyond the "
+        "floor” is the share of included samples whose drift lies past the floor's 95% tail "
+        "(about 5% when the candidate drifts no more than noise).</p>"
+    )
+    return _section("floor", "Drift next to its noise floor", note + "".join(blocks))
+
+
 # --------------------------------------------------------------------------- samples
 
 
@@ -1032,13 +1077,15 @@ def render_html(
     )
     if report.get("created_at"):
         subtitle += f" · {esc(report['created_at'])}"
-    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in SECTIONS)
+    shown = [(sid, t) for sid, t in SECTIONS if sid != "floor" or _floor_section(report)]
+    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
     sections = [
         _verdict_section(report),
         _performance_section(report),
         _subsets_section(report, rows),
         _distributions_section(report, rows),
         _per_class_section(report),
+        _floor_section(report),
         _samples_section(report, rows, overlay_png, top_k),
         _settings_section(report),
     ]

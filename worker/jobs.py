@@ -125,9 +125,20 @@ def build_audit(session: Session, job: Job, ctx: WorkerContext):
         _cached_model(str(ctx.store.resolve(c.storage_path)), c.sha256, cfg.device)
         for c in (baseline, candidate)
     )
+    replica = None
+    replica_id = (job.config or {}).get("baseline_replica_id")
+    if replica_id:
+        record = session.get(Checkpoint, replica_id)
+        if record is None:
+            raise JobFailed(f"the baseline replica {replica_id} no longer exists")
+        replica = _cached_model(
+            str(ctx.store.resolve(record.storage_path)), record.sha256, cfg.device
+        )
     root = ctx.store.resolve(dataset.root_path)
     index = _cached_index(str(root), tuple(baseline.class_names))
-    return Audit(baseline.storage_path, candidate.storage_path, index, cfg, models=models)
+    return Audit(
+        baseline.storage_path, candidate.storage_path, index, cfg, models=models, replica=replica
+    )
 
 
 def describe(session: Session, job: Job, audit) -> dict[str, Any]:
@@ -140,6 +151,15 @@ def describe(session: Session, job: Job, audit) -> dict[str, Any]:
         "models": {
             "baseline": describe_model(audit.baseline, f"checkpoint:{base.id}"),
             "candidate": describe_model(audit.candidate, f"checkpoint:{cand.id}"),
+            **(
+                {
+                    "replica": describe_model(
+                        audit.replica, f"checkpoint:{job.config['baseline_replica_id']}"
+                    )
+                }
+                if audit.replica is not None
+                else {}
+            ),
         },
         "dataset": describe_dataset(audit, f"dataset:{data.id}"),
         "config": config_dict(audit.config),

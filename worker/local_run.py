@@ -29,12 +29,14 @@ def run_audit(
     out: Path,
     progress: Callable[[int, int], None] | None = None,
     policy: Policy | None = None,
+    replica: Path | None = None,
 ) -> dict[str, Any]:
     """Run the audit, write ``out`` (report), its rows (JSON lines) and raw maps.
 
-    With a gate ``policy`` the report carries its verdict (``report["verdict"]``).
+    With a gate ``policy`` the report carries its verdict (``report["verdict"]``); with a
+    baseline ``replica`` (same protocol, other seed) it carries the replica floor.
     """
-    audit = Audit(baseline, candidate, data, config)
+    audit = Audit(baseline, candidate, data, config, replica=replica)
     rows_path, maps_dir = artifact_paths(out)
     done = 0
 
@@ -60,6 +62,7 @@ def run_audit(
         models={
             "baseline": describe_model(audit.baseline, str(baseline)),
             "candidate": describe_model(audit.candidate, str(candidate)),
+            **({"replica": describe_model(audit.replica, str(replica))} if replica else {}),
         },
         dataset=describe_dataset(audit, str(data)),
         config=config_dict(audit.config),

@@ -62,6 +62,15 @@ def build_report(
         "noise_floor": noise_floor(
             included, methods, metrics, class_names, n_boot=n_boot, seed=seed
         ),
+        "replica_floor": noise_floor(
+            included,
+            methods,
+            metrics,
+            class_names,
+            n_boot=n_boot,
+            seed=seed,
+            key="replica_floor",
+        ),
         "verdict": None,
     }
 
@@ -85,11 +94,15 @@ def noise_floor(
     *,
     n_boot: int,
     seed: int,
+    key: str = "floor",
 ) -> dict[str, Any] | None:
     """Drift next to its floor: per method x metric, the floor's distribution (baseline vs a
     perturbed baseline), the threshold at the floor's 95% tail, and the share of samples whose
-    drift lies beyond it. None when the audit measured no floor."""
-    floored = [r for r in rows if r.get("floor")]
+    drift lies beyond it. None when the audit measured no floor.
+
+    ``key="floor"``: baseline vs a perturbed baseline; ``key="replica_floor"``: baseline vs a
+    replica trained with another seed (the job's ``baseline_replica``)."""
+    floored = [r for r in rows if r.get(key)]
     if not floored:
         return None
     labels = np.asarray([r["label"] for r in floored], dtype=np.int64)
@@ -97,7 +110,7 @@ def noise_floor(
     for method in methods:
         out[method] = {}
         for metric in metrics:
-            floor = _column(floored, method, metric, key="floor")
+            floor = _column(floored, method, metric, key=key)
             drift = _column(floored, method, metric)
             direction = floor_direction(metric)
             finite = floor[np.isfinite(floor)]

@@ -106,7 +106,7 @@ class DriftReport(BaseModel):
     kind: Literal["camdrift.drift-report"]
     created_at: str
     camdrift_version: str
-    models: dict[Literal["baseline", "candidate"], ModelInfo]
+    models: dict[Literal["baseline", "candidate", "replica"], ModelInfo]
     dataset: DatasetInfo
     config: dict[str, Any]
     subsets: Subsets
@@ -116,6 +116,7 @@ class DriftReport(BaseModel):
     degenerate: dict[str, dict[Literal["baseline", "candidate"], int]]
     samples: SamplesRef
     noise_floor: dict[str, dict[str, FloorEntry]] | None = None
+    replica_floor: dict[str, dict[str, FloorEntry]] | None = None
     verdict: dict[str, Any] | None = None
 
 

@@ -33,6 +33,7 @@ class Inputs:
     baseline: Path
     candidate: Path
     zip_bytes: bytes
+    replica: Path
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +45,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
     data = root / "phantoms"
     generate_dataset(data, per_class=8, size=64, seed=3)
     paths = []
-    for seed, phase in ((0, "tl"), (1, "ft")):
+    for seed, phase in ((0, "tl"), (1, "ft"), (2, "tl-replica")):
         torch.manual_seed(seed)
         model = create_model("tinycnn", len(CLASSES))
         path = root / f"{phase}.safetensors"
@@ -57,7 +58,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
         for file in sorted(data.rglob("*")):
             if file.is_file():
                 zf.write(file, file.relative_to(data).as_posix())
-    return Inputs(data, paths[0], paths[1], buffer.getvalue())
+    return Inputs(data, paths[0], paths[1], buffer.getvalue(), paths[2])
 
 
 def free_port() -> int:
@@ -132,7 +133,9 @@ def run_job_over_http(
     """Upload both checkpoints and the zipped dataset, create a job, poll it to the end."""
     client = httpx.Client(base_url=base, timeout=60)
     ids = []
-    for path in (inputs.baseline, inputs.candidate):
+    body = dict(body)
+    with_replica = body.pop("with_replica", False)
+    for path in (inputs.baseline, inputs.candidate, inputs.replica):
         with open(path, "rb") as fh:
             r = client.post("/checkpoints", files={"file": (path.name, fh)})
         assert r.status_code in (200, 201), r.text
@@ -140,6 +143,8 @@ def run_job_over_http(
     r = client.post("/datasets", files={"file": ("data.zip", inputs.zip_bytes, "application/zip")})
     assert r.status_code == 201, r.text
     job_body = {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"], **body}
+    if with_replica:
+        job_body["baseline_replica_id"] = ids[2]
     r = client.post("/drift-jobs", json=job_body)
     assert r.status_code == 202, r.text
     location = r.headers["location"]

@@ -36,6 +36,7 @@ JOB = {
     "split": None,
     "seed": 0,
     "noise_floor": True,
+    "with_replica": True,
 }
 
 
@@ -45,7 +46,9 @@ def local_report(inputs, tmp_path_factory):
     cfg = AuditConfig(
         methods=JOB["methods"], sample_filter="all", split=None, seed=0, noise_floor=True
     )
-    return run_audit(inputs.baseline, inputs.candidate, inputs.data, cfg, out)
+    return run_audit(
+        inputs.baseline, inputs.candidate, inputs.data, cfg, out, replica=inputs.replica
+    )
 
 
 def _check_job(client, status, local_report) -> None:

@@ -25,6 +25,7 @@ TABLES = {
     "job_samples",
     "sample_metrics",
     "reports",
+    "studies",
     "alembic_version",
 }
 
@@ -51,7 +52,7 @@ def check_round_trip(settings: Settings) -> None:
     migrate.upgrade(settings)
     assert table_names(settings.database_url) == TABLES
     assert schema_diff(settings.database_url) == []
-    assert migrate.current(settings) == "0001_initial"
+    assert migrate.current(settings) == "0002_studies"
     migrate.downgrade(settings, "base")
     assert table_names(settings.database_url) <= {"alembic_version"}
     assert migrate.current(settings) is None
@@ -84,4 +85,4 @@ def test_migrate_works_from_any_directory(tmp_path, monkeypatch) -> None:
     settings = Settings(database_url="sqlite:///./relative.db")
     migrate.upgrade(settings)
     assert (tmp_path / "relative.db").is_file()
-    assert migrate.current(settings) == "0001_initial"
+    assert migrate.current(settings) == "0002_studies"

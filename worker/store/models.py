@@ -39,6 +39,8 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 FLOOR_KEY = "__floor__"  # in ``sample_metrics.extra``: the sample's noise-floor metrics
+REPLICA_KEY = "__replica__"  # ... and its baseline-vs-replica metrics
+FLOOR_KEYS = {FLOOR_KEY: "floor", REPLICA_KEY: "replica_floor"}  # extra key -> row key
 METRIC_COLUMNS: tuple[str, ...] = METRICS  # one nullable float column per built-in metric
 
 
@@ -216,12 +218,14 @@ class SampleMetric(Base):
     def values(self) -> dict[str, float | None]:
         """Every metric of the row, columns and ``extra`` together."""
         out: dict[str, float | None] = {name: getattr(self, name) for name in METRIC_COLUMNS}
-        out.update({k: v for k, v in (self.extra or {}).items() if k != FLOOR_KEY})
+        out.update({k: v for k, v in (self.extra or {}).items() if k not in FLOOR_KEYS})
         return out
 
-    def floor(self) -> dict[str, float | None] | None:
-        """The sample's noise-floor metrics (baseline vs perturbed baseline), if measured."""
-        return (self.extra or {}).get(FLOOR_KEY)
+    def floors(self) -> dict[str, dict[str, float | None]]:
+        """The sample's floor metrics by row key (``floor``: vs a perturbed baseline,
+        ``replica_floor``: vs a baseline replica), those that were measured."""
+        extra = self.extra or {}
+        return {row_key: extra[key] for key, row_key in FLOOR_KEYS.items() if key in extra}
 
 
 class Report(Base):
@@ -231,6 +235,17 @@ class Report(Base):
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     document: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Study(Base):
+    """A study: several finished jobs on one dataset, compared by ``worker.study``."""
+
+    __tablename__ = "studies"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    job_ids: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -254,9 +269,10 @@ def records_from_row(job_id: str, row: dict[str, Any]) -> list[Base]:
         flags = (row.get("degenerate") or {}).get(method, [False, False])
         columns = {k: v for k, v in values.items() if k in METRIC_COLUMNS}
         extra = {k: v for k, v in values.items() if k not in METRIC_COLUMNS}
-        floor = (row.get("floor") or {}).get(method)
-        if floor is not None:
-            extra[FLOOR_KEY] = floor
+        for key, row_key in FLOOR_KEYS.items():
+            floor = (row.get(row_key) or {}).get(method)
+            if floor is not None:
+                extra[key] = floor
         records.append(
             SampleMetric(
                 job_id=job_id,
@@ -297,11 +313,10 @@ def row_from_records(
         if names is not None:
             values = {name: values.get(name) for name in names}
         row["metrics"][record.method] = values
-        floor = record.floor()
-        if floor is not None:
+        for row_key, floor in record.floors().items():
             if names is not None:
                 floor = {name: floor.get(name) for name in names}
-            row.setdefault("floor", {})[record.method] = floor
+            row.setdefault(row_key, {})[record.method] = floor
         row["degenerate"][record.method] = [
             record.degenerate_baseline,
             record.degenerate_candidate,

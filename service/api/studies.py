@@ -1,0 +1,172 @@
+"""``/drift-studies``: several succeeded jobs on one dataset, ranked together (DESIGN §6).
+
+The study row only names its jobs; the report is built on request by ``worker.study`` from the
+jobs' stored reports and per-sample rows, so it always reflects what is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.api.deps import get_session
+from service.problems import ProblemError, invalid, not_found, problem_responses
+from service.schemas import Links, StudyIn, StudyOut, StudyReport
+from worker.store.models import (
+    Checkpoint,
+    Dataset,
+    Job,
+    JobSample,
+    Report,
+    SampleMetric,
+    Study,
+    is_id,
+    row_from_records,
+)
+from worker.study import study_report
+
+router = APIRouter(tags=["drift-studies"])
+
+
+def study_out(study: Study) -> StudyOut:
+    base = f"/drift-studies/{study.id}"
+    return StudyOut(
+        id=study.id,
+        name=study.name,
+        job_ids=list(study.job_ids),
+        created_at=study.created_at,
+        links=Links(self=base, report=f"{base}/report"),
+    )
+
+
+def get_study_or_404(session: Session, study_id: str) -> Study:
+    study = session.get(Study, study_id) if is_id(study_id) else None
+    if study is None:
+        raise not_found("drift study", study_id)
+    return study
+
+
+def _indices(session: Session, job_id: str) -> list[int]:
+    return list(
+        session.scalars(
+            select(JobSample.index).where(JobSample.job_id == job_id).order_by(JobSample.index)
+        )
+    )
+
+
+def _fingerprint(session: Session, job: Job) -> str | None:
+    report = session.get(Report, job.id)
+    stored = ((report.document if report else None) or {}).get("dataset") or {}
+    if stored.get("fingerprint"):
+        return str(stored["fingerprint"])
+    dataset = session.get(Dataset, job.dataset_id)
+    return dataset.fingerprint if dataset is not None else None
+
+
+@router.post(
+    "/drift-studies",
+    status_code=201,
+    response_model=StudyOut,
+    summary="Create a study of succeeded drift jobs on the same dataset (e.g. one per arch)",
+    responses=problem_responses(400, 422),
+)
+def create_study(
+    body: StudyIn, response: Response, session: Annotated[Session, Depends(get_session)]
+) -> StudyOut:
+    first: tuple[str | None, list[int]] | None = None
+    for i, job_id in enumerate(body.job_ids):
+        field = f"body.job_ids[{i}]"
+        if job_id in body.job_ids[:i]:
+            raise invalid(field, f"job {job_id!r} is listed twice")
+        job = session.get(Job, job_id) if is_id(job_id) else None
+        if job is None:
+            raise invalid(field, f"drift job {job_id!r} does not exist")
+        if job.status != "succeeded" or session.get(Report, job_id) is None:
+            raise invalid(field, f"drift job {job_id!r} is {job.status}, not succeeded")
+        seen = (_fingerprint(session, job), _indices(session, job_id))
+        if first is None:
+            first = seen
+        elif seen[0] != first[0]:
+            raise invalid(field, f"drift job {job_id!r} ran on another dataset than the first")
+        elif seen[1] != first[1]:
+            raise invalid(
+                field,
+                f"drift job {job_id!r} evaluated another sample set than the first "
+                "(other split, max_samples or seed)",
+            )
+    study = Study(name=body.name, job_ids=list(body.job_ids))
+    session.add(study)
+    session.commit()
+    response.headers["Location"] = f"/drift-studies/{study.id}"
+    return study_out(study)
+
+
+@router.get(
+    "/drift-studies/{study_id}",
+    response_model=StudyOut,
+    summary="A drift study",
+    responses=problem_responses(404),
+)
+def get_study(study_id: str, session: Annotated[Session, Depends(get_session)]) -> StudyOut:
+    return study_out(get_study_or_404(session, study_id))
+
+
+def study_entries(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
+    """The ``worker.study`` entries of the jobs: stored reports + rows (409 if not ready)."""
+    entries: list[dict[str, Any]] = []
+    for job_id in job_ids:
+        job = session.get(Job, job_id)
+        report = session.get(Report, job_id)
+        if job is None or job.status != "succeeded" or report is None:
+            status = job.status if job is not None else "deleted"
+            raise ProblemError(
+                409,
+                f"drift job {job_id!r} is {status}; a study needs every job succeeded",
+                slug="report-not-ready",
+                job_id=job_id,
+                job_status=status,
+            )
+        document = report.document
+        names = (document.get("config") or {}).get("metrics") or job.config.get("metrics")
+        by_index: dict[int, list[SampleMetric]] = {}
+        for metric in session.scalars(select(SampleMetric).where(SampleMetric.job_id == job_id)):
+            by_index.setdefault(metric.index, []).append(metric)
+        samples = session.scalars(
+            select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.index)
+        )
+        rows = [row_from_records(s, by_index.get(s.index, []), names=names) for s in samples]
+        candidate = session.get(Checkpoint, job.candidate_id)
+        label = candidate.name if candidate is not None else job_id
+        entries.append({"name": label, "job_id": job_id, "report": document, "rows": rows})
+    labels = [e["name"] for e in entries]
+    for entry in entries:
+        if labels.count(entry["name"]) > 1:
+            entry["name"] = f"{entry['name']} ({entry['job_id'][:8]})"
+    return entries
+
+
+@router.get(
+    "/drift-studies/{study_id}/report",
+    response_model=StudyReport,
+    summary=(
+        "The study report: per method x metric rankings of the model pairs, Kendall tau "
+        "between methods, bootstrap order probabilities and ranking reversals"
+    ),
+    responses=problem_responses(404, 409, 422),
+)
+def get_study_report(
+    study_id: str,
+    session: Annotated[Session, Depends(get_session)],
+    n_boot: Annotated[int, Query(ge=1, le=20000, description="bootstrap replicates")] = 2000,
+    seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="bootstrap seed")] = 0,
+) -> dict[str, Any]:
+    study = get_study_or_404(session, study_id)
+    entries = study_entries(session, list(study.job_ids))
+    try:
+        document = study_report(entries, n_boot=n_boot, seed=seed)
+    except ValueError as exc:
+        raise ProblemError(409, str(exc), slug="study-incompatible") from None
+    return {**document, "study_id": study.id, "name": study.name}

@@ -1,0 +1,152 @@
+"""``/drift-studies``: create from succeeded jobs, read, and the report built from stored rows."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import update
+
+from tests.service.conftest import assert_problem, upload_checkpoint
+from tests.test_study import METRICS, make_entry
+from worker.store.models import Job, Report, records_from_row
+from worker.study import study_report
+
+
+def _full_row(row: dict) -> dict:
+    """A synthetic study row completed into an audit row that SQL can store."""
+    label = row["label"]
+    return {
+        **row,
+        "path": f"c{label}/img{row['index']}.png",
+        "pred_baseline": label,
+        "pred_candidate": label if row["included"] else (label + 1) % 5,
+        "probs_baseline": [0.2] * 5,
+        "probs_candidate": [0.2] * 5,
+        "target_baseline": label,
+        "target_candidate": label,
+        "degenerate": {m: [False, False] for m in row["metrics"]},
+    }
+
+
+def _job(world, db, entry: dict | None, candidate: str, *, status: str = "succeeded") -> str:
+    """A job created through the API whose 'worker' stored ``entry``'s rows and report."""
+    body = world.job_body(candidate_id=candidate, metrics=METRICS)
+    response = world.client.post("/drift-jobs", json=body)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    if entry is not None:
+        for row in entry["rows"]:
+            db.add_all(records_from_row(job_id, _full_row(row)))
+        db.add(Report(job_id=job_id, document=entry["report"]))
+    db.execute(update(Job).where(Job.id == job_id).values(status=status))
+    db.commit()
+    return job_id
+
+
+@pytest.fixture
+def jobs(world, db) -> tuple[list[str], list[dict]]:
+    replica = upload_checkpoint(world.client, world.files.replica).json()["id"]
+    entries = [make_entry(name) for name in "ABC"]
+    candidates = [world.candidate, replica, world.candidate]  # two share a checkpoint name
+    ids = [_job(world, db, e, c) for e, c in zip(entries, candidates, strict=True)]
+    return ids, entries
+
+
+def test_create_get_and_report_equal_study_report_on_the_rows(world, jobs) -> None:
+    ids, entries = jobs
+    response = world.client.post("/drift-studies", json={"name": "archs", "job_ids": ids})
+    assert response.status_code == 201, response.text
+    study = response.json()
+    assert study["name"] == "archs" and study["job_ids"] == ids
+    assert response.headers["location"] == f"/drift-studies/{study['id']}"
+    assert study["links"]["report"] == f"/drift-studies/{study['id']}/report"
+    assert world.client.get(f"/drift-studies/{study['id']}").json() == study
+
+    got = world.client.get(f"/drift-studies/{study['id']}/report", params={"n_boot": 300})
+    assert got.status_code == 200, got.text
+    report = got.json()
+    names = [e["name"] for e in report["entries"]]
+    assert len(set(names)) == 3 and [e["job_id"] for e in report["entries"]] == ids
+    expected_entries = [
+        {**e, "name": name, "job_id": job_id}
+        for e, name, job_id in zip(entries, names, ids, strict=True)
+    ]
+    expected = study_report(expected_entries, n_boot=300, seed=0)
+    assert report == {**expected, "study_id": study["id"], "name": "archs"}
+    assert report["kendall_tau"]["pearson"][0]["tau"] == pytest.approx(-1.0)
+    assert any(r["confident"] for r in report["reversals"])
+    again = world.client.get(f"/drift-studies/{study['id']}/report", params={"n_boot": 300})
+    assert again.json() == report
+
+
+def test_create_validation(world, db, jobs) -> None:
+    ids, _ = jobs
+    url = "/drift-studies"
+    assert_problem(
+        world.client.post(url, json={"name": "x", "job_ids": ids[:1]}), 422, "body.job_ids"
+    )
+    assert_problem(world.client.post(url, json={"job_ids": ids}), 422, "body.name")
+    missing = "0" * 32
+    assert_problem(
+        world.client.post(url, json={"name": "x", "job_ids": [ids[0], missing]}),
+        422,
+        "body.job_ids[1]",
+    )
+    assert_problem(
+        world.client.post(url, json={"name": "x", "job_ids": [ids[0], "nope"]}),
+        422,
+        "body.job_ids[1]",
+    )
+    assert_problem(
+        world.client.post(url, json={"name": "x", "job_ids": [ids[0], ids[1], ids[0]]}),
+        422,
+        "body.job_ids[2]",
+    )
+    queued = _job(world, db, None, world.candidate, status="queued")
+    problem = assert_problem(
+        world.client.post(url, json={"name": "x", "job_ids": [queued, ids[0]]}),
+        422,
+        "body.job_ids[0]",
+    )
+    assert "queued" in problem["detail"]
+    other = _job(world, db, make_entry("A", fingerprint="0" * 64), world.candidate)
+    problem = assert_problem(
+        world.client.post(url, json={"name": "x", "job_ids": [ids[0], ids[1], other]}),
+        422,
+        "body.job_ids[2]",
+    )
+    assert "another dataset" in problem["detail"]
+    fewer = _job(world, db, make_entry("A", n=50), world.candidate)
+    problem = assert_problem(
+        world.client.post(url, json={"name": "x", "job_ids": [ids[0], fewer]}),
+        422,
+        "body.job_ids[1]",
+    )
+    assert "another sample set" in problem["detail"]
+
+
+def test_not_found_and_409_when_a_job_is_no_longer_succeeded(world, db, jobs) -> None:
+    ids, _ = jobs
+    assert_problem(world.client.get("/drift-studies/nope"), 404)
+    assert_problem(world.client.get(f"/drift-studies/{'0' * 32}/report"), 404)
+    study = world.client.post("/drift-studies", json={"name": "s", "job_ids": ids}).json()
+    db.execute(update(Job).where(Job.id == ids[1]).values(status="failed"))
+    db.commit()
+    problem = assert_problem(world.client.get(f"/drift-studies/{study['id']}/report"), 409)
+    assert problem["job_id"] == ids[1] and problem["job_status"] == "failed"
+    assert_problem(
+        world.client.get(f"/drift-studies/{study['id']}/report", params={"n_boot": 0}),
+        422,
+        "query.n_boot",
+    )
+
+
+def test_openapi_documents_the_study_routes(world) -> None:
+    doc = world.client.get("/openapi.json").json()
+    assert {"/drift-studies", "/drift-studies/{study_id}", "/drift-studies/{study_id}/report"} <= (
+        set(doc["paths"])
+    )
+    post = doc["paths"]["/drift-studies"]["post"]
+    assert "201" in post["responses"] and "422" in post["responses"]
+    report = doc["paths"]["/drift-studies/{study_id}/report"]["get"]["responses"]
+    assert "application/problem+json" in report["409"]["content"]
+    assert "StudyReport" in doc["components"]["schemas"]

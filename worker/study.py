@@ -1,0 +1,305 @@
+"""Studies: several model pairs (drift jobs) on one dataset, ranked by how stable their maps are.
+
+A study compares *entries* -- each a finished drift report with its per-sample rows, e.g. one
+baseline -> fine-tune pair per architecture. All entries must share the dataset fingerprint and
+the evaluated sample set. For each method x metric present in every entry:
+
+* **ranking** of the entries by their mean over the *common* samples: those included by every
+  entry's sample filter and whose metric value is finite for every entry (so the comparison is
+  paired). Direction of "more stable" per metric:
+
+  - similarities (``iou_*``, ``pearson``, ``spearman``): higher mean = more stable;
+  - distances (``displacement``, ``peak_displacement``): lower mean = more stable;
+  - signed changes (``concentration_change``, ``entropy_change`` and any other metric): lower
+    mean *absolute* change = more stable (``means`` then holds the mean absolute change).
+
+  Rank 1 is the most stable entry; ties share the average rank.
+* **Kendall tau** (``scipy.stats.kendalltau``, tau-b) between every pair of methods' rankings
+  of the entries, per metric (on the entries' means, which is the same as on their ranks).
+* **order probabilities**: a seeded paired bootstrap over the common samples -- each replicate
+  resamples sample indices once and the same resample serves every entry, method and metric --
+  gives P(entry i more stable than entry j) per method x metric (ties count one half).
+* **ranking reversals**: a pair of entries whose (point-estimate) order differs between two
+  methods for the same metric, reported with both orders' bootstrap probabilities; its
+  confidence is the smaller of the two (high only when both methods' orders hold under
+  resampling). ``confident`` marks reversals with confidence >= ``REVERSAL_CONFIDENCE``.
+
+Torch-free (numpy + scipy), so the API process can build it from stored rows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats as sps
+
+STUDY_SCHEMA_VERSION = "1.0"
+STUDY_KIND = "camdrift.study-report"
+REVERSAL_CONFIDENCE = 0.95
+SIMILARITIES = ("iou_t50", "pearson", "spearman")  # and every iou_*: 1 = unchanged
+DISTANCES = ("displacement", "peak_displacement")  # 0 = unchanged
+_CHUNK = 256  # bootstrap replicates handled at once
+
+
+def stability_direction(metric: str) -> str:
+    """``higher`` (similarity), ``lower`` (distance) or ``abs`` (lower |change|) = more stable."""
+    if metric in SIMILARITIES or metric.startswith("iou"):
+        return "higher"
+    return "lower" if metric in DISTANCES else "abs"
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _report_methods_metrics(report: dict[str, Any]) -> tuple[list[str], list[str]]:
+    config = report.get("config") or {}
+    summaries = report.get("summaries") or {}
+    methods = list(config.get("methods") or summaries)
+    metrics = list(config.get("metrics") or [])
+    if not metrics:
+        for per_metric in summaries.values():
+            metrics += [m for m in per_metric if m not in metrics]
+    return methods, metrics
+
+
+def _entry_meta(entry: dict[str, Any]) -> dict[str, Any]:
+    models = entry["report"].get("models") or {}
+    roles = {
+        role: {
+            key: (models.get(role) or {}).get(key) for key in ("arch", "phase", "sha256", "name")
+        }
+        for role in ("baseline", "candidate")
+    }
+    return {
+        "name": entry["name"],
+        "job_id": entry.get("job_id"),
+        "arch": roles["candidate"]["arch"] or roles["baseline"]["arch"],
+        "models": roles,
+    }
+
+
+def check_entries(entries: list[dict[str, Any]]) -> None:
+    """Refuse a study whose entries cannot be compared sample by sample (``ValueError``)."""
+    if len(entries) < 2:
+        raise ValueError("a study needs at least two reports")
+    names = [str(e.get("name")) for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f"entry names must be unique, got {names}")
+    first = entries[0]
+    fingerprint = (first["report"].get("dataset") or {}).get("fingerprint")
+    indices = sorted(int(r["index"]) for r in first["rows"])
+    for entry in entries[1:]:
+        other = (entry["report"].get("dataset") or {}).get("fingerprint")
+        if other != fingerprint:
+            raise ValueError(
+                f"{entry['name']!r} was evaluated on another dataset (fingerprint "
+                f"{str(other)[:12]}... vs {str(fingerprint)[:12]}... of {first['name']!r})"
+            )
+        if sorted(int(r["index"]) for r in entry["rows"]) != indices:
+            raise ValueError(
+                f"{entry['name']!r} evaluated another sample set than {first['name']!r} "
+                "(same dataset, but other split, max_samples or seed)"
+            )
+
+
+def study_report(
+    entries: list[dict[str, Any]], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """The study report of ``entries`` = ``[{"name", "job_id", "report", "rows"}, ...]``."""
+    check_entries(entries)
+    if n_boot < 1:
+        raise ValueError("n_boot must be at least 1")
+    names = [str(e["name"]) for e in entries]
+    per_entry = [_report_methods_metrics(e["report"]) for e in entries]
+    methods = [m for m in per_entry[0][0] if all(m in p[0] for p in per_entry)]
+    metrics = [m for m in per_entry[0][1] if all(m in p[1] for p in per_entry)]
+    by_index = [{int(r["index"]): r for r in e["rows"]} for e in entries]
+    common = sorted(i for i in by_index[0] if all(rows[i].get("included") for rows in by_index))
+    n = len(common)
+
+    # stability scores (higher = more stable) per method x metric: entries x common samples
+    scores: dict[tuple[str, str], np.ndarray] = {}
+    values: dict[tuple[str, str], np.ndarray] = {}
+    for method, metric in itertools.product(methods, metrics):
+        raw = np.full((len(entries), n), np.nan)
+        for e, rows in enumerate(by_index):
+            for k, i in enumerate(common):
+                v = _float(((rows[i].get("metrics") or {}).get(method) or {}).get(metric))
+                if v is not None:
+                    raw[e, k] = v
+        direction = stability_direction(metric)
+        shown = np.abs(raw) if direction == "abs" else raw
+        values[method, metric] = shown
+        scores[method, metric] = shown if direction == "higher" else -shown
+
+    probabilities = _order_probabilities(scores, n, n_boot=n_boot, seed=seed)
+
+    rankings: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    point: dict[tuple[str, str], np.ndarray] = {}
+    for (method, metric), score in scores.items():
+        valid = np.isfinite(score).all(axis=0)
+        n_valid = int(valid.sum())
+        if n_valid:
+            mean_score = score[:, valid].mean(axis=1)
+            means = values[method, metric][:, valid].mean(axis=1)
+            ranks = sps.rankdata(-mean_score, method="average")
+            order = sorted(range(len(names)), key=lambda e: (ranks[e], e))
+        else:
+            mean_score = np.full(len(names), np.nan)
+            means, ranks, order = mean_score, None, []
+        point[method, metric] = mean_score
+        prob = probabilities[method, metric]
+        rankings[method][metric] = {
+            "direction": stability_direction(metric),
+            "n": n_valid,
+            "means": {name: _float(means[e]) for e, name in enumerate(names)},
+            "ranking": [names[e] for e in order],
+            "ranks": {
+                name: None if ranks is None else float(ranks[e]) for e, name in enumerate(names)
+            },
+            "order_probability": {
+                a: {b: _float(prob[i, j]) for j, b in enumerate(names) if j != i}
+                for i, a in enumerate(names)
+            },
+        }
+
+    taus: dict[str, list[dict[str, Any]]] = {}
+    reversals: list[dict[str, Any]] = []
+    for metric in metrics:
+        taus[metric] = []
+        for m1, m2 in itertools.combinations(methods, 2):
+            x, y = point[m1, metric], point[m2, metric]
+            ok = np.isfinite(x) & np.isfinite(y)
+            tau = p_value = None
+            if ok.sum() >= 2:
+                result = sps.kendalltau(x[ok], y[ok])
+                tau, p_value = _float(result.statistic), _float(result.pvalue)
+            taus[metric].append({"methods": [m1, m2], "tau": tau, "p_value": p_value})
+            p1, p2 = probabilities[m1, metric], probabilities[m2, metric]
+            for i, j in itertools.combinations(range(len(names)), 2):
+                d1, d2 = x[i] - x[j], y[i] - y[j]
+                if not (np.isfinite(d1) and np.isfinite(d2)) or d1 * d2 >= 0:
+                    continue
+                # under m1 the more stable is `a`, under m2 it is `b`
+                a, b = (i, j) if d1 > 0 else (j, i)
+                first, second = _float(p1[a, b]), _float(p2[b, a])
+                confidence = None if first is None or second is None else min(first, second)
+                reversals.append(
+                    {
+                        "metric": metric,
+                        "methods": [m1, m2],
+                        "pair": [names[a], names[b]],
+                        "orders": {
+                            m1: {"more_stable": names[a], "probability": first},
+                            m2: {"more_stable": names[b], "probability": second},
+                        },
+                        "confidence": confidence,
+                        "confident": confidence is not None and confidence >= REVERSAL_CONFIDENCE,
+                    }
+                )
+    reversals.sort(key=lambda r: -(r["confidence"] or 0.0))
+
+    dataset = entries[0]["report"].get("dataset") or {}
+    return {
+        "schema_version": STUDY_SCHEMA_VERSION,
+        "kind": STUDY_KIND,
+        "dataset": {
+            "fingerprint": dataset.get("fingerprint"),
+            "num_evaluated": len(by_index[0]),
+        },
+        "entries": [_entry_meta(e) for e in entries],
+        "methods": methods,
+        "metrics": metrics,
+        "n_common": n,
+        "config": {"n_boot": n_boot, "seed": seed, "reversal_confidence": REVERSAL_CONFIDENCE},
+        "rankings": rankings,
+        "kendall_tau": taus,
+        "reversals": reversals,
+    }
+
+
+def _order_probabilities(
+    scores: dict[tuple[str, str], np.ndarray], n: int, *, n_boot: int, seed: int
+) -> dict[tuple[str, str], np.ndarray]:
+    """P(row i's mean score > row j's) over a paired bootstrap of the ``n`` common samples.
+
+    One resample of sample indices per replicate, shared by every method x metric; samples whose
+    value is undefined for some entry are left out of that method x metric's means (replicates
+    without any defined sample do not count). Ties count one half.
+    """
+    out: dict[tuple[str, str], np.ndarray] = {}
+    wins: dict[tuple[str, str], np.ndarray] = {}
+    counted: dict[tuple[str, str], int] = {}
+    prepared: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    for key, score in scores.items():
+        valid = np.isfinite(score).all(axis=0)
+        prepared[key] = (np.where(valid, score, 0.0), valid.astype(np.float64))
+        e = score.shape[0]
+        wins[key] = np.zeros((e, e))
+        counted[key] = 0
+    if n == 0:
+        return {key: np.full_like(w, np.nan) for key, w in wins.items()}
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_boot:
+        size = min(_CHUNK, n_boot - done)
+        draws = rng.integers(0, n, size=(size, n))
+        flat = (np.arange(size)[:, None] * n + draws).ravel()
+        counts = np.bincount(flat, minlength=size * n).reshape(size, n).astype(np.float64)
+        done += size
+        for key, (filled, valid) in prepared.items():
+            weight = counts @ valid  # (size,)
+            ok = weight > 0
+            if not ok.any():
+                continue
+            means = (counts[ok] @ filled.T) / weight[ok, None]  # (replicates, entries)
+            diff = means[:, :, None] - means[:, None, :]
+            wins[key] += (diff > 0).sum(axis=0) + 0.5 * (diff == 0).sum(axis=0)
+            counted[key] += int(ok.sum())
+    for key, w in wins.items():
+        out[key] = w / counted[key] if counted[key] else np.full_like(w, np.nan)
+    return out
+
+
+def load_local_entry(report_path: Path, name: str | None = None) -> dict[str, Any]:
+    """A study entry from a local ``camdrift drift`` report and its ``.samples.jsonl``.
+
+    The rows file is the one ``worker.local_run.artifact_paths`` names (``R.samples.jsonl`` next
+    to ``R.json``), else the report's ``samples.location`` beside it.
+    """
+    report_path = Path(report_path)
+    if not report_path.is_file():
+        raise FileNotFoundError(f"no report at {report_path}")
+    try:
+        report = json.loads(report_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{report_path} is not a JSON report: {exc}") from None
+    if not isinstance(report, dict) or report.get("kind") not in (None, "camdrift.drift-report"):
+        raise ValueError(f"{report_path} is not a camdrift drift report")
+    stem = report_path.with_suffix("")
+    rows_path = stem.with_name(stem.name + ".samples.jsonl")
+    location = (report.get("samples") or {}).get("location")
+    if not rows_path.is_file() and location:
+        rows_path = report_path.parent / str(location)
+    if not rows_path.is_file():
+        raise FileNotFoundError(f"no per-sample rows for {report_path} (looked for {rows_path})")
+    rows = []
+    with open(rows_path) as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{rows_path}:{n}: not a JSON row: {exc}") from None
+    if not rows or not all(isinstance(r, dict) and "index" in r for r in rows):
+        raise ValueError(f"{rows_path} holds no per-sample rows")
+    return {"name": name or report_path.stem, "job_id": None, "report": report, "rows": rows}
