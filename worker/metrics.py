@@ -251,22 +251,7 @@ def _pearson(ctx: _Context) -> Tensor:
 
 
 def _spearman(ctx: _Context) -> Tensor:
-    """Pearson of average ranks, with the rank means and variances in closed form.
-
-    Average ranks of p pixels have mean (p - 1) / 2 and sum of squared deviations
-    (p^3 - p - sum_t (t^3 - t)) / 12 over tie groups of size t, so only the cross term
-    sum_i ra_i rb_i needs the pixels paired: the candidate's ranks are put in pixel order
-    (one scatter) and read back in the baseline's sorted order (one gather).
-    """
-    sorted_rank, ties = _sorted_average_ranks(ctx)
-    (_, idx), n, p = ctx.sorted(), ctx.n, ctx.p
-    rank_b = torch.empty_like(sorted_rank[n:]).scatter_(1, idx[n:], sorted_rank[n:])
-    cross = torch.linalg.vecdot(sorted_rank[:n], rank_b.gather(1, idx[:n]))
-    mean = (p - 1) / 2.0
-    spread = (p**3 - p - ties) / 12.0
-    cov = cross - p * mean * mean
-    den = torch.sqrt(spread[:n] * spread[n:])
-    return (cov / den).clamp(-1.0, 1.0)
+    return _correlation(*ctx.split(_average_ranks(ctx)))
 
 
 def _correlation(x: Tensor, y: Tensor) -> Tensor:
@@ -278,15 +263,15 @@ def _correlation(x: Tensor, y: Tensor) -> Tensor:
     return (cov / den).clamp(-1.0, 1.0)
 
 
-def _sorted_average_ranks(ctx: _Context) -> tuple[Tensor, Tensor]:
-    """(average 0-based ranks in each row's sorted order [rows, p], sum of t^3 - t over each
-    row's tie groups [rows]).
+def _average_ranks(ctx: _Context) -> Tensor:
+    """Average ranks (ties share their mean rank) of each pixel in descending order.
 
-    All rows are ranked as one flat sequence whose runs of equal values never cross a row
-    boundary. A run spans [start, end): its mean rank in its row is
+    Pearson of these equals Spearman's rho (it is shift- and sign-invariant, and both maps are
+    ranked the same way). All rows are ranked as one flat sequence whose runs of equal values
+    never cross a row boundary. A run spans [start, end): its mean 0-based rank in its row is
     (start + end - 1) / 2 - row * pixels, exact in integers until the final halving.
     """
-    values, _ = ctx.sorted()
+    values, idx = ctx.sorted()
     rows, p = values.shape
     first = torch.ones(rows, p, dtype=torch.bool, device=ctx.device)
     torch.ne(values[:, 1:], values[:, :-1], out=first[:, 1:])
@@ -297,11 +282,8 @@ def _sorted_average_ranks(ctx: _Context) -> tuple[Tensor, Tensor]:
     ends = torch.cat([starts[1:], starts.new_tensor([rows * p])])
     row_start = starts - starts % p
     run_rank = (starts + ends - 1 - 2 * row_start).to(ctx.acc) * 0.5
-    sizes = (ends - starts).to(ctx.acc)
-    ties = torch.zeros(rows, dtype=ctx.acc, device=ctx.device).index_add_(
-        0, torch.div(starts, p, rounding_mode="floor"), sizes**3 - sizes
-    )
-    return run_rank.index_select(0, run).reshape(rows, p), ties
+    sorted_rank = run_rank.index_select(0, run).reshape(rows, p)
+    return torch.empty_like(sorted_rank).scatter_(1, idx, sorted_rank)
 
 
 def _concentration_change(ctx: _Context) -> Tensor:
