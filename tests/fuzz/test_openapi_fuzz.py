@@ -12,7 +12,6 @@ the embedded default (SQLite) and against Postgres.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from hypothesis import strategies as st
 from service import migrate
 from service.app import create_app
 from tests.integration.conftest import Inputs, inputs  # noqa: F401  (fixture)
-from tests.service.conftest import POSTGRES_URL, require_service
+from tests.service.conftest import fresh_postgres_database
 from worker.store.settings import Settings
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -153,22 +152,8 @@ def test_fuzz_embedded_sqlite(tmp_path: Path, inputs: Inputs) -> None:  # noqa: 
 @pytest.fixture
 def fuzz_pg_url() -> Iterator[str]:
     """A fresh, uniquely named Postgres database, dropped afterwards."""
-    require_service(POSTGRES_URL)
-    import psycopg2
-    from sqlalchemy.engine import make_url
-
-    admin_url = make_url(POSTGRES_URL)
-    name = f"camdrift_fuzz_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(admin_url.render_as_string(hide_password=False))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+    with fresh_postgres_database("camdrift_fuzz") as (url, _, _conn):
+        yield url
 
 
 @pytest.mark.services

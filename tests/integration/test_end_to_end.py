@@ -23,7 +23,7 @@ from tests.integration.conftest import (
     run_job_over_http,
     wait_http,
 )
-from tests.service.conftest import POSTGRES_URL, REDIS_URL, require_service
+from tests.service.conftest import REDIS_URL, fresh_postgres_database, require_service
 from worker.audit import AuditConfig
 from worker.local_run import run_audit
 from worker.store.db import make_engine, session_factory
@@ -84,18 +84,12 @@ def test_embedded_default_end_to_end(inputs, processes, tmp_path, local_report) 
 
 @pytest.mark.services
 def test_two_celery_workers_share_one_job(inputs, processes, tmp_path, local_report) -> None:
-    require_service(POSTGRES_URL)
     require_service(REDIS_URL)
+    with fresh_postgres_database("camdrift_e2e") as (db_url, _, _conn):
+        _two_workers_share_one_job(inputs, processes, tmp_path, local_report, db_url)
 
-    import psycopg2
-    from sqlalchemy.engine import make_url
 
-    admin = make_url(POSTGRES_URL)
-    name = f"camdrift_e2e_{int(time.time() * 1000) % 10**9}"
-    conn = psycopg2.connect(admin.render_as_string(hide_password=False))
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    db_url = admin.set(database=name).render_as_string(hide_password=False)
+def _two_workers_share_one_job(inputs, processes, tmp_path, local_report, db_url) -> None:
     broker = REDIS_URL.rsplit("/", 1)[0] + "/7"
     subprocess.run(["redis-cli", "-u", broker, "flushdb"], check=False, capture_output=True)
     env = {
@@ -189,8 +183,6 @@ def test_two_celery_workers_share_one_job(inputs, processes, tmp_path, local_rep
         assert ready["checks"] == {"database": "ok", "broker": "ok"}, json.dumps(ready)
     finally:
         processes.stop_all()
-        conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 def _env() -> dict[str, str]:

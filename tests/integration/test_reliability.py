@@ -33,7 +33,7 @@ from tests.integration.conftest import (
     wait_http,
 )
 from tests.integration.test_job_runner import counts, ctx, job_row, make_job
-from tests.service.conftest import POSTGRES_URL, require_service
+from tests.service.conftest import fresh_postgres_database
 from worker import jobs
 from worker.store import session_scope
 from worker.store.db import make_engine, session_factory
@@ -336,16 +336,11 @@ def test_broker_outage_503_readyz_and_the_sweeper_requeues_lost_jobs(
 @pytest.fixture
 def deployment(inputs, processes, private_redis, tmp_path) -> Iterator[dict[str, Any]]:
     """A fresh Postgres database + private Redis + migrated schema + the API; no workers."""
-    require_service(POSTGRES_URL)
-    import psycopg2
-    from sqlalchemy.engine import make_url
+    with fresh_postgres_database("camdrift_rel") as (db_url, name, conn):
+        yield from _deployment(processes, private_redis, tmp_path, db_url, name, conn)
 
-    admin = make_url(POSTGRES_URL)
-    name = f"camdrift_rel_{int(time.time() * 1000) % 10**9}"
-    conn = psycopg2.connect(admin.render_as_string(hide_password=False))
-    conn.autocommit = True
-    conn.cursor().execute(f'CREATE DATABASE "{name}"')
-    db_url = admin.set(database=name).render_as_string(hide_password=False)
+
+def _deployment(processes, private_redis, tmp_path, db_url, name, conn):
     env = {
         "CAMDRIFT_DATABASE_URL": db_url,
         "CAMDRIFT_BROKER_URL": private_redis.url,
@@ -370,8 +365,6 @@ def deployment(inputs, processes, private_redis, tmp_path) -> Iterator[dict[str,
         processes.stop_all()
         if engine is not None:
             engine.dispose()
-        conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 def _start_worker(processes: Processes, name: str, env: dict[str, str]) -> subprocess.Popen:

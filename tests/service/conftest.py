@@ -10,8 +10,10 @@ import io
 import os
 import shutil
 import socket
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,29 @@ def require_service(url: str, timeout: float = 2.0) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI must run the services tests")
     pytest.skip(message)
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "camdrift_test") -> Iterator[tuple[str, str, Any]]:
+    """(url, name, autocommit admin connection) of a new, uniquely named database on the test
+    Postgres; dropped afterwards WITH (FORCE), so connections of killed processes can't block
+    it. Skips (fails under CI) when Postgres is unreachable."""
+    require_service(POSTGRES_URL)
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(POSTGRES_URL)
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(admin.render_as_string(hide_password=False))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield admin.set(database=name).render_as_string(hide_password=False), name, conn
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
 
 
 # --------------------------------------------------------------------------- checkpoints

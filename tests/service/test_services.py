@@ -5,7 +5,6 @@ Skipped when a service is away, failed under CI (``require_service``).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -16,10 +15,10 @@ from sqlalchemy import update
 from service import migrate
 from service.app import create_app
 from tests.service.conftest import (
-    POSTGRES_URL,
     REDIS_URL,
     assert_problem,
     build_world,
+    fresh_postgres_database,
     require_service,
 )
 from tests.service.test_migrations import check_round_trip
@@ -33,22 +32,8 @@ pytestmark = pytest.mark.services
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, uniquely named database, dropped afterwards."""
-    require_service(POSTGRES_URL)
-    import psycopg2
-    from sqlalchemy.engine import make_url
-
-    admin_url = make_url(POSTGRES_URL)
-    name = f"camdrift_test_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(admin_url.render_as_string(hide_password=False))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+    with fresh_postgres_database() as (url, _, _conn):
+        yield url
 
 
 def test_postgres_upgrade_downgrade_upgrade(pg_url) -> None:
