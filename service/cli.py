@@ -388,7 +388,8 @@ def demo(
     seed: Annotated[int, typer.Option()] = 0,
     arch: Annotated[str, typer.Option()] = "tinycnn",
 ) -> None:
-    """The README's main job: phantoms -> pretrain -> TL/FT -> drift report."""
+    """The README's main job: phantoms -> pretrain -> TL/FT and a shortcut FT -> both gated
+    through the embedded service (clean passes, shortcut fails)."""
     from service.demo import run_demo
 
     run_demo(workdir, per_class=per_class, size=size, seed=seed, arch=arch, console=console)
