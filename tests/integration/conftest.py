@@ -87,6 +87,42 @@ class Processes:
         self.children.append((proc, log))
         return proc
 
+    def api(self, env: dict[str, str], ready: str = "/healthz") -> str:
+        """The API under uvicorn (the compose ``api`` service's server); its base URL."""
+        port = free_port()
+        args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.app:create_app",
+            "--port",
+            str(port),
+        ]
+        proc = self.start("api", args, env)
+        wait_http(f"http://127.0.0.1:{port}{ready}", proc)
+        return f"http://127.0.0.1:{port}"
+
+    def celery_worker(self, name: str, env: dict[str, str]) -> subprocess.Popen:
+        """One ``celery worker --pool solo`` (the compose ``worker`` service's command)."""
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.tasks",
+            "worker",
+            "--pool",
+            "solo",
+            "-n",
+            f"{name}@%h",
+            "-Q",
+            "camdrift",
+            "--loglevel",
+            "INFO",
+        ]
+        return self.start(name, args, env)
+
     def log(self, proc: subprocess.Popen) -> str:
         path = next(p for c, p in self.children if c is proc)
         return path.read_text(errors="replace")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest
@@ -109,46 +108,10 @@ def _two_workers_share_one_job(inputs, processes, tmp_path, local_report, db_url
             timeout=120,
         )
         assert migrate.returncode == 0, migrate.stderr
-        workers = [
-            processes.start(
-                f"worker{i}",
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "worker.tasks",
-                    "worker",
-                    "--pool",
-                    "solo",
-                    "-n",
-                    f"w{i}@%h",
-                    "-Q",
-                    "camdrift",
-                    "--loglevel",
-                    "INFO",
-                ],
-                env,
-            )
-            for i in (1, 2)
-        ]
-        port = free_port()
-        api = processes.start(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "--factory",
-                "service.app:create_app",
-                "--port",
-                str(port),
-            ],
-            env,
-        )
-        wait_http(f"http://127.0.0.1:{port}/readyz", api)
+        workers = [processes.celery_worker(f"w{i}", env) for i in (1, 2)]
+        base = processes.api(env, ready="/readyz")
         _wait_ready(processes, workers)
-        client, status = run_job_over_http(f"http://127.0.0.1:{port}", inputs, JOB)
+        client, status = run_job_over_http(base, inputs, JOB)
         _check_job(client, status, local_report)
         engine = make_engine(db_url)
         with session_factory(engine)() as s:

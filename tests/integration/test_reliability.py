@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,11 +25,9 @@ from sqlalchemy import func, select, text, update
 
 from tests.integration.conftest import (
     Inputs,
-    Processes,
     assert_reports_equal,
     camdrift_command,
     free_port,
-    wait_http,
 )
 from tests.integration.test_job_runner import counts, ctx, job_row, make_job
 from tests.service.conftest import fresh_postgres_database
@@ -257,25 +254,6 @@ def _migrate(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _start_api(processes: Processes, env: dict[str, str]) -> str:
-    port = free_port()
-    api = processes.start(
-        "api",
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "service.app:create_app",
-            "--port",
-            str(port),
-        ],
-        env,
-    )
-    wait_http(f"http://127.0.0.1:{port}/healthz", api)
-    return f"http://127.0.0.1:{port}"
-
-
 def _upload(client: httpx.Client, inputs: Inputs) -> dict[str, str]:
     ids = []
     for path in (inputs.baseline, inputs.candidate):
@@ -298,7 +276,7 @@ def test_broker_outage_503_readyz_and_the_sweeper_requeues_lost_jobs(
         "CAMDRIFT_BROKER_URL": private_redis.url,
     }
     _migrate(env)
-    client = httpx.Client(base_url=_start_api(processes, env), timeout=60)
+    client = httpx.Client(base_url=processes.api(env), timeout=60)
     assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
     body = {**_upload(client, inputs), **JOB}
     private_redis.stop()
@@ -327,7 +305,7 @@ def test_broker_outage_503_readyz_and_the_sweeper_requeues_lost_jobs(
     private_redis.start()
     sweeping = {**env, "CAMDRIFT_SWEEP_INTERVAL_S": "1", "CAMDRIFT_SWEEP_QUEUED_AFTER_S": "2"}
     sweeping |= {"CAMDRIFT_DEVICE": "cpu"}
-    worker = _start_worker(processes, "w1", sweeping)
+    worker = processes.celery_worker("w1", sweeping)
     status = _wait_finished(client, location.rsplit("/", 1)[1], timeout=120)
     assert status["status"] == "succeeded", status
     assert "sweeper: job still queued" in processes.log(worker)
@@ -359,35 +337,12 @@ def _deployment(processes, private_redis, tmp_path, db_url, name, conn):
             "name": name,
             "admin": conn,
             "sessions": session_factory(engine),
-            "base": _start_api(processes, env),
+            "base": processes.api(env),
         }
     finally:
         processes.stop_all()
         if engine is not None:
             engine.dispose()
-
-
-def _start_worker(processes: Processes, name: str, env: dict[str, str]) -> subprocess.Popen:
-    return processes.start(
-        name,
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.tasks",
-            "worker",
-            "--pool",
-            "solo",
-            "-n",
-            f"{name}@%h",
-            "-Q",
-            "camdrift",
-            "--loglevel",
-            "INFO",
-        ],
-        env,
-    )
 
 
 def _submit(client: httpx.Client, inputs: Inputs) -> str:
@@ -455,12 +410,12 @@ def test_worker_killed_mid_shard_is_redelivered(
 ) -> None:
     env = {**deployment["env"], "CAMDRIFT_SWEEP_INTERVAL_S": "0"}  # the broker alone redelivers
     client = httpx.Client(base_url=deployment["base"], timeout=60)
-    first = _start_worker(processes, "w1", env)
+    first = processes.celery_worker("w1", env)
     job_id = _submit(client, inputs)
     _wait_mid_shard(deployment["sessions"], job_id)
     os.killpg(first.pid, signal.SIGKILL)  # kill -9, mid-shard, message unacknowledged
     first.wait(timeout=10)
-    _start_worker(processes, "w2", env)
+    processes.celery_worker("w2", env)
     status = _wait_finished(client, job_id)
     assert status["status"] == "succeeded", status
     attempts = _check_exact(client, deployment["sessions"], job_id, local_report)
@@ -470,7 +425,7 @@ def test_worker_killed_mid_shard_is_redelivered(
 @pytest.mark.services
 def test_database_restart_mid_job_recovers(inputs, processes, deployment, local_report) -> None:
     client = httpx.Client(base_url=deployment["base"], timeout=60)
-    _start_worker(processes, "w1", deployment["env"])
+    processes.celery_worker("w1", deployment["env"])
     job_id = _submit(client, inputs)
     _wait_mid_shard(deployment["sessions"], job_id)
     cur = deployment["admin"].cursor()
