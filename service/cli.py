@@ -122,6 +122,25 @@ def _train_config(**kw: Any):
     return TrainConfig(tl=tl, ft=ft, input_size=(size, size) if size else None, **kw)
 
 
+def _one_phase_config(arch, input_size, epochs, lr, batch_size, seed, device):
+    """Settings for the commands that train one phase (``pretrain``, ``finetune``): the FT
+    phase's, with early stopping off (patience = epochs)."""
+    return _train_config(
+        arch=arch,
+        pretrained="none",
+        input_size=input_size,
+        tl_epochs=0,
+        tl_lr=lr,
+        ft_epochs=epochs,
+        ft_lr=lr,
+        batch_size=batch_size,
+        weight_decay=1e-4,
+        patience=epochs,
+        seed=seed,
+        device=device,
+    )
+
+
 TrainOpt = typer.Option
 
 
@@ -186,20 +205,7 @@ def finetune(
     """Phase FT alone from an existing TL checkpoint (e.g. one TL, several fine-tunes)."""
     from training.protocol import finetune as run_finetune
 
-    cfg = _train_config(
-        arch="tinycnn",
-        pretrained="none",
-        input_size=None,
-        tl_epochs=0,
-        tl_lr=lr,
-        ft_epochs=epochs,
-        ft_lr=lr,
-        batch_size=batch_size,
-        weight_decay=1e-4,
-        patience=epochs,
-        seed=seed,
-        device=device,
-    )
+    cfg = _one_phase_config("tinycnn", None, epochs, lr, batch_size, seed, device)
     result = run_finetune(data, parent, out, cfg)
     test = result["ft"]["test"]
     console.print(
@@ -224,20 +230,7 @@ def pretrain(
     """Pretrain a backbone on a source task offline (our stand-in for ImageNet weights)."""
     from training.protocol import pretrain as run_pretrain
 
-    cfg = _train_config(
-        arch=arch,
-        pretrained="none",
-        input_size=input_size,
-        tl_epochs=0,
-        tl_lr=lr,
-        ft_epochs=epochs,
-        ft_lr=lr,
-        batch_size=batch_size,
-        weight_decay=1e-4,
-        patience=epochs,
-        seed=seed,
-        device=device,
-    )
+    cfg = _one_phase_config(arch, input_size, epochs, lr, batch_size, seed, device)
     result = run_pretrain(data, out, cfg)
     test = result["test"]
     console.print(

@@ -23,6 +23,34 @@ from training.checkpoints import model_metadata, save_checkpoint
 from training.phantoms import CLASSES, generate_dataset
 from training.zoo import create_model
 
+# The audit every end-to-end test runs (service job body; "with_replica" adds the replica).
+JOB: dict[str, Any] = {
+    "methods": ["layercam", "gradcam++"],
+    "sample_filter": "all",
+    "split": None,
+    "seed": 0,
+    "noise_floor": True,
+}
+
+
+def local_audit(inputs: Inputs, out: Path, replica: bool = False) -> dict[str, Any]:
+    """The same audit as ``JOB``, run locally by ``camdrift drift``'s code path."""
+    from worker.audit import AuditConfig
+    from worker.local_run import run_audit
+
+    cfg = AuditConfig(
+        methods=JOB["methods"], sample_filter="all", split=None, seed=0, noise_floor=True
+    )
+    return run_audit(
+        inputs.baseline,
+        inputs.candidate,
+        inputs.data,
+        cfg,
+        out,
+        replica=inputs.replica if replica else None,
+    )
+
+
 # Keys that legitimately differ between a local run and a service job of the same audit.
 VOLATILE = {"created_at", "source", "location"}
 

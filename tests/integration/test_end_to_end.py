@@ -16,38 +16,25 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.integration.conftest import (
+    JOB,
     assert_reports_equal,
     camdrift_command,
     free_port,
+    local_audit,
     run_job_over_http,
     wait_http,
 )
 from tests.service.conftest import REDIS_URL, fresh_postgres_database, require_service
-from worker.audit import AuditConfig
-from worker.local_run import run_audit
 from worker.store.db import make_engine, session_factory
 from worker.store.models import JobSample, JobShard, SampleMetric
 
 pytestmark = pytest.mark.slow
-JOB = {
-    "methods": ["layercam", "gradcam++"],
-    "sample_filter": "all",
-    "split": None,
-    "seed": 0,
-    "noise_floor": True,
-    "with_replica": True,
-}
+E2E_JOB = {**JOB, "with_replica": True}
 
 
 @pytest.fixture(scope="module")
 def local_report(inputs, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "report.json"
-    cfg = AuditConfig(
-        methods=JOB["methods"], sample_filter="all", split=None, seed=0, noise_floor=True
-    )
-    return run_audit(
-        inputs.baseline, inputs.candidate, inputs.data, cfg, out, replica=inputs.replica
-    )
+    return local_audit(inputs, tmp_path_factory.mktemp("local") / "report.json", replica=True)
 
 
 def _check_job(client, status, local_report) -> None:
@@ -77,7 +64,7 @@ def test_embedded_default_end_to_end(inputs, processes, tmp_path, local_report) 
     }
     api = processes.start("serve", camdrift_command("serve", "--port", str(port)), env)
     wait_http(f"http://127.0.0.1:{port}/healthz", api)
-    client, status = run_job_over_http(f"http://127.0.0.1:{port}", inputs, JOB)
+    client, status = run_job_over_http(f"http://127.0.0.1:{port}", inputs, E2E_JOB)
     _check_job(client, status, local_report)
 
 
@@ -111,7 +98,7 @@ def _two_workers_share_one_job(inputs, processes, tmp_path, local_report, db_url
         workers = [processes.celery_worker(f"w{i}", env) for i in (1, 2)]
         base = processes.api(env, ready="/readyz")
         _wait_ready(processes, workers)
-        client, status = run_job_over_http(base, inputs, JOB)
+        client, status = run_job_over_http(base, inputs, E2E_JOB)
         _check_job(client, status, local_report)
         engine = make_engine(db_url)
         with session_factory(engine)() as s:

@@ -24,10 +24,12 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from tests.integration.conftest import (
+    JOB,
     Inputs,
     assert_reports_equal,
     camdrift_command,
     free_port,
+    local_audit,
 )
 from tests.integration.test_job_runner import counts, ctx, job_row, make_job
 from tests.service.conftest import fresh_postgres_database
@@ -39,25 +41,11 @@ from worker.sweeper import SweepPolicy, sweep
 
 __all__ = ["ctx"]  # the fixture, shared with test_job_runner
 pytestmark = pytest.mark.slow
-JOB = {
-    "methods": ["layercam", "gradcam++"],
-    "sample_filter": "all",
-    "split": None,
-    "seed": 0,
-    "noise_floor": True,
-}
 
 
 @pytest.fixture(scope="module")
 def local_report(inputs, tmp_path_factory):
-    from worker.audit import AuditConfig
-    from worker.local_run import run_audit
-
-    out = tmp_path_factory.mktemp("local") / "report.json"
-    cfg = AuditConfig(
-        methods=JOB["methods"], sample_filter="all", split=None, seed=0, noise_floor=True
-    )
-    return run_audit(inputs.baseline, inputs.candidate, inputs.data, cfg, out)
+    return local_audit(inputs, tmp_path_factory.mktemp("local") / "report.json")
 
 
 # ----------------------------------------------------------------------- in process (SQLite)
