@@ -8,7 +8,9 @@ Every user error ends with a one-line message and exit code 2.
 from __future__ import annotations
 
 import functools
+import glob
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -297,8 +299,16 @@ def drift(
     replica: Annotated[
         Path | None, typer.Option(help="A baseline replica (other seed): its drift floor")
     ] = None,
+    via: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Checkpoints between baseline and candidate, in order: files, folders or "
+            "quoted globs ('run/epochs/ft_epoch*.safetensors'); repeat the option. Adds the "
+            "trajectory: drift from the baseline and between consecutive checkpoints"
+        ),
+    ] = None,
 ) -> None:
-    """Audit attribution drift between two checkpoints, in this process."""
+    """Audit attribution drift between two checkpoints (or along a sequence), in this process."""
     from tqdm.auto import tqdm
 
     from worker.audit import AuditConfig
@@ -317,6 +327,7 @@ def drift(
         autocast="bf16" if bf16 else None,
         noise_floor=noise_floor,
     )
+    trajectory = expand_sequence(via or [])
     bar = tqdm(desc="drift", unit="img")
 
     def progress(done: int, total: int) -> None:
@@ -324,7 +335,9 @@ def drift(
         bar.update(done - bar.n)
 
     try:
-        report = run_audit(baseline, candidate, data, cfg, out, progress, replica=replica)
+        report = run_audit(
+            baseline, candidate, data, cfg, out, progress, replica=replica, trajectory=trajectory
+        )
     finally:
         bar.close()
     print_report(report)
@@ -334,6 +347,31 @@ def drift(
 
         write_local_html(out, html)
         console.print(f"html report: {html}")
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """``epoch2`` before ``epoch10``: digit runs compare as numbers."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def expand_sequence(values: list[str]) -> list[Path]:
+    """``--via`` values -> checkpoint files in order: a file as given, a folder's
+    ``*.safetensors`` and a glob's matches in natural order."""
+    out: list[Path] = []
+    for value in values:
+        path = Path(value)
+        if path.is_dir():
+            found = sorted(path.glob("*.safetensors"), key=_natural_key)
+        elif any(c in value for c in "*?["):
+            found = sorted((Path(p) for p in glob.glob(value)), key=_natural_key)
+        elif path.is_file():
+            found = [path]
+        else:
+            raise FileNotFoundError(f"--via: no such checkpoint file or folder: {value}")
+        if not found:
+            raise FileNotFoundError(f"--via: {value} matches no checkpoint")
+        out += found
+    return out
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -368,6 +406,35 @@ def print_report(report: dict[str, Any]) -> None:
             )
         table.add_row(metric, *cells)
     console.print(table)
+    if report.get("trajectory"):
+        print_trajectory(report["trajectory"])
+
+
+def print_trajectory(section: dict[str, Any]) -> None:
+    """Per checkpoint: performance, and each method's Pearson r from the baseline."""
+    from rich.table import Table
+
+    series = section["series"]
+    metric = "pearson" if "pearson" in next(iter(series.values())) else None
+    metric = metric or next(iter(next(iter(series.values()))))
+    table = Table(title=f"trajectory: {metric} from the baseline (from the previous checkpoint)")
+    for col in ("checkpoint", "accuracy", "macro AUC", *series):
+        table.add_column(col, justify="left" if col == "checkpoint" else "right")
+    for i, checkpoint in enumerate(section["checkpoints"]):
+        score = section["performance"][i]
+        cells = []
+        for entry in (per_metric[metric] for per_metric in series.values()):
+            if i == 0:
+                cells.append("-")
+                continue
+            first, step = entry["from_first"][i - 1], entry["consecutive"][i - 1]
+            mark = " *" if entry["sharpest_step"] == i else ""
+            cells.append(f"{_fmt(first['mean'])} ({_fmt(step['mean'])}){mark}")
+        table.add_row(
+            checkpoint["label"], _fmt(score["accuracy"]), _fmt(score["macro_auc"]), *cells
+        )
+    console.print(table)
+    console.print("* the step where the evidence moved most")
 
 
 @app.command()

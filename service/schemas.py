@@ -150,6 +150,13 @@ class JobIn(_In):
     target_layer: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
     noise_floor: bool = False
     baseline_replica_id: Ident | None = None
+    trajectory_ids: list[Ident] = Field(
+        default_factory=list,
+        max_length=64,
+        description="checkpoints between the baseline and the candidate, in order (e.g. the "
+        "per-epoch ones): the report adds the drift from the baseline and between consecutive "
+        "checkpoints at each step",
+    )
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     policy: Policy | None = None
 
@@ -158,6 +165,8 @@ class JobIn(_In):
         doc = self.model_dump(mode="json")
         doc["methods"] = unique(self.methods)
         doc["metrics"] = unique(self.metrics) if self.metrics else list(METRICS)
+        if not self.trajectory_ids:  # absent, as before trajectories existed: same request hash
+            del doc["trajectory_ids"]
         return doc
 
 
@@ -215,6 +224,13 @@ class SampleOut(BaseModel):
     probs_candidate: list[float]
     method: str
     metrics: dict[str, float | None] | None = Field(description="null when not included")
+    trajectory: dict[str, list[dict[str, float | None]]] | None = Field(
+        default=None,
+        description="trajectory jobs: this method's metrics per step, from_first and consecutive",
+    )
+    probs_trajectory: list[list[float]] | None = Field(
+        default=None, description="trajectory jobs: each intermediate checkpoint's probabilities"
+    )
     degenerate: Degenerate | None
     overlay: str | None
 

@@ -128,3 +128,39 @@ def test_missing_checkpoint_and_class_mismatch_exit_2(world, tmp_path) -> None:
         ],
     )
     assert result.exit_code == 2 and "class sets do not match" in result.output
+
+
+def test_via_expands_folders_and_globs_in_natural_order(world, tmp_path) -> None:
+    from service.cli import expand_sequence
+
+    folder = tmp_path / "epochs"
+    folder.mkdir()
+    for name in ("ft_epoch10", "ft_epoch2", "tl_epoch1"):
+        (folder / f"{name}.safetensors").write_bytes(b"")
+    (folder / "notes.txt").write_text("")
+    glob = expand_sequence([str(folder / "ft_epoch*.safetensors")])
+    assert [p.name for p in glob] == ["ft_epoch2.safetensors", "ft_epoch10.safetensors"]
+    whole = expand_sequence([str(folder), str(world / "tl.safetensors")])
+    assert [p.stem for p in whole] == ["ft_epoch2", "ft_epoch10", "tl_epoch1", "tl"]
+
+
+def test_drift_along_a_sequence_prints_and_writes_the_trajectory(world) -> None:
+    out = world / "trajectory.json"
+    result = _drift(
+        world, "--out", str(out), "--sample-filter", "all", "--split", "all",
+        "--via", str(world / "tl.safetensors"), "--via", str(world / "ft.safetensors"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "trajectory" in result.output
+    section = json.loads(out.read_text())["trajectory"]
+    assert section["steps"] == 3
+    pearson = section["series"]["layercam"]["pearson"]["from_first"]
+    assert pearson[0]["mean"] == pytest.approx(1.0)  # the first step is the baseline itself
+    assert pearson[2]["mean"] == pytest.approx(pearson[1]["mean"])  # FT, then FT again
+
+
+@pytest.mark.parametrize("via", ["missing.safetensors", "nothing*.safetensors"])
+def test_via_that_names_nothing_exits_2(world, tmp_path, via) -> None:
+    result = _drift(world, "--out", str(tmp_path / "r.json"), "--via", str(tmp_path / via))
+    assert result.exit_code == 2 and "--via" in result.output
+    assert not (tmp_path / "r.json").exists()

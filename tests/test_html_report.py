@@ -26,7 +26,8 @@ from worker.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-SECTION_IDS = [sid for sid, _ in SECTIONS if sid != "floor"]  # "floor": only with a floor
+OPTIONAL = ("floor", "trajectory")  # shown only when the audit measured them
+SECTION_IDS = [sid for sid, _ in SECTIONS if sid not in OPTIONAL]
 assert SECTION_IDS == [
     "verdict",
     "performance",

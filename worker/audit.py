@@ -121,6 +121,7 @@ class Audit:
         config: AuditConfig | None = None,
         models: tuple[LoadedModel, LoadedModel] | None = None,
         replica: Path | str | LoadedModel | None = None,
+        trajectory: Sequence[Path | str | LoadedModel] = (),
     ) -> None:
         self.config = (config or AuditConfig()).validated()
         self.device = resolve_device(self.config.device)
@@ -136,8 +137,17 @@ class Audit:
         self.replica: LoadedModel | None = replica
         if replica is not None:
             check_compatible(self.baseline.meta, replica.meta)
+        # checkpoints between baseline and candidate, in order (e.g. per-epoch ones)
+        self.trajectory: list[LoadedModel] = [
+            m
+            if isinstance(m, LoadedModel)
+            else LoadedModel(*load_checkpoint(m, map_location=self.device))
+            for m in trajectory
+        ]
+        for step in self.trajectory:
+            check_compatible(self.baseline.meta, step.meta)
         if self.config.target_layer:
-            for loaded in (*models, *([replica] if replica else [])):
+            for loaded in (*models, *([replica] if replica else []), *self.trajectory):
                 named_module(loaded.model, self.config.target_layer)
         self.class_names: list[str] = list(self.baseline.meta["class_names"])
         if isinstance(data, DatasetIndex):
@@ -240,6 +250,9 @@ class Audit:
             )
             kept = {m: results[0].maps[m][keep] for m in cfg.methods}
             replica = _metrics(kept, twin.maps, None, cfg)
+        steps = None
+        if self.trajectory:
+            steps = self._trajectory(images01, labels if by_label else None, results, keep, values)
         if maps_dir is not None and bool(keep.any()):
             _save_raw_maps(
                 maps_dir,
@@ -248,7 +261,58 @@ class Audit:
                 keep,
                 cfg.methods,
             )
-        return _rows(self, rows, labels, preds, results, chosen, values, floor, replica)
+        return _rows(self, rows, labels, preds, results, chosen, values, floor, replica, steps)
+
+    def _trajectory(
+        self,
+        images01: torch.Tensor,
+        labels: torch.Tensor | None,
+        results: list,
+        keep: torch.Tensor,
+        values: dict[str, dict[str, np.ndarray]],
+    ) -> Trajectory:
+        """Drift along baseline -> intermediates -> candidate: from the baseline and between
+        consecutive checkpoints. Each intermediate is attributed once (the same target rule as
+        the two ends); only the first and the previous maps are held, so memory stays flat
+        however long the sequence."""
+        cfg = self.config
+        dtype = AUTOCAST.get(cfg.autocast) if cfg.autocast else None
+        first = {m: results[0].maps[m][keep] for m in cfg.methods}
+        previous = first
+        from_first: list[dict[str, dict[str, np.ndarray]]] = []
+        consecutive: list[dict[str, dict[str, np.ndarray]]] = []
+        probs: list[np.ndarray] = []
+        for loaded in self.trajectory:
+            step = attribute_batch(
+                loaded.model,
+                loaded.prepare(images01),
+                labels,
+                cfg.methods,
+                cfg.target_layer,
+                output_size=self.analysis_size,
+                autocast_dtype=dtype,
+            )
+            probs.append(torch.softmax(step.logits.float(), 1).cpu().numpy())
+            maps = {m: step.maps[m][keep] for m in cfg.methods}
+            from_first.append(_metrics(first, maps, None, cfg))
+            consecutive.append(
+                from_first[-1] if previous is first else _metrics(previous, maps, None, cfg)
+            )
+            previous = maps
+        last = {m: results[1].maps[m][keep] for m in cfg.methods}
+        consecutive.append(_metrics(previous, last, None, cfg))
+        from_first.append(values)
+        return Trajectory(from_first, consecutive, probs)
+
+
+@dataclass
+class Trajectory:
+    """One batch's drift along the checkpoint sequence: per step (1..n), method -> metric ->
+    values of the kept samples; and each intermediate's class probabilities (all samples)."""
+
+    from_first: list[dict[str, dict[str, np.ndarray]]]
+    consecutive: list[dict[str, dict[str, np.ndarray]]]
+    probs: list[np.ndarray]
 
 
 FLOOR_NOISE_STD = 0.02  # additive Gaussian noise on [0, 1] images
@@ -291,7 +355,7 @@ def metrics_by_method(
 
 
 def _rows(
-    audit: Audit, rows, labels, preds, results, chosen, values, floor=None, replica=None
+    audit: Audit, rows, labels, preds, results, chosen, values, floor=None, replica=None, steps=None
 ) -> list[dict]:
     probs = [torch.softmax(r.logits, 1).cpu().numpy() for r in results]
     keep = chosen.included.cpu().numpy()
@@ -313,6 +377,8 @@ def _rows(
             "metrics": {},
             "degenerate": {},
         }
+        if steps is not None:
+            record["probs_trajectory"] = [[round(float(p), 6) for p in s[i]] for s in steps.probs]
         if keep[i]:
             k = kept_rank[i]
             for m, named in values.items():
@@ -325,6 +391,19 @@ def _rows(
                 record["replica_floor"] = {
                     m: {name: _finite(v[k]) for name, v in named.items()}
                     for m, named in replica.items()
+                }
+            if steps is not None:
+                record["trajectory"] = {
+                    m: {
+                        kind: [
+                            {name: _finite(v[k]) for name, v in step[m].items()} for step in series
+                        ]
+                        for kind, series in (
+                            ("from_first", steps.from_first),
+                            ("consecutive", steps.consecutive),
+                        )
+                    }
+                    for m in values
                 }
             if floor is not None:
                 record["floor"] = {

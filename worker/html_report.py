@@ -38,6 +38,7 @@ SECTIONS = (
     ("distributions", "Distributions"),
     ("per-class", "Per class"),
     ("floor", "Noise floor"),
+    ("trajectory", "Trajectory"),
     ("samples", "Most drifted"),
     ("settings", "Settings"),
 )
@@ -1021,6 +1022,7 @@ svg .stat{font-size:11px;fill:#1f2328}svg .stat.muted{fill:#59636e}
 svg .ci{stroke:#1f2328;stroke-width:3;stroke-linecap:round}
 svg .mean{fill:#fff;stroke:#1f2328;stroke-width:1.6}
 svg.legend{vertical-align:middle;margin-left:8px}
+svg.traj{display:block;max-width:100%;height:auto;margin-top:6px}svg .sharpest{fill:#fff8c5}
 table.pc td{padding:4px 6px}.cell{display:block;padding:2px 6px;border-radius:4px;text-align:right}
 .samples{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:14px}
 figure.sample{margin:0;padding:8px}
@@ -1077,18 +1079,20 @@ def render_html(
     )
     if report.get("created_at"):
         subtitle += f" · {esc(report['created_at'])}"
-    shown = [(sid, t) for sid, t in SECTIONS if sid != "floor" or _floor_section(report)]
-    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in shown)
-    sections = [
-        _verdict_section(report),
-        _performance_section(report),
-        _subsets_section(report, rows),
-        _distributions_section(report, rows),
-        _per_class_section(report),
-        _floor_section(report),
-        _samples_section(report, rows, overlay_png, top_k),
-        _settings_section(report),
-    ]
+    from worker.html_trajectory import trajectory_section  # it draws with this module's parts
+
+    sections = {
+        "verdict": _verdict_section(report),
+        "performance": _performance_section(report),
+        "subsets": _subsets_section(report, rows),
+        "distributions": _distributions_section(report, rows),
+        "per-class": _per_class_section(report),
+        "floor": _floor_section(report),
+        "trajectory": trajectory_section(report),
+        "samples": _samples_section(report, rows, overlay_png, top_k),
+        "settings": _settings_section(report),
+    }
+    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title in SECTIONS if sections[sid])
     title = f"camdrift · {verdict} · {_dict(models.get('candidate')).get('arch', '')}"
     return (
         "<!DOCTYPE html>\n"
@@ -1099,7 +1103,7 @@ def render_html(
         f'<header class="top"><div class="in"><div class="brand">camdrift</div>'
         f'<h1>Attribution drift report <a class="hv v-{state}" href="#verdict">'
         f"{esc(verdict)}</a></h1><p class=sub>{subtitle}</p></div></header>"
-        f'<nav><div class="in">{nav}</div></nav><main>{"".join(sections)}</main>'
+        f'<nav><div class="in">{nav}</div></nav><main>{"".join(sections.values())}</main>'
         f"<footer>camdrift {esc(report.get('camdrift_version', ''))} · self-contained report "
         f"· schema {esc(report.get('schema_version', ''))}</footer>"
         f"<script>{CHECK_IMAGES}</script></body></html>\n"

@@ -94,7 +94,7 @@ def audit_config(job: Job, ctx: WorkerContext):
     ).validated()
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=int(os.environ.get("CAMDRIFT_MODEL_CACHE", "16")))
 def _cached_model(path: str, sha256: str, device: str):
     """Checkpoints stay loaded between shards of the same job (LRU by content hash)."""
     from training.checkpoints import load_checkpoint
@@ -134,10 +134,24 @@ def build_audit(session: Session, job: Job, ctx: WorkerContext):
         replica = _cached_model(
             str(ctx.store.resolve(record.storage_path)), record.sha256, cfg.device
         )
+    trajectory = []
+    for ident in (job.config or {}).get("trajectory_ids") or []:
+        record = session.get(Checkpoint, ident)
+        if record is None:
+            raise JobFailed(f"the trajectory checkpoint {ident} no longer exists")
+        trajectory.append(
+            _cached_model(str(ctx.store.resolve(record.storage_path)), record.sha256, cfg.device)
+        )
     root = ctx.store.resolve(dataset.root_path)
     index = _cached_index(str(root), tuple(baseline.class_names))
     return Audit(
-        baseline.storage_path, candidate.storage_path, index, cfg, models=models, replica=replica
+        baseline.storage_path,
+        candidate.storage_path,
+        index,
+        cfg,
+        models=models,
+        replica=replica,
+        trajectory=trajectory,
     )
 
 
@@ -163,6 +177,12 @@ def describe(session: Session, job: Job, audit) -> dict[str, Any]:
         },
         "dataset": describe_dataset(audit, f"dataset:{data.id}"),
         "config": config_dict(audit.config),
+        "trajectory": [
+            describe_model(m, f"checkpoint:{ident}")
+            for m, ident in zip(audit.trajectory, job.config["trajectory_ids"], strict=True)
+        ]
+        if audit.trajectory
+        else None,
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +30,15 @@ def run_audit(
     progress: Callable[[int, int], None] | None = None,
     policy: Policy | None = None,
     replica: Path | None = None,
+    trajectory: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Run the audit, write ``out`` (report), its rows (JSON lines) and raw maps.
 
     With a gate ``policy`` the report carries its verdict (``report["verdict"]``); with a
-    baseline ``replica`` (same protocol, other seed) it carries the replica floor.
+    baseline ``replica`` (same protocol, other seed) it carries the replica floor; with
+    ``trajectory`` checkpoints (between baseline and candidate, in order) the drift along them.
     """
-    audit = Audit(baseline, candidate, data, config, replica=replica)
+    audit = Audit(baseline, candidate, data, config, replica=replica, trajectory=trajectory)
     rows_path, maps_dir = artifact_paths(out)
     done = 0
 
@@ -67,6 +69,9 @@ def run_audit(
         dataset=describe_dataset(audit, str(data)),
         config=config_dict(audit.config),
         samples_location=rows_path.name,
+        trajectory=[
+            describe_model(m, str(p)) for m, p in zip(audit.trajectory, trajectory, strict=True)
+        ],
     )
     if policy is not None:
         report["verdict"] = evaluate_policy(report, policy)

@@ -46,6 +46,18 @@ GATE_STATS: tuple[str, ...] = (
 )
 GATE_OPS: tuple[str, ...] = (">=", ">", "<=", "<", "==", "!=")
 
+SIMILARITIES: tuple[str, ...] = ("iou_t50", "pearson", "spearman")  # + iou_topQ: 1 = unchanged
+DISTANCES: tuple[str, ...] = ("displacement", "peak_displacement")  # 0 = unchanged
+
+
+def drift_direction(metric: str) -> str:
+    """Which way a metric shows more drift: ``lower`` (a similarity), ``higher`` (a distance)
+    or ``abs`` (a signed change: larger magnitude)."""
+    if metric in SIMILARITIES or metric.startswith("iou_"):
+        return "lower"
+    return "higher" if metric in DISTANCES else "abs"
+
+
 _TOPQ = re.compile(r"iou_top([1-9][0-9]?)")
 
 

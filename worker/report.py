@@ -14,7 +14,9 @@ import numpy as np
 
 import training
 from training.evaluation import classification_metrics
+from worker.options import drift_direction
 from worker.stats import paired_test, summarize, summarize_groups
+from worker.trajectory import trajectory_section
 
 SCHEMA_VERSION = "1.0"
 REPORT_KIND = "camdrift.drift-report"
@@ -27,8 +29,13 @@ def build_report(
     dataset: dict[str, Any],
     config: dict[str, Any],
     samples_location: str | None,
+    trajectory: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report from ``rows`` (any order) and the audit's description."""
+    """Assemble the report from ``rows`` (any order) and the audit's description.
+
+    ``trajectory``: descriptions of the checkpoints between baseline and candidate, in order,
+    when the audit followed a sequence (their drift is in the rows).
+    """
     rows = sorted(rows, key=lambda r: r["index"])
     class_names = list(dataset["class_names"])
     methods, metrics = list(config["methods"]), list(config["metrics"])
@@ -71,19 +78,20 @@ def build_report(
             seed=seed,
             key="replica_floor",
         ),
+        "trajectory": trajectory_section(
+            rows,
+            methods,
+            metrics,
+            class_names,
+            [models.get("baseline", {}), *(trajectory or []), models.get("candidate", {})],
+            n_boot=n_boot,
+            seed=seed,
+        ),
         "verdict": None,
     }
 
 
-SIMILARITIES = ("iou_t50", "pearson", "spearman")  # and every iou_topQ: 1 = unchanged
-DISTANCES = ("displacement", "peak_displacement")  # 0 = unchanged, larger = moved
-
-
-def floor_direction(metric: str) -> str:
-    """How drift exceeds the floor: ``lower`` similarity, ``higher`` distance, ``abs`` change."""
-    if metric in SIMILARITIES or metric.startswith("iou_top"):
-        return "lower"
-    return "higher" if metric in DISTANCES else "abs"
+floor_direction = drift_direction  # how drift exceeds the floor
 
 
 def noise_floor(

@@ -101,7 +101,40 @@ def render_markdown(
                     f"{_num(stats.get('ci95_high'))}]"
                 )
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += trajectory_lines(report.get("trajectory"))
     return "\n".join(lines) + "\n"
+
+
+def trajectory_lines(section: dict[str, Any] | None) -> list[str]:
+    """Per checkpoint of a trajectory job: performance and each method's Pearson r from the
+    baseline and from the previous checkpoint (the sharpest step marked)."""
+    if not isinstance(section, dict) or not section.get("series"):
+        return []
+    series: dict[str, dict[str, Any]] = section["series"]
+    metric = "pearson" if "pearson" in next(iter(series.values())) else None
+    metric = metric or next(iter(next(iter(series.values()))))
+    head = ["checkpoint", "accuracy", "macro AUC"]
+    for method in series:
+        head += [f"{method} {metric} from baseline", f"{method} {metric} from previous"]
+    lines = [
+        "",
+        f"### Trajectory ({section.get('steps', '?')} steps)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    scores = section.get("performance") or []
+    for i, checkpoint in enumerate(section.get("checkpoints") or []):
+        score = scores[i] if i < len(scores) else {}
+        cells = [_cell(checkpoint.get("label")), _num(score.get("accuracy"))]
+        cells.append(_num(score.get("macro_auc")))
+        for entry in (per_metric[metric] for per_metric in series.values()):
+            for kind in ("from_first", "consecutive"):
+                mean = entry[kind][i - 1].get("mean") if i else None
+                sharpest = kind == "consecutive" and entry.get("sharpest_step") == i
+                cells.append(_num(mean) + (" (sharpest)" if sharpest else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def gate_section(verdict: dict[str, Any]) -> list[str]:

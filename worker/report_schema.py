@@ -99,6 +99,27 @@ class FloorEntry(_Strict):
     floor: Stats
 
 
+class CheckpointScore(_Strict):
+    accuracy: Number
+    macro_auc: Number
+
+
+class TrajectorySeries(_Strict):
+    from_first: list[Stats]
+    consecutive: list[Stats]
+    sharpest_step: int | None
+
+
+class TrajectorySection(_Strict):
+    """Drift along baseline -> intermediates -> candidate (``worker.trajectory``)."""
+
+    checkpoints: list[dict[str, Any]]
+    steps: int
+    samples: int
+    performance: list[CheckpointScore]
+    series: dict[str, dict[str, TrajectorySeries]]
+
+
 class DriftReport(BaseModel):
     """A drift report, ``schema_version`` 1.x. Later sections (verdict, noise floor) extend it."""
 
@@ -117,6 +138,7 @@ class DriftReport(BaseModel):
     samples: SamplesRef
     noise_floor: dict[str, dict[str, FloorEntry]] | None = None
     replica_floor: dict[str, dict[str, FloorEntry]] | None = None
+    trajectory: TrajectorySection | None = None
     verdict: dict[str, Any] | None = None
 
 

@@ -38,19 +38,17 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from worker.options import drift_direction
+
 STUDY_SCHEMA_VERSION = "1.0"
 STUDY_KIND = "camdrift.study-report"
 REVERSAL_CONFIDENCE = 0.95
-SIMILARITIES = ("iou_t50", "pearson", "spearman")  # and every iou_*: 1 = unchanged
-DISTANCES = ("displacement", "peak_displacement")  # 0 = unchanged
 _CHUNK = 256  # bootstrap replicates handled at once
 
 
 def stability_direction(metric: str) -> str:
     """``higher`` (similarity), ``lower`` (distance) or ``abs`` (lower |change|) = more stable."""
-    if metric in SIMILARITIES or metric.startswith("iou"):
-        return "higher"
-    return "lower" if metric in DISTANCES else "abs"
+    return {"lower": "higher", "higher": "lower", "abs": "abs"}[drift_direction(metric)]
 
 
 def _float(value: Any) -> float | None:

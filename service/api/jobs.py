@@ -173,6 +173,19 @@ def _check_references(session: Session, body: JobIn, config: dict) -> None:
                         f"dataset classes {extra} are not among the checkpoints' classes {names}",
                     )
                 )
+    for i, ident in enumerate(body.trajectory_ids):
+        record = session.get(Checkpoint, ident) if is_id(ident) else None
+        where = f"body.trajectory_ids[{i}]"
+        if record is None:
+            errors.append((where, f"checkpoint {ident!r} does not exist"))
+        elif baseline is not None and list(record.class_names) != list(baseline.class_names):
+            errors.append(
+                (
+                    where,
+                    f"class sets do not match: baseline has {list(baseline.class_names)}, "
+                    f"this checkpoint has {list(record.class_names)}",
+                )
+            )
     errors += _check_policy(body, config, list(baseline.class_names) if baseline else None)
     if errors:
         detail = "; ".join(f"{f}: {m}" for f, m in errors)

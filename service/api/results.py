@@ -201,6 +201,8 @@ def _sample_out(
         probs_candidate=list(sample.probs_candidate),
         method=method,
         metrics={k: values.get(k) for k in metrics} if values is not None else None,
+        trajectory=metric.trajectory() if metric is not None else None,
+        probs_trajectory=sample.probs_trajectory,
         degenerate=Degenerate(
             baseline=metric.degenerate_baseline, candidate=metric.degenerate_candidate
         )

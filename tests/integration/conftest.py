@@ -23,7 +23,8 @@ from training.checkpoints import model_metadata, save_checkpoint
 from training.phantoms import CLASSES, generate_dataset
 from training.zoo import create_model
 
-# The audit every end-to-end test runs (service job body; "with_replica" adds the replica).
+# The audit every end-to-end test runs (service job body; "with_replica" adds the replica,
+# "with_trajectory" the replica's checkpoint as an intermediate step between TL and FT).
 JOB: dict[str, Any] = {
     "methods": ["layercam", "gradcam++"],
     "sample_filter": "all",
@@ -33,7 +34,9 @@ JOB: dict[str, Any] = {
 }
 
 
-def local_audit(inputs: Inputs, out: Path, replica: bool = False) -> dict[str, Any]:
+def local_audit(
+    inputs: Inputs, out: Path, replica: bool = False, trajectory: bool = False
+) -> dict[str, Any]:
     """The same audit as ``JOB``, run locally by ``camdrift drift``'s code path."""
     from worker.audit import AuditConfig
     from worker.local_run import run_audit
@@ -48,6 +51,7 @@ def local_audit(inputs: Inputs, out: Path, replica: bool = False) -> dict[str, A
         cfg,
         out,
         replica=inputs.replica if replica else None,
+        trajectory=[inputs.replica] if trajectory else [],
     )
 
 
@@ -199,6 +203,7 @@ def run_job_over_http(
     ids = []
     body = dict(body)
     with_replica = body.pop("with_replica", False)
+    with_trajectory = body.pop("with_trajectory", False)
     for path in (inputs.baseline, inputs.candidate, inputs.replica):
         with open(path, "rb") as fh:
             r = client.post("/checkpoints", files={"file": (path.name, fh)})
@@ -209,6 +214,8 @@ def run_job_over_http(
     job_body = {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"], **body}
     if with_replica:
         job_body["baseline_replica_id"] = ids[2]
+    if with_trajectory:
+        job_body["trajectory_ids"] = [ids[2]]
     r = client.post("/drift-jobs", json=job_body)
     assert r.status_code == 202, r.text
     location = r.headers["location"]

@@ -29,12 +29,13 @@ from worker.store.db import make_engine, session_factory
 from worker.store.models import JobSample, JobShard, SampleMetric
 
 pytestmark = pytest.mark.slow
-E2E_JOB = {**JOB, "with_replica": True}
+E2E_JOB = {**JOB, "with_replica": True, "with_trajectory": True}
 
 
 @pytest.fixture(scope="module")
 def local_report(inputs, tmp_path_factory):
-    return local_audit(inputs, tmp_path_factory.mktemp("local") / "report.json", replica=True)
+    out = tmp_path_factory.mktemp("local") / "report.json"
+    return local_audit(inputs, out, replica=True, trajectory=True)
 
 
 def _check_job(client, status, local_report) -> None:
@@ -51,7 +52,12 @@ def _check_job(client, status, local_report) -> None:
     )
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     md = client.get(f"/drift-jobs/{status['id']}/report", params={"format": "md"})
-    assert md.status_code == 200 and "layercam" in md.text
+    assert md.status_code == 200 and "layercam" in md.text and "### Trajectory" in md.text
+    assert report["trajectory"]["steps"] == 2  # TL -> the intermediate -> FT
+    item = rows["items"][0]
+    assert len(item["trajectory"]["from_first"]) == 2 and len(item["probs_trajectory"]) == 1
+    page = client.get(f"/drift-jobs/{status['id']}/report", params={"format": "html"})
+    assert page.status_code == 200 and 'id="trajectory"' in page.text
 
 
 def test_embedded_default_end_to_end(inputs, processes, tmp_path, local_report) -> None:

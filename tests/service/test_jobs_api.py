@@ -62,6 +62,9 @@ def test_names_are_normalised(world) -> None:
         ({"colour": "red"}, "body.colour"),
         ({"baseline_id": ...}, "body.baseline_id"),
         ({"baseline_id": 12}, "body.baseline_id"),
+        ({"trajectory_ids": "abc"}, "body.trajectory_ids"),
+        ({"trajectory_ids": ["a", 3]}, "body.trajectory_ids[1]"),
+        ({"trajectory_ids": ["a" * 32] * 65}, "body.trajectory_ids"),
         (
             {
                 "policy": {
@@ -113,6 +116,31 @@ def test_class_sets_must_match(world) -> None:
     replica = upload_checkpoint(world.client, world.files.replica).json()["id"]
     ok = world.client.post("/drift-jobs", json=world.job_body(baseline_replica_id=replica))
     assert ok.status_code == 202
+
+
+def test_trajectory_checkpoints_are_checked_one_by_one(world, submitted) -> None:
+    other = upload_checkpoint(world.client, world.files.other_classes).json()["id"]
+    replica = upload_checkpoint(world.client, world.files.replica).json()["id"]
+    body = world.job_body(trajectory_ids=[replica, "f" * 32, other])
+    problem = assert_problem(world.client.post("/drift-jobs", json=body), 422)
+    errors = {e["field"]: e["message"] for e in problem["errors"]}
+    assert set(errors) == {"body.trajectory_ids[1]", "body.trajectory_ids[2]"}
+    assert "does not exist" in errors["body.trajectory_ids[1]"]
+    assert "class sets do not match" in errors["body.trajectory_ids[2]"]
+    assert submitted == []
+    response = world.client.post("/drift-jobs", json=world.job_body(trajectory_ids=[replica]))
+    assert response.status_code == 202, response.text
+    assert response.json()["config"]["trajectory_ids"] == [replica]
+
+
+def test_an_empty_trajectory_is_the_plain_job(world) -> None:
+    """No ``trajectory_ids`` key in the stored config, so request hashes stay as they were."""
+    key = {"Idempotency-Key": "plain"}
+    first = world.client.post("/drift-jobs", json=world.job_body(), headers=key)
+    again = world.client.post("/drift-jobs", json=world.job_body(trajectory_ids=[]), headers=key)
+    assert first.status_code == 202 and again.status_code == 200
+    assert again.json()["id"] == first.json()["id"]
+    assert "trajectory_ids" not in first.json()["config"]
 
 
 def test_dataset_classes_must_be_among_the_checkpoints(world) -> None:

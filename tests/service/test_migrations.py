@@ -17,6 +17,7 @@ from worker.store.models import Base
 from worker.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
+HEAD = "0003_trajectories"  # the newest revision
 TABLES = {
     "checkpoints",
     "datasets",
@@ -52,7 +53,7 @@ def check_round_trip(settings: Settings) -> None:
     migrate.upgrade(settings)
     assert table_names(settings.database_url) == TABLES
     assert schema_diff(settings.database_url) == []
-    assert migrate.current(settings) == "0002_studies"
+    assert migrate.current(settings) == HEAD
     migrate.downgrade(settings, "base")
     assert table_names(settings.database_url) <= {"alembic_version"}
     assert migrate.current(settings) is None
@@ -85,4 +86,4 @@ def test_migrate_works_from_any_directory(tmp_path, monkeypatch) -> None:
     settings = Settings(database_url="sqlite:///./relative.db")
     migrate.upgrade(settings)
     assert (tmp_path / "relative.db").is_file()
-    assert migrate.current(settings) == "0002_studies"
+    assert migrate.current(settings) == HEAD

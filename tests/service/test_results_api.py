@@ -233,7 +233,7 @@ def test_report_html_page_with_rows_from_sql_and_overlays_from_the_store(world, 
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
-    for sid, _ in (s for s in SECTIONS if s[0] != "floor"):  # floor: only with a floor
+    for sid, _ in (s for s in SECTIONS if s[0] not in ("floor", "trajectory")):  # optional
         assert f'<section id="{sid}"' in page, sid
     assert 'class="banner v-fail"' in page
     assert "<b>pneu</b>" not in page and "&lt;b&gt;pneu&lt;/b&gt;" in page

@@ -41,6 +41,8 @@ NAMING = {
 FLOOR_KEY = "__floor__"  # in ``sample_metrics.extra``: the sample's noise-floor metrics
 REPLICA_KEY = "__replica__"  # ... and its baseline-vs-replica metrics
 FLOOR_KEYS = {FLOOR_KEY: "floor", REPLICA_KEY: "replica_floor"}  # extra key -> row key
+TRAJECTORY_KEY = "__trajectory__"  # ... and its drift along the job's checkpoint sequence
+RESERVED_KEYS = {*FLOOR_KEYS, TRAJECTORY_KEY}  # keys of ``extra`` that are not metrics
 METRIC_COLUMNS: tuple[str, ...] = METRICS  # one nullable float column per built-in metric
 
 
@@ -185,6 +187,8 @@ class JobSample(Base):
     included: Mapped[bool] = mapped_column(Boolean)
     probs_baseline: Mapped[list[Any]] = mapped_column(JSON)
     probs_candidate: Mapped[list[Any]] = mapped_column(JSON)
+    # per intermediate checkpoint of a trajectory job: its class probabilities
+    probs_trajectory: Mapped[list[Any] | None] = mapped_column(JSON)
 
 
 class SampleMetric(Base):
@@ -218,7 +222,7 @@ class SampleMetric(Base):
     def values(self) -> dict[str, float | None]:
         """Every metric of the row, columns and ``extra`` together."""
         out: dict[str, float | None] = {name: getattr(self, name) for name in METRIC_COLUMNS}
-        out.update({k: v for k, v in (self.extra or {}).items() if k not in FLOOR_KEYS})
+        out.update({k: v for k, v in (self.extra or {}).items() if k not in RESERVED_KEYS})
         return out
 
     def floors(self) -> dict[str, dict[str, float | None]]:
@@ -226,6 +230,10 @@ class SampleMetric(Base):
         ``replica_floor``: vs a baseline replica), those that were measured."""
         extra = self.extra or {}
         return {row_key: extra[key] for key, row_key in FLOOR_KEYS.items() if key in extra}
+
+    def trajectory(self) -> dict[str, list[dict[str, float | None]]] | None:
+        """``from_first`` / ``consecutive``: the sample's drift per step of the sequence."""
+        return (self.extra or {}).get(TRAJECTORY_KEY)
 
 
 class Report(Base):
@@ -263,6 +271,7 @@ def records_from_row(job_id: str, row: dict[str, Any]) -> list[Base]:
         included=bool(row["included"]),
         probs_baseline=list(row["probs_baseline"]),
         probs_candidate=list(row["probs_candidate"]),
+        probs_trajectory=row.get("probs_trajectory"),
     )
     records: list[Base] = [sample]
     for method, values in (row.get("metrics") or {}).items():
@@ -273,6 +282,9 @@ def records_from_row(job_id: str, row: dict[str, Any]) -> list[Base]:
             floor = (row.get(row_key) or {}).get(method)
             if floor is not None:
                 extra[key] = floor
+        steps = (row.get("trajectory") or {}).get(method)
+        if steps is not None:
+            extra[TRAJECTORY_KEY] = steps
         records.append(
             SampleMetric(
                 job_id=job_id,
@@ -308,17 +320,23 @@ def row_from_records(
         "metrics": {},
         "degenerate": {},
     }
+    if sample.probs_trajectory is not None:
+        row["probs_trajectory"] = list(sample.probs_trajectory)
     for record in metrics:
-        values = record.values()
-        if names is not None:
-            values = {name: values.get(name) for name in names}
-        row["metrics"][record.method] = values
+        row["metrics"][record.method] = _pick(record.values(), names)
         for row_key, floor in record.floors().items():
-            if names is not None:
-                floor = {name: floor.get(name) for name in names}
-            row.setdefault(row_key, {})[record.method] = floor
+            row.setdefault(row_key, {})[record.method] = _pick(floor, names)
+        steps = record.trajectory()
+        if steps is not None:
+            row.setdefault("trajectory", {})[record.method] = {
+                kind: [_pick(step, names) for step in series] for kind, series in steps.items()
+            }
         row["degenerate"][record.method] = [
             record.degenerate_baseline,
             record.degenerate_candidate,
         ]
     return row
+
+
+def _pick(values: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
+    return values if names is None else {name: values.get(name) for name in names}

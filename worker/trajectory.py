@@ -1,0 +1,125 @@
+"""The trajectory section of a drift report: how the evidence moved along a checkpoint sequence.
+
+A trajectory job audits baseline -> intermediates (e.g. per-epoch checkpoints) -> candidate.
+Per step k it has two drifts per sample: from the baseline (``from_first``: how far the
+evidence has moved so far) and from the previous checkpoint (``consecutive``: where it moved).
+Next to them, each checkpoint's classification performance: the paper's point is that AUC can
+stay flat while the evidence moves, so the two belong on one axis. Torch-free, built from rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Any
+
+import numpy as np
+
+from training.evaluation import classification_metrics
+from worker.options import drift_direction
+from worker.stats import summarize
+
+KINDS = ("from_first", "consecutive")
+
+
+def checkpoint_label(model: dict[str, Any], position: int) -> str:
+    """A short x-axis label: the checkpoint's phase (``tl``, ``ft-epoch3``) or file stem."""
+    phase = model.get("phase")
+    if phase:
+        return str(phase)
+    source = str(model.get("source") or "")
+    return PurePath(source).stem if source and ":" not in source else f"#{position}"
+
+
+def trajectory_section(
+    rows: list[dict[str, Any]],
+    methods: list[str],
+    metrics: list[str],
+    class_names: list[str],
+    checkpoints: list[dict[str, Any]],
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any] | None:
+    """Per method x metric x step: the summary of both drifts over the included samples, the
+    sharpest step, and per checkpoint accuracy and macro AUC. None for a two-checkpoint job.
+
+    ``checkpoints``: descriptions of the whole sequence, baseline first, candidate last.
+    """
+    traced = [r for r in rows if r["included"] and r.get("trajectory")]
+    measured = [len(r["probs_trajectory"]) for r in rows if "probs_trajectory" in r]
+    if not measured:
+        return None
+    steps = len(checkpoints) - 1
+    if set(measured) != {steps - 1}:
+        raise ValueError(
+            f"the rows hold {sorted(set(measured))} intermediate checkpoints, "
+            f"the description names {steps - 1}"
+        )
+    boot = {"n_boot": n_boot, "seed": seed}
+    series: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        series[method] = {}
+        for metric in metrics:
+            entry: dict[str, Any] = {
+                kind: [
+                    summarize(_step_column(traced, method, kind, k, metric), **boot)
+                    for k in range(steps)
+                ]
+                for kind in KINDS
+            }
+            entry["sharpest_step"] = sharpest_step(metric, entry["consecutive"])
+            series[method][metric] = entry
+    return {
+        "checkpoints": [
+            {**model, "label": checkpoint_label(model, i)} for i, model in enumerate(checkpoints)
+        ],
+        "steps": steps,
+        "samples": len(traced),
+        "performance": _performance(rows, class_names, steps),
+        "series": series,
+    }
+
+
+def sharpest_step(metric: str, consecutive: list[dict[str, Any]]) -> int | None:
+    """The 1-based step whose consecutive drift is largest (lowest similarity, highest
+    distance, largest absolute change): where along the sequence the evidence moved most."""
+    means = [s.get("mean") for s in consecutive]
+    scored = [(k, m) for k, m in enumerate(means, start=1) if m is not None]
+    if not scored:
+        return None
+    direction = drift_direction(metric)
+    if direction == "lower":
+        return min(scored, key=lambda km: km[1])[0]
+    if direction == "higher":
+        return max(scored, key=lambda km: km[1])[0]
+    return max(scored, key=lambda km: abs(km[1]))[0]
+
+
+def _step_column(
+    rows: list[dict[str, Any]], method: str, kind: str, step: int, metric: str
+) -> np.ndarray:
+    values = []
+    for r in rows:
+        seq = r["trajectory"].get(method, {}).get(kind) or []
+        value = seq[step].get(metric) if step < len(seq) else None
+        values.append(np.nan if value is None else value)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _performance(
+    rows: list[dict[str, Any]], class_names: list[str], steps: int
+) -> list[dict[str, Any]]:
+    """Accuracy and macro AUC of every checkpoint of the sequence on all evaluated samples."""
+    labels = np.asarray([r["label"] for r in rows], dtype=np.int64)
+    out = []
+    for k in range(steps + 1):
+        if k == 0:
+            probs = [r["probs_baseline"] for r in rows]
+        elif k == steps:
+            probs = [r["probs_candidate"] for r in rows]
+        else:
+            probs = [r["probs_trajectory"][k - 1] for r in rows]
+        shaped = np.asarray(probs, dtype=np.float64).reshape(len(rows), len(class_names))
+        scores = classification_metrics(labels, shaped, class_names)
+        out.append({"accuracy": scores["accuracy"], "macro_auc": scores["macro_auc"]})
+    return out
