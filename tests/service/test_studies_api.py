@@ -1,14 +1,47 @@
-"""``/drift-studies``: create from succeeded jobs, read, and the report built from stored rows."""
+"""``/drift-studies``: create from succeeded jobs, read, and the report built from stored rows.
+
+Every test runs on a migrated SQLite file and on a fresh, migrated Postgres database (the
+``postgres`` cases skip when Postgres is away, and fail under CI: ``require_service``).
+"""
 
 from __future__ import annotations
 
-import pytest
-from sqlalchemy import update
+from collections.abc import Callable, Iterator
 
-from tests.service.conftest import assert_problem, upload_checkpoint
-from tests.test_study import METRICS, make_entry
-from worker.store.models import Job, Report, records_from_row
-from worker.study import study_report
+import pytest
+from fastapi.testclient import TestClient
+from scipy import stats as sps
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from service import migrate
+from service.app import create_app
+from tests.service.conftest import assert_problem, fresh_postgres_database, upload_checkpoint
+from tests.test_study import METHODS, METRICS, make_entry, scipy_means
+from worker.store.models import Job, JobSample, Report, SampleMetric, records_from_row
+from worker.store.settings import Settings
+from worker.study import stability_direction, study_report
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])
+def client(
+    request: pytest.FixtureRequest,
+    make_client: Callable[..., TestClient],
+    make_settings: Callable[..., Settings],
+    submitted: list[str],
+) -> Iterator[TestClient]:
+    """The API on a migrated SQLite copy, or on a new Postgres database migrated by Alembic
+    (dropped afterwards). Overrides the conftest ``client`` for this module, so ``world`` and
+    ``db`` follow it."""
+    if request.param == "sqlite":
+        yield make_client()
+        return
+    with fresh_postgres_database("camdrift_studies") as (url, _, _conn):
+        settings = make_settings(database_url=url)
+        assert settings.database_url.startswith("postgresql")
+        migrate.upgrade(settings)
+        with TestClient(create_app(settings)) as pg_client:
+            yield pg_client
 
 
 def _full_row(row: dict) -> dict:
@@ -76,6 +109,55 @@ def test_create_get_and_report_equal_study_report_on_the_rows(world, jobs) -> No
     assert any(r["confident"] for r in report["reversals"])
     again = world.client.get(f"/drift-studies/{study['id']}/report", params={"n_boot": 300})
     assert again.json() == report
+
+
+def _stored_entries(db: Session, ids: list[str]) -> list[dict]:
+    """Per job, the rows as the database holds them, read back with plain SQL (not through
+    the code under test): ``included`` per sample and the metric columns per method."""
+    entries = []
+    for job_id in ids:
+        samples = db.scalars(
+            select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.index)
+        ).all()
+        metrics: dict[int, dict[str, dict]] = {}
+        for record in db.scalars(select(SampleMetric).where(SampleMetric.job_id == job_id)):
+            values = {name: getattr(record, name) for name in METRICS}
+            metrics.setdefault(record.index, {})[record.method] = values
+        rows = [
+            {"index": s.index, "included": s.included, "metrics": metrics.get(s.index, {})}
+            for s in samples
+        ]
+        entries.append({"rows": rows})
+    return entries
+
+
+def test_rankings_and_tau_equal_a_scipy_computation_on_stored_rows(world, db, jobs) -> None:
+    ids, entries = jobs
+    stored = _stored_entries(db, ids)
+    assert [len(e["rows"]) for e in stored] == [len(e["rows"]) for e in entries]
+    study = world.client.post("/drift-studies", json={"name": "sql", "job_ids": ids}).json()
+    got = world.client.get(f"/drift-studies/{study['id']}/report", params={"n_boot": 200})
+    assert got.status_code == 200, got.text
+    report = got.json()
+    names = [e["name"] for e in report["entries"]]
+    for metric in METRICS:
+        for method in METHODS:
+            means = scipy_means(stored, method, metric)
+            ranking = report["rankings"][method][metric]
+            assert [ranking["means"][n] for n in names] == pytest.approx(means, abs=1e-12)
+            stable = means if stability_direction(metric) == "higher" else -means
+            assert [ranking["ranks"][n] for n in names] == list(sps.rankdata(-stable))
+        tau = sps.kendalltau(
+            scipy_means(stored, METHODS[0], metric), scipy_means(stored, METHODS[1], metric)
+        )
+        assert report["kendall_tau"][metric] == [
+            {
+                "methods": METHODS,
+                "tau": pytest.approx(tau.statistic),
+                "p_value": pytest.approx(tau.pvalue),
+            }
+        ]
+    assert report["kendall_tau"]["pearson"][0]["tau"] == pytest.approx(-1.0)
 
 
 def test_create_validation(world, db, jobs) -> None:
