@@ -3,7 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench paper-study clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/attribution.py
+
+## make paper-study: the paper's experiment on phantoms (docs/paper-study.md)
+paper-study: setup
+	$(BIN)/python bench/paper_study.py
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache

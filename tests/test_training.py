@@ -11,7 +11,14 @@ import torch
 from training.checkpoint_format import read_metadata, sha256_file
 from training.checkpoints import load_checkpoint
 from training.phantoms import generate_dataset
-from training.protocol import PhaseConfig, TrainConfig, pretrain, train_two_phase
+from training.protocol import (
+    MIN_CYCLE_STEPS,
+    PhaseConfig,
+    TrainConfig,
+    make_scheduler,
+    pretrain,
+    train_two_phase,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +91,23 @@ def test_offline_pretrained_tinycnn_learns_the_phantoms(tmp_path) -> None:
     result = train_two_phase(tmp_path / "target", tmp_path / "run", cfg)
     assert result["ft"]["test"]["macro_auc"] >= 0.97, result["ft"]["test"]
     assert result["tl"]["test"]["macro_auc"] >= 0.75, result["tl"]["test"]
+
+
+@pytest.mark.parametrize("total", [1, 2, 3, 4, 5, MIN_CYCLE_STEPS, 9, 40])
+def test_the_schedule_runs_for_any_number_of_steps(total: int) -> None:
+    """Every run length gets finite, positive rates up to ``lr`` (one-cycle alone divides by
+    zero at 4 steps); long runs warm up and anneal."""
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=0.1)
+    scheduler = make_scheduler(optimizer, 0.1, total)
+    rates = []
+    for _ in range(total):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert all(0 < r <= 0.1 + 1e-12 for r in rates)
+    if total >= MIN_CYCLE_STEPS:
+        peak = rates.index(max(rates))
+        assert rates[0] < rates[peak] and rates[-1] < rates[peak]
+    else:
+        assert rates == [0.1] * total

@@ -15,7 +15,12 @@ EXPECTED = {
     "vit_small_patch16_224": ((224, 224), (384, 14, 14)),
     "resnet18": ((224, 224), (512, 7, 7)),
     "tinycnn": ((96, 96), (128, 12, 12)),
+    "densenet_small": ((128, 128), (123, 8, 8)),
+    "resnetv2_small": ((128, 128), (256, 8, 8)),
+    "inception_small": ((128, 128), (256, 8, 8)),
 }
+# CPU-sized members of the paper's three families (bench/paper_study.py trains them)
+SMALL = ("densenet_small", "resnetv2_small", "inception_small")
 
 
 def test_registry_lists_required_archs() -> None:
@@ -52,6 +57,54 @@ def test_local_weights_file_loads_backbone_and_keeps_new_head(tmp_path) -> None:
     src, dst = source.net.state_dict(), target.net.state_dict()
     assert torch.equal(src["features.0.weight"], dst["features.0.weight"])
     assert dst["fc.weight"].shape == (5, 128)
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_small_family_member_backbone_round_trip(tmp_path, arch: str) -> None:
+    """A pretrained file of a small arch loads every backbone tensor; the new head stays new."""
+    torch.manual_seed(1)
+    source = create_model(arch, num_classes=4)
+    path = tmp_path / "pre.safetensors"
+    save_checkpoint(path, source, model_metadata(source, ["a", "b", "c", "d"]))
+    target = create_model(arch, num_classes=5, pretrained=path)
+    head = {
+        name
+        for name, p in target.net.named_parameters()
+        if any(p is q for q in target.classifier_parameters())
+    }
+    src, dst = source.net.state_dict(), target.net.state_dict()
+    assert head and all(dst[k].shape[0] == 5 for k in head)
+    backbone = [k for k in dst if k not in head]
+    assert len(backbone) > 20
+    for key in backbone:
+        assert torch.equal(src[key], dst[key]), key
+    x = torch.randn(2, 3, *target.input_size)
+    with torch.no_grad():  # same backbone, so same feature map
+        assert torch.allclose(source.forward_features(x), target.forward_features(x))
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_small_family_member_has_no_imagenet_weights(arch: str) -> None:
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        create_model(arch, 5, pretrained="imagenet")
+
+
+@pytest.mark.parametrize("arch", SMALL)
+def test_small_family_member_attribution_matches_oracle(arch: str) -> None:
+    """The engine's five gradient CAMs at the default layer equal pytorch-grad-cam's, and
+    ``attribute_batch`` gives one [0, 1] map per image at the input size."""
+    pytest.importorskip("pytorch_grad_cam")
+    from tests.test_attribution_oracle import _batch, _check, _model
+    from worker.attribution import attribute_batch
+
+    model = _model(arch, 0)
+    images, targets = _batch(0, 3, *model.input_size)
+    _check(model, images, targets)
+    result = attribute_batch(model, images, targets, ["layercam", "gradcam++"])
+    for name, maps in result.maps.items():
+        assert tuple(maps.shape) == (3, *model.input_size)
+        assert maps.min() >= 0 and maps.max() <= 1
+        assert not result.degenerate[name].any(), "an all-zero map would make the oracle moot"
 
 
 def test_errors_name_the_problem(tmp_path) -> None:

@@ -141,6 +141,22 @@ def _train_mode(model: ZooModel, phase: str) -> None:
         model.net.get_classifier().train()
 
 
+MIN_CYCLE_STEPS = 8  # below this a one-cycle schedule has no room for warm-up and annealing
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, lr: float, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle (warm-up then annealing): short runs on small data converge far more
+    reliably. A run of fewer than ``MIN_CYCLE_STEPS`` steps keeps ``lr`` constant (torch's
+    one-cycle divides by zero at 4 steps and schedules nonsense below)."""
+    if total_steps < MIN_CYCLE_STEPS:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25
+    )
+
+
 def run_phase(
     model: ZooModel,
     phase: str,
@@ -154,14 +170,7 @@ def run_phase(
     """Train one phase with early stopping on validation macro AUC; keeps the best weights."""
     params = _set_trainable(model, phase)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # one-cycle: warm-up then annealing; short runs on small data converge far more reliably
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=cfg.lr,
-        epochs=max(cfg.epochs, 1),
-        steps_per_epoch=max(len(loaders.train), 1),
-        pct_start=0.25,
-    )
+    scheduler = make_scheduler(optimizer, cfg.lr, max(cfg.epochs, 1) * max(len(loaders.train), 1))
     loss_fn = nn.CrossEntropyLoss()
     use_amp = run.amp and device.type == "cuda"
     best_auc, best_state, best_epoch, stale = -1.0, None, 0, 0

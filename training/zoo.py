@@ -58,11 +58,40 @@ ARCHS: dict[str, ArchSpec] = {
         ),
         ArchSpec("resnet18", (224, 224), IMAGENET_MEAN, IMAGENET_STD, "net.layer4", "resnet18"),
         ArchSpec("tinycnn", (96, 96), HALF, HALF, "net.features", None),
+        # small members of the paper's three families, trainable on a CPU (bench/paper_study.py)
+        ArchSpec("densenet_small", (128, 128), HALF, HALF, "net.features.norm5", None),
+        ArchSpec("resnetv2_small", (128, 128), HALF, HALF, "net.norm", None),
+        ArchSpec("inception_small", (128, 128), HALF, HALF, "net.Mixed_7b", None),
     )
 }
 
 
-class TinyCNN(nn.Module):
+class PooledHead(nn.Module):
+    """The timm-style head of the nets built here: global average pool, then ``fc``.
+
+    Subclasses define ``forward_features`` and set ``num_features`` and ``fc``.
+    """
+
+    fc: nn.Linear
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class TinyCNN(PooledHead):
     """A four-stage CNN small enough to train in seconds on two CPU cores."""
 
     def __init__(self, num_classes: int, in_chans: int = 3, width: int = 16) -> None:
@@ -87,17 +116,116 @@ class TinyCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3)))
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
+def densenet_small(num_classes: int, in_chans: int = 3) -> nn.Module:
+    """DenseNet201's family at CPU scale: same dense blocks, transitions and final norm
+    (``features.norm5``), growth 12 and three short blocks: an 8 x 8 map at 128 px."""
+    from timm.models.densenet import DenseNet
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes)
+    return DenseNet(
+        growth_rate=12, block_config=(3, 6, 6), num_classes=num_classes, in_chans=in_chans
+    )
+
+
+def resnetv2_small(num_classes: int, in_chans: int = 3) -> nn.Module:
+    """ResNet50V2's family at CPU scale: pre-activation bottlenecks with BatchNorm and plain
+    convs (as timm's ``resnetv2_50``), ending in the final pre-activation norm (``norm``);
+    three narrow stages of two blocks: an 8 x 8 map at 128 px."""
+    from timm.layers import BatchNormAct2d, create_conv2d
+    from timm.models.resnetv2 import ResNetV2
+
+    return ResNetV2(
+        layers=[2, 2, 2],
+        channels=(64, 128, 256),
+        stem_chs=32,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        conv_layer=create_conv2d,
+        norm_layer=BatchNormAct2d,
+    )
+
+
+class ConvBN(nn.Sequential):
+    """Conv -> BatchNorm -> ReLU, Inception's basic unit."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        )
+
+
+class MixedBlock(nn.Module):
+    """Inception-A style: parallel 1x1, 1x1->3x3, 1x1->3x3->3x3 and pool->1x1, concatenated."""
+
+    def __init__(self, cin: int, width: int) -> None:
+        super().__init__()
+        self.branch1x1 = ConvBN(cin, width)
+        self.branch3x3 = nn.Sequential(ConvBN(cin, width), ConvBN(width, width, 3))
+        self.branch3x3dbl = nn.Sequential(
+            ConvBN(cin, width), ConvBN(width, width, 3), ConvBN(width, width, 3)
+        )
+        self.branch_pool = nn.Sequential(nn.AvgPool2d(3, 1, 1), ConvBN(cin, width))
+        self.out_chans = 4 * width
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        branches = (self.branch1x1, self.branch3x3, self.branch3x3dbl, self.branch_pool)
+        return torch.cat([b(x) for b in branches], 1)
+
+
+class ReductionBlock(nn.Module):
+    """Inception's grid reduction: strided 3x3, strided double 3x3 and max pool, concatenated."""
+
+    def __init__(self, cin: int, width: int) -> None:
+        super().__init__()
+        self.branch3x3 = ConvBN(cin, width, 3, stride=2)
+        self.branch3x3dbl = nn.Sequential(
+            ConvBN(cin, width, 1), ConvBN(width, width, 3), ConvBN(width, width, 3, stride=2)
+        )
+        self.branch_pool = nn.MaxPool2d(3, 2, 1)
+        self.out_chans = 2 * width + cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branches = (self.branch3x3, self.branch3x3dbl, self.branch_pool)
+        return torch.cat([b(x) for b in branches], 1)
+
+
+class InceptionSmall(PooledHead):
+    """InceptionV3's family at CPU scale: a stem, mixed blocks of parallel branches and two
+    grid reductions; the feature map is the last mixed block's concatenation (``Mixed_7b``,
+    as ``Mixed_7c`` is InceptionV3's), 8 x 8 at 128 px."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 16) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            ConvBN(in_chans, width, 3, stride=2),
+            ConvBN(width, width * 2, 3),
+            nn.MaxPool2d(3, 2, 1),
+            ConvBN(width * 2, width * 3, 1),
+        )
+        self.Mixed_5b = MixedBlock(width * 3, width)
+        self.Mixed_6a = ReductionBlock(self.Mixed_5b.out_chans, width * 2)
+        self.Mixed_6b = MixedBlock(self.Mixed_6a.out_chans, width * 2)
+        self.Mixed_7a = ReductionBlock(self.Mixed_6b.out_chans, width * 3)
+        self.Mixed_7b = MixedBlock(self.Mixed_7a.out_chans, width * 4)
+        self.num_features = self.Mixed_7b.out_chans
+        self.fc = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in (self.Mixed_5b, self.Mixed_6a, self.Mixed_6b, self.Mixed_7a, self.Mixed_7b):
+            x = block(x)
+        return x
+
+
+# architectures built here rather than by timm name (none has ImageNet weights)
+LOCAL_BUILDERS = {
+    "tinycnn": TinyCNN,
+    "densenet_small": densenet_small,
+    "resnetv2_small": resnetv2_small,
+    "inception_small": InceptionSmall,
+}
 
 
 class ZooModel(nn.Module):
@@ -113,6 +241,7 @@ class ZooModel(nn.Module):
         self.spec = spec
         self.net = net
         self.num_classes = num_classes
+        self._token_grid: tuple[int, int] | None = None  # patch grid of the last ViT input
 
     @property
     def arch(self) -> str:
@@ -125,6 +254,8 @@ class ZooModel(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.spec.tokens:
             net = self.net
+            # dynamic_img_size: the grid follows the input (4 x 4 at 64 px), not the 224 default
+            self._token_grid = tuple(net.patch_embed.dynamic_feat_size(tuple(x.shape[-2:])))
             x = net.patch_embed(x)
             x = net._pos_embed(x)
             x = net.patch_drop(x)
@@ -149,7 +280,9 @@ class ZooModel(nn.Module):
             return a
         prefix = getattr(self.net, "num_prefix_tokens", 1)
         patches = a[:, prefix:, :]
-        h, w = self.net.patch_embed.grid_size
+        h, w = self._token_grid or self.net.patch_embed.grid_size
+        if h * w != patches.shape[1]:
+            raise ValueError(f"{patches.shape[1]} patch tokens do not form a {h} x {w} grid")
         return patches.transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
 
     def classifier_parameters(self) -> Iterator[nn.Parameter]:
@@ -180,7 +313,7 @@ def _build_net(spec: ArchSpec, num_classes: int, in_chans: int, imagenet: bool) 
     if spec.timm_name is None:
         if imagenet:
             raise ValueError(f"{spec.name} has no ImageNet weights; use a local file or 'none'")
-        return TinyCNN(num_classes, in_chans)
+        return LOCAL_BUILDERS[spec.name](num_classes, in_chans)
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
     if spec.tokens:
         kwargs["dynamic_img_size"] = True
