@@ -1,9 +1,10 @@
 """``camdrift gate``: audit a candidate against its baseline and turn the verdict into an exit code.
 
 Against a server (``--server``, default ``$CAMDRIFT_URL``): each checkpoint is uploaded only when
-the server lacks its sha256, the dataset folder is zipped and uploaded (or ``--dataset-id``
-names one already there), the job is submitted with the policy, its progress is followed, and
-the report with its verdict is fetched. ``--local`` runs the same audit in this process.
+the server lacks its sha256, the dataset folder is zipped and uploaded only when the server
+holds no upload of the same content (or ``--dataset-id`` names one already there), the job is
+submitted with the policy, its progress is followed, and the report with its verdict is
+fetched. ``--local`` runs the same audit in this process.
 
 Exit codes: 0 pass, 1 fail, 3 inconclusive, 2 usage or infrastructure error (one line that
 says what to do). Torch is imported only by ``--local``.
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from training.checkpoint_format import sha256_file
+from training.datasets import content_digest
 from worker.gate import (
     Policy,
     PolicyError,
@@ -474,6 +476,17 @@ def _dataset_id(api: _Api, data: Path | None, dataset_id: str | None) -> str:
     if dataset_id is not None:
         return str(api.call("GET", f"/datasets/{dataset_id}")["id"])
     assert data is not None
+    digest = content_digest(data)
+    page = api.call("GET", "/datasets", params={"content_sha256": digest, "limit": 1})
+    for item in page.get("items") or []:
+        if item.get("content_sha256") == digest:
+            err_console.print(
+                f"dataset: {data} is on the server already (dataset {item['id']}, "
+                f"content {digest[:12]}), not uploaded",
+                highlight=False,
+                markup=False,
+            )
+            return str(item["id"])
     with tempfile.TemporaryDirectory(prefix="camdrift-gate-") as tmp:
         archive = Path(tmp) / f"{data.resolve().name or 'dataset'}.zip"
         count = zip_folder(data, archive)

@@ -105,6 +105,9 @@ class DatasetOut(_Out):
     class_names: list[str]
     class_counts: dict[str, int]
     fingerprint: str
+    content_sha256: str | None = Field(
+        description="uploads: digest of every stored file (paths + bytes); null for server paths"
+    )
     skipped: list[SkippedFile]
     created_at: datetime
 

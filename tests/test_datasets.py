@@ -19,6 +19,7 @@ from training.datasets import (
     ImageDataset,
     Sample,
     assign_splits,
+    content_digest,
     discover,
 )
 from training.imageio import ImageReadError
@@ -302,3 +303,28 @@ def test_image_dataset_pickles_for_spawned_workers(tmp_path: Path) -> None:
 def test_datasets_module_import_is_torch_free() -> None:
     code = "import sys, training.datasets; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_content_digest_sees_every_byte_and_path_but_not_write_order(tmp_path: Path) -> None:
+    """Equal digests mean byte-identical folders (what lets a client skip an upload); the
+    fingerprint, by design, ignores splits and pixels of equal size."""
+
+    def tree(root: Path, order: list[str], split: str = "test", value: int = 100) -> Path:
+        for name in order:
+            write_png(root / name, value=value if name.endswith("b.png") else 50)
+        rows = [f"{name},{name.split('/')[0]},{split}" for name in sorted(order)]
+        (root / "manifest.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+        return root
+
+    names = ["normal/a.png", "covid/b.png", "covid/c.png"]
+    base = tree(tmp_path / "base", names)
+    same = tree(tmp_path / "same", names[::-1])
+    resplit = tree(tmp_path / "resplit", names, split="val")
+    repixel = tree(tmp_path / "repixel", names, value=101)
+    digest = content_digest(base)
+    assert digest == content_digest(same) and len(digest) == 64
+    assert content_digest(resplit) != digest and content_digest(repixel) != digest
+    assert discover(resplit).fingerprint() == discover(base).fingerprint()
+    assert discover(repixel).fingerprint() == discover(base).fingerprint()
+    (base / "covid" / "c.png").rename(base / "covid" / "d.png")
+    assert content_digest(base) != digest

@@ -296,8 +296,9 @@ def test_against_the_service_verdict_stored_and_no_reupload(
     second = _gate(world, *common, "--policy", str(world / "pass.toml"))
     assert second.exit_code == 0, second.output
     assert ("POST", "/checkpoints") not in requests_made
+    assert ("POST", "/datasets") not in requests_made  # found by its content digest
     assert requests_made.count(("GET", "/checkpoints")) == 2  # looked up by sha256 instead
-    assert second.output.count("not uploaded") == 2
+    assert second.output.count("not uploaded") == 3
     with _api(server) as api:
         job = api.get(f"/drift-jobs/{_job_id(second.output)}").json()
         assert job["verdict"]["verdict"] == "pass"

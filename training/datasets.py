@@ -149,6 +149,33 @@ def _check_class_names(class_names: Sequence[str] | None) -> list[str] | None:
     return names
 
 
+CONTENT_DIGEST_VERSION = "camdrift-content-v1"
+
+
+def content_digest(root: Path) -> str:
+    """sha256 over every file under ``root``: sorted (relative path, sha256 of its bytes).
+
+    Unlike :meth:`DatasetIndex.fingerprint` everything counts (pixels, manifest, splits,
+    masks), so equal digests mean byte-identical folders: a client can look an upload up on
+    the server instead of sending it again.
+    """
+    files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashlib releases the GIL on large reads
+        hashes = list(pool.map(_sha256_file, (path for _, path in files)))
+    digest = hashlib.sha256(CONTENT_DIGEST_VERSION.encode())
+    for (relative, _), file_hash in zip(files, hashes, strict=True):
+        digest.update(b"\n" + json.dumps([relative, file_hash]).encode())
+    return digest.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _relative(root: Path, path: Path) -> str:
     try:
         return path.relative_to(root).as_posix()

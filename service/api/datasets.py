@@ -29,7 +29,7 @@ from service.uploads import (
     receive_upload,
     remove_tree,
 )
-from training.datasets import DatasetError, DatasetIndex, discover
+from training.datasets import DatasetError, DatasetIndex, content_digest, discover
 from worker.store.artifacts import ArtifactStore
 from worker.store.models import Dataset, is_id, new_id
 from worker.store.settings import Settings
@@ -116,6 +116,7 @@ def _from_upload(
         index = _index(root, "file", hide=data)
         _check_images(index, settings, "file")
         summary = _summary(index)  # reads file sizes: before the files move
+        summary["content_sha256"] = content_digest(root)
         final = store.dataset_dir(dataset_id)
         store.move_into(data, final)
     root_in_store = final.joinpath(root.relative_to(data))
@@ -232,17 +233,31 @@ def _insert(
 @router.get(
     "/datasets",
     response_model=DatasetPage,
-    summary="List datasets",
+    summary="List datasets (?content_sha256= finds uploads by content)",
     responses=problem_responses(422),
 )
 def list_datasets(
     session: Annotated[Session, Depends(get_session)],
+    content_sha256: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[0-9a-fA-F]{64}$",
+            description="only uploads with this content digest (sha256 over sorted relative "
+            "path + file sha256, as training.datasets.content_digest): a client checks before "
+            "uploading",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> DatasetPage:
-    total = session.scalar(select(func.count()).select_from(Dataset)) or 0
+    query = select(Dataset)
+    count = select(func.count()).select_from(Dataset)
+    if content_sha256 is not None:
+        query = query.where(Dataset.content_sha256 == content_sha256.lower())
+        count = count.where(Dataset.content_sha256 == content_sha256.lower())
+    total = session.scalar(count) or 0
     rows = session.scalars(
-        select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
+        query.order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
     ).all()
     items = [DatasetOut.model_validate(r) for r in rows]
     return DatasetPage(items=items, total=total, limit=limit, offset=offset)

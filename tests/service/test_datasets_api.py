@@ -18,6 +18,7 @@ from tests.service.conftest import (
     upload_zip,
     write_tree,
 )
+from training.datasets import content_digest
 
 
 def _nothing_stored(client) -> None:
@@ -49,6 +50,30 @@ def test_same_tree_same_fingerprint_wrapped_or_not(client) -> None:
     assert wrapped["num_samples"] == flat["num_samples"] == 6
     assert wrapped["fingerprint"] == flat["fingerprint"]
     assert wrapped["class_names"] == flat["class_names"]
+
+
+def test_uploads_are_found_by_content_digest(client, tmp_path) -> None:
+    """The digest equals the client's ``content_digest`` of the same folder (wrapped in a zip
+    folder or not); one changed byte or an extra file is another dataset."""
+    tree = image_folder()
+    local = content_digest(write_tree(tmp_path / "local", tree))
+    flat = upload_zip(client, make_zip(tree)).json()
+    wrapped = upload_zip(client, make_zip(image_folder(prefix="export/"))).json()
+    assert flat["content_sha256"] == wrapped["content_sha256"] == local
+    found = client.get("/datasets", params={"content_sha256": local.upper()}).json()
+    assert found["total"] == 2 and {d["id"] for d in found["items"]} == {flat["id"], wrapped["id"]}
+
+    changed = dict(tree, **{"normal/img0.png": png_bytes(seed=99)})
+    extra = dict(tree, **{"manifest-notes.txt": b"x"})
+    for variant in (changed, extra):
+        digest = upload_zip(client, make_zip(variant)).json()["content_sha256"]
+        assert digest != local
+        assert digest == content_digest(write_tree(tmp_path / digest[:8], variant))
+    none = client.get("/datasets", params={"content_sha256": "0" * 64}).json()
+    assert none["total"] == 0 and none["items"] == []
+    assert_problem(
+        client.get("/datasets", params={"content_sha256": "xyz"}), 422, "query.content_sha256"
+    )
 
 
 def test_manifest_zip_wrapped_in_a_folder(client) -> None:
@@ -190,6 +215,7 @@ def test_server_path_inside_a_root(make_client, roots) -> None:
     assert response.status_code == 201, response.text
     body = response.json()
     assert body["source"] == "path" and body["name"] == "local" and body["num_samples"] == 6
+    assert body["content_sha256"] is None  # files on a server path may change: no lookup key
     # the same data uploaded as a zip has the same fingerprint
     zipped = upload_zip(client, make_zip(image_folder())).json()
     assert zipped["fingerprint"] == body["fingerprint"]

@@ -17,7 +17,7 @@ from worker.store.models import Base
 from worker.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "0003_trajectories"  # the newest revision
+HEAD = "0004_dataset_content"  # the newest revision
 TABLES = {
     "checkpoints",
     "datasets",

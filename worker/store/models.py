@@ -122,6 +122,8 @@ class Dataset(Base):
     class_names: Mapped[list[Any]] = mapped_column(JSON)
     class_counts: Mapped[dict[str, Any]] = mapped_column(JSON)
     fingerprint: Mapped[str] = mapped_column(String(64))
+    # uploads: training.datasets.content_digest of the stored files (a client's lookup key)
+    content_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     skipped: Mapped[list[Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
