@@ -437,22 +437,31 @@ def _reason(exc: Exception) -> str:
     return text[:1].lower() + text[1:]
 
 
+def _on_server(api: _Api, kind: str, key: str, digest: str, what: str) -> str | None:
+    """The id of the server's ``kind`` record whose ``key`` is ``digest`` (said on stderr),
+    or None: the caller uploads."""
+    page = api.call("GET", f"/{kind}s", params={key: digest, "limit": 1})
+    for item in page.get("items") or []:
+        if item.get(key) == digest:
+            err_console.print(
+                f"{what} is on the server already ({kind} {item['id']}, {key} {digest[:12]}), "
+                "not uploaded",
+                highlight=False,
+                markup=False,
+            )
+            return str(item["id"])
+    return None
+
+
 def _checkpoint_id(api: _Api, path: Path, role: str) -> str:
     """The server's id for this file: found by sha256, uploaded only when missing."""
     try:
         sha = sha256_file(path)
     except OSError as exc:
         raise GateError(f"cannot read checkpoint {path} (--{role}): {exc.strerror}") from None
-    page = api.call("GET", "/checkpoints", params={"sha256": sha})
-    for item in page.get("items") or []:
-        if item.get("sha256") == sha:
-            err_console.print(
-                f"{role}: {path.name} is on the server already (checkpoint {item['id']}, "
-                f"sha256 {sha[:12]}), not uploaded",
-                highlight=False,
-                markup=False,
-            )
-            return str(item["id"])
+    found = _on_server(api, "checkpoint", "sha256", sha, f"{role}: {path.name}")
+    if found is not None:
+        return found
     import httpx
 
     with open(path, "rb") as fh:
@@ -476,17 +485,9 @@ def _dataset_id(api: _Api, data: Path | None, dataset_id: str | None) -> str:
     if dataset_id is not None:
         return str(api.call("GET", f"/datasets/{dataset_id}")["id"])
     assert data is not None
-    digest = content_digest(data)
-    page = api.call("GET", "/datasets", params={"content_sha256": digest, "limit": 1})
-    for item in page.get("items") or []:
-        if item.get("content_sha256") == digest:
-            err_console.print(
-                f"dataset: {data} is on the server already (dataset {item['id']}, "
-                f"content {digest[:12]}), not uploaded",
-                highlight=False,
-                markup=False,
-            )
-            return str(item["id"])
+    found = _on_server(api, "dataset", "content_sha256", content_digest(data), f"dataset: {data}")
+    if found is not None:
+        return found
     with tempfile.TemporaryDirectory(prefix="camdrift-gate-") as tmp:
         archive = Path(tmp) / f"{data.resolve().name or 'dataset'}.zip"
         count = zip_folder(data, archive)

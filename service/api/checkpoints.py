@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import get_session, sessions_of, settings_of, store_of
+from service.api.deps import get_session, newest_first, sessions_of, settings_of, store_of
 from service.problems import invalid, not_found, problem_responses
 from service.schemas import MAX_INT, CheckpointOut, CheckpointPage
 from service.uploads import Upload, clean_name, receive_upload
@@ -137,15 +137,8 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> CheckpointPage:
-    query = select(Checkpoint)
-    count = select(func.count()).select_from(Checkpoint)
-    if sha256 is not None:
-        query = query.where(Checkpoint.sha256 == sha256.lower())
-        count = count.where(Checkpoint.sha256 == sha256.lower())
-    total = session.scalar(count) or 0
-    rows = session.scalars(
-        query.order_by(Checkpoint.created_at.desc(), Checkpoint.id).limit(limit).offset(offset)
-    ).all()
+    where = Checkpoint.sha256 == sha256.lower() if sha256 is not None else None
+    rows, total = newest_first(session, Checkpoint, where, limit, offset)
     items = [CheckpointOut.model_validate(r) for r in rows]
     return CheckpointPage(items=items, total=total, limit=limit, offset=offset)
 

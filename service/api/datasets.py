@@ -12,11 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import get_session, sessions_of, settings_of, store_of
+from service.api.deps import get_session, newest_first, sessions_of, settings_of, store_of
 from service.problems import ProblemError, invalid, not_found, problem_responses
 from service.schemas import MAX_INT, DatasetOut, DatasetPage, DatasetPathIn
 from service.uploads import (
@@ -250,15 +249,9 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> DatasetPage:
-    query = select(Dataset)
-    count = select(func.count()).select_from(Dataset)
-    if content_sha256 is not None:
-        query = query.where(Dataset.content_sha256 == content_sha256.lower())
-        count = count.where(Dataset.content_sha256 == content_sha256.lower())
-    total = session.scalar(count) or 0
-    rows = session.scalars(
-        query.order_by(Dataset.created_at.desc(), Dataset.id).limit(limit).offset(offset)
-    ).all()
+    digest = content_sha256.lower() if content_sha256 is not None else None
+    where = Dataset.content_sha256 == digest if digest is not None else None
+    rows, total = newest_first(session, Dataset, where, limit, offset)
     items = [DatasetOut.model_validate(r) for r in rows]
     return DatasetPage(items=items, total=total, limit=limit, offset=offset)
 

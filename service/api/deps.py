@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from fastapi import Request
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.store.artifacts import ArtifactStore
@@ -30,3 +32,21 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+def newest_first(
+    session: Session,
+    model: Any,
+    where: ColumnElement[bool] | None,
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Any], int]:
+    """One page of ``model`` rows (newest first, id breaks ties) and the filtered total."""
+    query, count = select(model), select(func.count()).select_from(model)
+    if where is not None:
+        query, count = query.where(where), count.where(where)
+    total = session.scalar(count) or 0
+    rows = session.scalars(
+        query.order_by(model.created_at.desc(), model.id).limit(limit).offset(offset)
+    ).all()
+    return rows, total

@@ -11,12 +11,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import dispatch
-from service.api.deps import get_session, settings_of
+from service.api.deps import get_session, newest_first, settings_of
 from service.problems import ProblemError, not_found, problem_responses
 from service.schemas import (
     MAX_INT,
@@ -273,14 +273,8 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> JobPage:
-    query = select(Job)
-    count = select(func.count()).select_from(Job)
-    if status is not None:
-        query, count = query.where(Job.status == status), count.where(Job.status == status)
-    total = session.scalar(count) or 0
-    rows = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    ).all()
+    where = Job.status == status if status is not None else None
+    rows, total = newest_first(session, Job, where, limit, offset)
     return JobPage(items=[job_out(j) for j in rows], total=total, limit=limit, offset=offset)
 
 
