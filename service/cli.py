@@ -8,9 +8,7 @@ Every user error ends with a one-line message and exit code 2.
 from __future__ import annotations
 
 import functools
-import glob
 import json
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from service.sequence import VIA_HELP, expand_sequence
 from training.logs import configure_logging
 
 app = typer.Typer(
@@ -299,14 +298,7 @@ def drift(
     replica: Annotated[
         Path | None, typer.Option(help="A baseline replica (other seed): its drift floor")
     ] = None,
-    via: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Checkpoints between baseline and candidate, in order: files, folders or "
-            "quoted globs ('run/epochs/ft_epoch*.safetensors'); repeat the option. Adds the "
-            "trajectory: drift from the baseline and between consecutive checkpoints"
-        ),
-    ] = None,
+    via: Annotated[list[str] | None, typer.Option(help=VIA_HELP)] = None,
 ) -> None:
     """Audit attribution drift between two checkpoints (or along a sequence), in this process."""
     from tqdm.auto import tqdm
@@ -347,31 +339,6 @@ def drift(
 
         write_local_html(out, html)
         console.print(f"html report: {html}")
-
-
-def _natural_key(path: Path) -> list[Any]:
-    """``epoch2`` before ``epoch10``: digit runs compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
-
-
-def expand_sequence(values: list[str]) -> list[Path]:
-    """``--via`` values -> checkpoint files in order: a file as given, a folder's
-    ``*.safetensors`` and a glob's matches in natural order."""
-    out: list[Path] = []
-    for value in values:
-        path = Path(value)
-        if path.is_dir():
-            found = sorted(path.glob("*.safetensors"), key=_natural_key)
-        elif any(c in value for c in "*?["):
-            found = sorted((Path(p) for p in glob.glob(value)), key=_natural_key)
-        elif path.is_file():
-            found = [path]
-        else:
-            raise FileNotFoundError(f"--via: no such checkpoint file or folder: {value}")
-        if not found:
-            raise FileNotFoundError(f"--via: {value} matches no checkpoint")
-        out += found
-    return out
 
 
 def print_report(report: dict[str, Any]) -> None:

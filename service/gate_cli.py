@@ -26,6 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from service.sequence import VIA_HELP, expand_sequence
 from training.checkpoint_format import sha256_file
 from training.datasets import content_digest
 from worker.gate import (
@@ -96,6 +97,7 @@ def gate(
         Path | None, typer.Option(help="Write a markdown summary (PR comment) here")
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Also keep the report JSON here")] = None,
+    via: Annotated[list[str] | None, typer.Option(help=VIA_HELP)] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the job before giving up")
     ] = 3600.0,
@@ -115,6 +117,10 @@ def gate(
             raise GateError(f"no such dataset folder: {data} (--data)")
         if timeout <= 0:
             raise GateError("--timeout must be a positive number of seconds")
+        try:
+            trajectory = expand_sequence(via or [])
+        except FileNotFoundError as exc:
+            raise GateError(str(exc)) from None
         options = _check_options(
             rules,
             {
@@ -129,10 +135,20 @@ def gate(
             if dataset_id is not None:
                 raise GateError("--local needs --data DIR; --dataset-id names a server's dataset")
             assert data is not None
-            doc, job_id = _run_local(baseline, candidate, data, rules, options, report), None
+            doc = _run_local(baseline, candidate, data, rules, options, report, trajectory)
+            job_id = None
         else:
             doc, job_id = run_on_server(
-                server, token, baseline, candidate, data, dataset_id, rules, options, timeout
+                server,
+                token,
+                baseline,
+                candidate,
+                data,
+                dataset_id,
+                rules,
+                options,
+                timeout,
+                trajectory,
             )
             if report is not None:
                 _write(report, json.dumps(doc, indent=2) + "\n", "--report")
@@ -308,6 +324,7 @@ def _run_local(
     rules: Policy,
     options: dict[str, Any],
     report: Path | None,
+    trajectory: list[Path],
 ) -> dict[str, Any]:
     from worker.audit import AuditConfig
     from worker.local_run import run_audit
@@ -320,7 +337,16 @@ def _run_local(
         with tempfile.TemporaryDirectory(prefix="camdrift-gate-") as tmp:
             out = report if report is not None else Path(tmp) / "report.json"
             with _progress("local audit") as update:
-                return run_audit(baseline, candidate, data, config, out, update, policy=rules)
+                return run_audit(
+                    baseline,
+                    candidate,
+                    data,
+                    config,
+                    out,
+                    update,
+                    policy=rules,
+                    trajectory=trajectory,
+                )
     except (ValueError, OSError) as exc:
         raise GateError(str(exc)) from None
 
@@ -529,6 +555,7 @@ def run_on_server(
     rules: Policy,
     options: dict[str, Any],
     timeout: float,
+    trajectory: list[Path] | None = None,
 ) -> tuple[dict[str, Any], str]:
     with _Api(server, token) as api:
         body: dict[str, Any] = {
@@ -537,6 +564,10 @@ def run_on_server(
             "dataset_id": _dataset_id(api, data, dataset_id),
             "policy": rules.model_dump(by_alias=True, mode="json"),
         }
+        if trajectory:
+            body["trajectory_ids"] = [
+                _checkpoint_id(api, path, f"via[{i}]") for i, path in enumerate(trajectory)
+            ]
         for key, value in options.items():
             if value is not None:
                 body[key] = None if (key == "split" and value == "all") else value

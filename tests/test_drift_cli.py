@@ -131,7 +131,7 @@ def test_missing_checkpoint_and_class_mismatch_exit_2(world, tmp_path) -> None:
 
 
 def test_via_expands_folders_and_globs_in_natural_order(world, tmp_path) -> None:
-    from service.cli import expand_sequence
+    from service.sequence import expand_sequence
 
     folder = tmp_path / "epochs"
     folder.mkdir()

@@ -148,6 +148,25 @@ def test_local_with_the_default_policy(world, tmp_path) -> None:
     assert "overlap held" in result.output and "min_samples >= 30" in result.output
 
 
+def test_local_along_a_sequence_reports_the_trajectory(world, tmp_path) -> None:
+    report, markdown = tmp_path / "report.json", tmp_path / "gate.md"
+    via = ("--via", str(world / "ft.safetensors"))
+    policy = ("--policy", str(world / "pass.toml"))
+    result = _gate(
+        world, "--local", *via, *policy, "--report", str(report), "--markdown", str(markdown), *FAST
+    )
+    assert result.exit_code == 0, result.output
+    section = json.loads(report.read_text())["trajectory"]
+    assert section["steps"] == 2 and [c["phase"] for c in section["checkpoints"]] == [
+        "tl",
+        "ft",
+        "ft",
+    ]
+    assert "### Trajectory (2 steps)" in markdown.read_text()
+    missing = _gate(world, "--local", "--via", str(tmp_path / "nope*.safetensors"), *FAST)
+    assert missing.exit_code == 2 and "--via" in missing.output
+
+
 # --------------------------------------------------------------------------- errors (exit 2)
 
 
@@ -302,6 +321,16 @@ def test_against_the_service_verdict_stored_and_no_reupload(
     with _api(server) as api:
         job = api.get(f"/drift-jobs/{_job_id(second.output)}").json()
         assert job["verdict"]["verdict"] == "pass"
+
+    requests_made.clear()  # along a sequence: the intermediate is looked up like the ends
+    third = _gate(world, *common, "--policy", str(world / "pass.toml"), "--via", str(files[1]))
+    assert third.exit_code == 0, third.output
+    assert ("POST", "/checkpoints") not in requests_made
+    with _api(server) as api:
+        job = api.get(f"/drift-jobs/{_job_id(third.output)}").json()
+        assert job["config"]["trajectory_ids"] == [job["candidate_id"]]
+        report = api.get(f"/drift-jobs/{job['id']}/report").json()
+        assert report["trajectory"]["steps"] == 2
 
 
 def test_checkpoint_lookup_by_sha256(world, server) -> None:
