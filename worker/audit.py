@@ -198,61 +198,47 @@ class Audit:
                 progress(len(labels))
         return out
 
+    def _attribute(self, loaded: LoadedModel, images01: torch.Tensor, targets):
+        """One model's maps (at the analysis size) and logits for ``images01``; ``targets``
+        None = each sample's predicted class."""
+        cfg = self.config
+        return attribute_batch(
+            loaded.model,
+            loaded.prepare(images01),
+            targets,
+            cfg.methods,
+            cfg.target_layer,
+            output_size=self.analysis_size,
+            autocast_dtype=AUTOCAST.get(cfg.autocast) if cfg.autocast else None,
+        )
+
     def _batch(
         self, images01: torch.Tensor, labels: torch.Tensor, rows: list[int], maps_dir: Path | None
     ) -> list[dict[str, Any]]:
         cfg = self.config
         labels = labels.to(self.device)
         by_label = cfg.sample_filter in ("true_positive", "all")
-        dtype = AUTOCAST.get(cfg.autocast) if cfg.autocast else None
-        results = [
-            attribute_batch(
-                m.model,
-                m.prepare(images01),
-                labels if by_label else None,
-                cfg.methods,
-                cfg.target_layer,
-                output_size=self.analysis_size,
-                autocast_dtype=dtype,
-            )
-            for m in (self.baseline, self.candidate)
-        ]
+        targets = labels if by_label else None
+        results = [self._attribute(m, images01, targets) for m in (self.baseline, self.candidate)]
         preds = [r.logits.argmax(1) for r in results]
         chosen = choose_targets(cfg.sample_filter, labels, *preds)
         keep = chosen.included
         values = _metrics(results[0].maps, results[1].maps, keep, cfg)
+        kept = {m: results[0].maps[m][keep] for m in cfg.methods}
         floor = None
         if cfg.noise_floor and bool(keep.any()):
             noisy = perturb(
                 images01[keep], [rows[i] for i in keep.nonzero()[:, 0].tolist()], cfg.seed
             )
-            again = attribute_batch(
-                self.baseline.model,
-                self.baseline.prepare(noisy),
-                results[0].targets[keep],
-                cfg.methods,
-                cfg.target_layer,
-                output_size=self.analysis_size,
-                autocast_dtype=dtype,
-            )
-            kept = {m: results[0].maps[m][keep] for m in cfg.methods}
+            again = self._attribute(self.baseline, noisy, results[0].targets[keep])
             floor = _metrics(kept, again.maps, None, cfg)
         replica = None
         if self.replica is not None and bool(keep.any()):
-            twin = attribute_batch(
-                self.replica.model,
-                self.replica.prepare(images01[keep]),
-                results[0].targets[keep],
-                cfg.methods,
-                cfg.target_layer,
-                output_size=self.analysis_size,
-                autocast_dtype=dtype,
-            )
-            kept = {m: results[0].maps[m][keep] for m in cfg.methods}
+            twin = self._attribute(self.replica, images01[keep], results[0].targets[keep])
             replica = _metrics(kept, twin.maps, None, cfg)
         steps = None
         if self.trajectory:
-            steps = self._trajectory(images01, labels if by_label else None, results, keep, values)
+            steps = self._trajectory(images01, targets, results, kept, keep, values)
         if maps_dir is not None and bool(keep.any()):
             _save_raw_maps(
                 maps_dir,
@@ -266,8 +252,9 @@ class Audit:
     def _trajectory(
         self,
         images01: torch.Tensor,
-        labels: torch.Tensor | None,
+        targets: torch.Tensor | None,
         results: list,
+        first: dict[str, torch.Tensor],
         keep: torch.Tensor,
         values: dict[str, dict[str, np.ndarray]],
     ) -> Trajectory:
@@ -276,22 +263,12 @@ class Audit:
         the two ends); only the first and the previous maps are held, so memory stays flat
         however long the sequence."""
         cfg = self.config
-        dtype = AUTOCAST.get(cfg.autocast) if cfg.autocast else None
-        first = {m: results[0].maps[m][keep] for m in cfg.methods}
         previous = first
         from_first: list[dict[str, dict[str, np.ndarray]]] = []
         consecutive: list[dict[str, dict[str, np.ndarray]]] = []
         probs: list[np.ndarray] = []
         for loaded in self.trajectory:
-            step = attribute_batch(
-                loaded.model,
-                loaded.prepare(images01),
-                labels,
-                cfg.methods,
-                cfg.target_layer,
-                output_size=self.analysis_size,
-                autocast_dtype=dtype,
-            )
+            step = self._attribute(loaded, images01, targets)
             probs.append(torch.softmax(step.logits.float(), 1).cpu().numpy())
             maps = {m: step.maps[m][keep] for m in cfg.methods}
             from_first.append(_metrics(first, maps, None, cfg))
