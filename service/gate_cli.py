@@ -488,15 +488,7 @@ def _checkpoint_id(api: _Api, path: Path, role: str) -> str:
     found = _on_server(api, "checkpoint", "sha256", sha, f"{role}: {path.name}")
     if found is not None:
         return found
-    import httpx
-
-    with open(path, "rb") as fh:
-        record = api.call(
-            "POST",
-            "/checkpoints",
-            files={"file": (path.name, fh, "application/octet-stream")},
-            timeout=httpx.Timeout(600.0, connect=10.0),
-        )
+    record = _upload(api, "checkpoint", path, "application/octet-stream")
     err_console.print(
         f"{role}: uploaded {path.name} (checkpoint {record['id']}, sha256 {sha[:12]})",
         highlight=False,
@@ -505,9 +497,20 @@ def _checkpoint_id(api: _Api, path: Path, role: str) -> str:
     return str(record["id"])
 
 
-def _dataset_id(api: _Api, data: Path | None, dataset_id: str | None) -> str:
+def _upload(api: _Api, kind: str, path: Path, media_type: str) -> dict[str, Any]:
+    """POST one file to ``/{kind}s`` (a long timeout: large checkpoints and datasets)."""
     import httpx
 
+    with open(path, "rb") as fh:
+        return api.call(
+            "POST",
+            f"/{kind}s",
+            files={"file": (path.name, fh, media_type)},
+            timeout=httpx.Timeout(600.0, connect=10.0),
+        )
+
+
+def _dataset_id(api: _Api, data: Path | None, dataset_id: str | None) -> str:
     if dataset_id is not None:
         return str(api.call("GET", f"/datasets/{dataset_id}")["id"])
     assert data is not None
@@ -519,13 +522,7 @@ def _dataset_id(api: _Api, data: Path | None, dataset_id: str | None) -> str:
         count = zip_folder(data, archive)
         if count == 0:
             raise GateError(f"the dataset folder {data} has no files (--data)")
-        with open(archive, "rb") as fh:
-            record = api.call(
-                "POST",
-                "/datasets",
-                files={"file": (archive.name, fh, "application/zip")},
-                timeout=httpx.Timeout(600.0, connect=10.0),
-            )
+        record = _upload(api, "dataset", archive, "application/zip")
     err_console.print(
         f"dataset: uploaded {data} ({record.get('num_samples')} images, dataset {record['id']})",
         highlight=False,
