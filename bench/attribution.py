@@ -136,7 +136,7 @@ def main() -> None:
         f"batch {args.batch}, {args.dtype}; maps: {', '.join(METHODS)} for 2 checkpoints"
     )
     header = (
-        f"{'arch':<14}{'camdrift img/s':>16}{'grad-cam img/s':>16}{'floor img/s':>13}"
+        f"{'arch':<24}{'camdrift img/s':>16}{'grad-cam img/s':>16}{'floor img/s':>13}"
         f"{'speed-up':>10}{'time/floor':>12}{'metrics':>9}"
     )
     print(header)
@@ -147,7 +147,7 @@ def main() -> None:
         peer = f"{r['peer_img_s']:.2f}" if r["peer_img_s"] else "-"
         speed = f"{r['speedup_vs_peer']:.2f}x" if r["speedup_vs_peer"] else "-"
         print(
-            f"{r['arch']:<14}{r['engine_img_s']:>16.2f}{peer:>16}{r['floor_img_s']:>13.2f}"
+            f"{r['arch']:<24}{r['engine_img_s']:>16.2f}{peer:>16}{r['floor_img_s']:>13.2f}"
             f"{speed:>10}{r['engine_over_floor']:>11.3f}x{r['metrics_share']:>8.1%}"
         )
     if args.json:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from scipy import stats as sps
 
+from worker.audit import stacked_metrics
 from worker.metrics import METRICS, degenerate, drift_metrics, validate_metric_names
 
 ATOL = 1e-5
@@ -238,3 +239,24 @@ def test_cuda_matches_cpu() -> None:
     for name in METRICS:
         assert gpu[name].device.type == "cuda"
         torch.testing.assert_close(gpu[name].cpu(), cpu[name], atol=ATOL, rtol=0, equal_nan=True)
+
+
+def test_stacked_methods_equal_one_call_per_method() -> None:
+    """The GPU's one call over every method's rows gives each method what its own call gives."""
+    a = {
+        "layercam": torch.from_numpy(make_maps("cam", 6, (40, 36), 0)),
+        "gradcam++": torch.from_numpy(make_maps("relu", 6, (40, 36), 1)),
+    }
+    b = {
+        "layercam": torch.from_numpy(make_maps("cam", 6, (40, 36), 2)),
+        "gradcam++": torch.from_numpy(make_maps("relu", 6, (40, 36), 3)),
+    }
+    a["layercam"][0] = 0.0  # a degenerate row keeps its NaNs in its own method
+    stacked = stacked_metrics(a, b, ["layercam", "gradcam++"], METRICS)
+    for method in a:
+        alone = drift_metrics(a[method], b[method], METRICS)
+        assert list(stacked[method]) == list(alone)
+        for name in METRICS:
+            torch.testing.assert_close(
+                stacked[method][name], alone[name], atol=1e-12, rtol=0, equal_nan=True
+            )
