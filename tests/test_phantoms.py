@@ -164,6 +164,16 @@ def test_splits_stratified_and_shuffled(tmp_path: Path) -> None:
     assert len(orders) > 1  # each class gets its own permutation
 
 
+@pytest.mark.parametrize("per_class", [3, 4, 5])
+def test_tiny_datasets_still_have_every_split(tmp_path: Path, per_class: int) -> None:
+    manifest = generate_dataset(tmp_path / "d", per_class=per_class, size=32, seed=0)
+    rows = _rows(manifest)
+    for label in CLASSES:
+        splits = [r["split"] for r in rows if r["label"] == label]
+        assert len(splits) == per_class
+        assert all(splits.count(s) >= 1 for s in ("train", "val", "test")), splits
+
+
 def test_progress_callback(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     generate_dataset(

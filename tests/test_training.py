@@ -111,3 +111,13 @@ def test_the_schedule_runs_for_any_number_of_steps(total: int) -> None:
         assert rates[0] < rates[peak] and rates[-1] < rates[peak]
     else:
         assert rates == [0.1] * total
+
+
+def test_an_empty_split_is_a_clear_error(tmp_path) -> None:
+    """A dataset without a test split fails before training, naming the split."""
+    generate_dataset(tmp_path / "data", per_class=6, size=32, seed=0, splits=(0.8, 0.2, 0.0))
+    cfg = TrainConfig(arch="tinycnn", input_size=(32, 32), progress=False)
+    expected = r"no images in the test split \(train 25, val 5, test 0\)"
+    with pytest.raises(ValueError, match=expected):
+        train_two_phase(tmp_path / "data", tmp_path / "run", cfg)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

@@ -524,9 +524,17 @@ def _seed_sequence(seed: int, task: str, *keys: int) -> np.random.SeedSequence:
 
 
 def _split_counts(n: int, splits: tuple[float, ...]) -> tuple[int, int, int]:
+    """Rounded counts; from 3 images a class on, a split with a share > 0 gets at least one
+    (taken from train), so a tiny dataset still has something to validate and test on."""
     n_train = min(n, round(splits[0] * n))
     n_val = min(n - n_train, round(splits[1] * n))
-    return n_train, n_val, n - n_train - n_val
+    counts = [n_train, n_val, n - n_train - n_val]
+    if n >= 3:
+        for k in (1, 2):
+            if splits[k] > 0 and counts[k] == 0:
+                counts[0] -= 1
+                counts[k] = 1
+    return counts[0], counts[1], counts[2]
 
 
 def _assign_splits(

@@ -87,7 +87,15 @@ class Loaders:
 def make_loaders(
     index: DatasetIndex, model: ZooModel, size: tuple[int, int], cfg: TrainConfig, batch: int
 ) -> Loaders:
-    """Train/val/test loaders over a split dataset."""
+    """Train/val/test loaders over a split dataset; every split must hold images."""
+    counts = {s: len(index.subset(s).samples) for s in ("train", "val", "test")}
+    empty = [s for s, n in counts.items() if n == 0]
+    if empty:
+        raise ValueError(
+            f"data {index.root}: no images in the {' and '.join(empty)} split "
+            f"({', '.join(f'{s} {n}' for s, n in counts.items())}); training needs all three: "
+            "add images or change the split fractions"
+        )
     spec = model.spec
 
     def dataset(split: str, augment: bool) -> ImageDataset:
