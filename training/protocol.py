@@ -88,7 +88,8 @@ def make_loaders(
     index: DatasetIndex, model: ZooModel, size: tuple[int, int], cfg: TrainConfig, batch: int
 ) -> Loaders:
     """Train/val/test loaders over a split dataset; every split must hold images."""
-    counts = {s: len(index.subset(s).samples) for s in ("train", "val", "test")}
+    subsets = {s: index.subset(s) for s in ("train", "val", "test")}
+    counts = {s: len(subset.samples) for s, subset in subsets.items()}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
         raise ValueError(
@@ -100,7 +101,7 @@ def make_loaders(
 
     def dataset(split: str, augment: bool) -> ImageDataset:
         return ImageDataset(
-            index.subset(split), size, spec.mean, spec.std, augment=augment, cache=cfg.cache
+            subsets[split], size, spec.mean, spec.std, augment=augment, cache=cfg.cache
         )
 
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -340,10 +340,9 @@ def metrics_by_method(
 
 
 def stacked_metrics(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], methods, names
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], methods: list[str], names
 ) -> dict[str, dict[str, torch.Tensor]]:
     """:func:`metrics_by_method` as one :func:`drift_metrics` call over all methods' rows."""
-    methods = list(methods)
     sizes = [a[m].shape[0] for m in methods]
     together = drift_metrics(
         torch.cat([a[m] for m in methods]), torch.cat([b[m] for m in methods]), names
