@@ -39,10 +39,10 @@ import torch
 
 from training.phantoms import generate_dataset
 from training.protocol import PhaseConfig, TrainConfig, pretrain, train_two_phase
-from worker.audit import AuditConfig
-from worker.local_run import run_audit
-from worker.report_markdown import render_markdown
-from worker.study import load_local_entry, study_report
+from worker.engine.audit import AuditConfig
+from worker.render.markdown import render_markdown
+from worker.results.study import load_local_entry, study_report
+from worker.runtime.local_run import run_audit
 
 SMALL_ARCHS = ("densenet_small", "resnetv2_small", "inception_small")
 PAPER_NAME = {

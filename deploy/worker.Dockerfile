@@ -10,4 +10,4 @@ COPY migrations ./migrations
 RUN pip install ".[postgres]"
 RUN useradd --uid 10001 camdrift && mkdir -p /data && chown camdrift /data
 USER camdrift
-CMD ["celery", "-A", "worker.tasks", "worker", "--pool", "solo", "-Q", "camdrift", "--loglevel", "INFO"]
+CMD ["celery", "-A", "worker.runtime.tasks", "worker", "--pool", "solo", "-Q", "camdrift", "--loglevel", "INFO"]

@@ -303,8 +303,8 @@ def drift(
     """Audit attribution drift between two checkpoints (or along a sequence), in this process."""
     from tqdm.auto import tqdm
 
-    from worker.audit import AuditConfig
-    from worker.local_run import run_audit
+    from worker.engine.audit import AuditConfig
+    from worker.runtime.local_run import run_audit
 
     cfg = AuditConfig(
         methods=_csv(methods) or [],
@@ -335,7 +335,7 @@ def drift(
     print_report(report)
     console.print(f"report: {out}")
     if html is not None:
-        from worker.html_report import write_local_html
+        from worker.render.html_report import write_local_html
 
         write_local_html(out, html)
         console.print(f"html report: {html}")
@@ -488,7 +488,7 @@ def run_worker(
     queues: Annotated[str, typer.Option()] = "camdrift",
 ) -> None:
     """Run a Celery worker for drift jobs (needs CAMDRIFT_BROKER_URL)."""
-    from worker.tasks import app as celery_app
+    from worker.runtime.tasks import app as celery_app
 
     celery_app.worker_main(
         [
@@ -506,7 +506,7 @@ def run_worker(
 @app.command("report-schema")
 def report_schema() -> None:
     """Print the drift report's JSON Schema."""
-    from worker.report_schema import report_json_schema
+    from worker.results.report_schema import report_json_schema
 
     json.dump(report_json_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -527,7 +527,7 @@ def study(
 ) -> None:
     """Rank several model pairs on one dataset: per method x metric, Kendall tau between the
     methods' rankings, and ranking reversals with their bootstrap confidence."""
-    from worker.study import load_local_entry, study_report
+    from worker.results.study import load_local_entry, study_report
 
     names = list(name or [])
     if names and len(names) != len(report):

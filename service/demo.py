@@ -27,7 +27,7 @@ def run_demo(
     from service.gate_cli import print_verdict, run_on_server
     from training.phantoms import generate_dataset
     from training.protocol import PhaseConfig, TrainConfig, finetune, pretrain, train_two_phase
-    from worker.gate import default_policy
+    from worker.results.gate import default_policy
 
     started = time.perf_counter()
     data, runs, reports = workdir / "data", workdir / "runs", workdir / "reports"

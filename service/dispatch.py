@@ -10,7 +10,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
-from worker.jobs import PLAN
+from worker.runtime.jobs import PLAN
 from worker.store.settings import Settings
 
 _lock = threading.Lock()
@@ -23,14 +23,14 @@ class BrokerUnavailable(RuntimeError):
 
 @lru_cache(maxsize=4)
 def _celery(broker_url: str, shard_time_limit_s: int):
-    from worker.celery_app import make_celery
+    from worker.runtime.celery_app import make_celery
 
     return make_celery(Settings(broker_url=broker_url, shard_time_limit_s=shard_time_limit_s))
 
 
 def embedded_runner(settings: Settings):
     """The process's embedded runner for this database and store (started on first use)."""
-    from worker.embedded import EmbeddedRunner
+    from worker.runtime.embedded import EmbeddedRunner
 
     key = (settings.database_url, settings.storage)
     with _lock:

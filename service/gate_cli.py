@@ -29,7 +29,9 @@ from rich.table import Table
 from service.sequence import VIA_HELP, expand_sequence
 from training.checkpoint_format import sha256_file
 from training.datasets import content_digest
-from worker.gate import (
+from worker.catalog import DEFAULT_METHODS, SPLITS, check_method, check_sample_filter
+from worker.render.markdown import render_markdown
+from worker.results.gate import (
     Policy,
     PolicyError,
     default_policy,
@@ -38,8 +40,6 @@ from worker.gate import (
     load_policy,
     required_text,
 )
-from worker.options import DEFAULT_METHODS, SPLITS, check_method, check_sample_filter
-from worker.report_markdown import render_markdown
 
 EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
 EXIT_ERROR = 2
@@ -326,8 +326,8 @@ def _run_local(
     report: Path | None,
     trajectory: list[Path],
 ) -> dict[str, Any]:
-    from worker.audit import AuditConfig
-    from worker.local_run import run_audit
+    from worker.engine.audit import AuditConfig
+    from worker.runtime.local_run import run_audit
 
     kw: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if "split" in kw and kw["split"] == "all":

@@ -9,20 +9,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from worker.gate import Policy as GatePolicy
-from worker.gate import Rule as GateRule
-from worker.options import (
+from worker.catalog import (
     DEFAULT_METHODS,
-    JOB_STATUSES,
     METRICS,
     SAMPLE_FILTERS,
     SPLITS,
+    JobStatus,
     check_method,
     check_metric,
     unique,
 )
+from worker.results.gate import Policy as GatePolicy
+from worker.results.gate import Rule as GateRule
 
-JobStatus = Literal[JOB_STATUSES]  # type: ignore[valid-type]
 MethodName = Annotated[str, AfterValidator(check_method)]
 MetricName = Annotated[str, AfterValidator(check_metric)]
 Ident = Annotated[str, Field(min_length=1, max_length=64)]
@@ -145,7 +144,7 @@ class JobIn(_In):
     metrics: list[MetricName] | None = Field(
         default=None, min_length=1, max_length=128, description="null: every metric"
     )
-    sample_filter: Literal[SAMPLE_FILTERS] = "true_positive"  # type: ignore[valid-type]
+    sample_filter: Literal[tuple(SAMPLE_FILTERS)] = "true_positive"  # type: ignore[valid-type]
     max_samples: int | None = Field(default=None, ge=1, le=MAX_INT)
     split: Literal[SPLITS] | None = Field(  # type: ignore[valid-type]
         default="auto", description="auto: the test split when there is one; null: all"
@@ -271,7 +270,7 @@ class StudyOut(BaseModel):
 
 
 class StudyReport(BaseModel):
-    """The study report (``worker.study.study_report``): per method x metric rankings of the
+    """The study report (``worker.results.study.study_report``): per method x metric rankings of the
     jobs' model pairs, Kendall tau between the methods' rankings, bootstrap order
     probabilities and ranking reversals with their confidence."""
 

@@ -19,8 +19,8 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from training.zoo import create_model
-from worker.attribution import GRADIENT_METHODS as METHODS
-from worker.attribution import attribute, attribute_batch
+from worker.catalog import ONE_PASS_METHODS as METHODS
+from worker.engine.attribution import attribute, attribute_batch
 
 ORACLES = {
     "gradcam": GradCAM,
@@ -149,7 +149,7 @@ def test_maps_range_and_degenerate_flag() -> None:
         ok = ~result.degenerate[name]
         assert torch.allclose(m[ok].flatten(1).max(1).values, torch.ones(int(ok.sum())))
     zero = torch.zeros(2, 3, 3)
-    from worker.attribution import finish_maps
+    from worker.engine.attribution import finish_maps
 
     maps, flags = finish_maps(zero, (8, 8))
     assert flags.all() and maps.abs().sum() == 0

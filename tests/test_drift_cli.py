@@ -12,8 +12,8 @@ from tests.builders import tiny_audit_inputs
 from training.checkpoints import model_metadata, save_checkpoint
 from training.phantoms import CLASSES
 from training.zoo import create_model
-from worker.metrics import METRICS
-from worker.report_schema import validate_report
+from worker.engine.metrics import METRICS
+from worker.results.report_schema import validate_report
 
 runner = CliRunner()
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from worker.gate import (
+from worker.render.markdown import render_markdown
+from worker.results.gate import (
     Policy,
     PolicyError,
     Rule,
@@ -19,7 +20,6 @@ from worker.gate import (
     load_policy,
     parse_policy,
 )
-from worker.report_markdown import render_markdown
 
 CLASSES = ["normal", "pneumonia", "covid"]
 

@@ -390,12 +390,12 @@ def test_rejected_token_exits_2(world, server) -> None:
 
 
 def test_a_failed_job_exits_2_with_its_error(world, server, monkeypatch) -> None:
-    import worker.jobs
+    import worker.runtime.jobs
 
     def broken(*args: Any, **kw: Any) -> Any:
         raise ValueError("the dataset cannot be read (test)")
 
-    monkeypatch.setattr(worker.jobs, "build_audit", broken)  # the runner is in this process
+    monkeypatch.setattr(worker.runtime.jobs, "build_audit", broken)  # the runner is in this process
     result = _gate(world, "--server", server, "--token", TOKEN, *FAST)
     assert result.exit_code == 2, result.output
     assert f"job {_job_id(result.output)} failed: the dataset cannot be read (test)" in (

@@ -20,9 +20,15 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from tests.builders import tiny_audit_inputs
-from worker.html_report import SECTIONS, headline, most_drifted, render_html, write_local_html
-from worker.overlay import OverlayUnavailable, render_overlay
-from worker.report import build_report
+from worker.render.html_report import (
+    SECTIONS,
+    headline,
+    most_drifted,
+    render_html,
+    write_local_html,
+)
+from worker.render.overlay import OverlayUnavailable, render_overlay
+from worker.results.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

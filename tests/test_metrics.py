@@ -1,4 +1,4 @@
-"""worker.metrics against independent numpy/scipy oracles, identities and the NaN policy."""
+"""worker.engine.metrics against independent numpy/scipy oracles, identities and the NaN policy."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from scipy import stats as sps
 
-from worker.audit import stacked_metrics
-from worker.metrics import METRICS, degenerate, drift_metrics, validate_metric_names
+from worker.engine.audit import stacked_metrics
+from worker.engine.metrics import METRICS, degenerate, drift_metrics, validate_metric_names
 
 ATOL = 1e-5
 SHAPES = [(24, 31), (17, 17), (40, 12)]

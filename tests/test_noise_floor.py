@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from tests.builders import tiny_audit_inputs
-from worker.attribution import attribute
-from worker.audit import Audit, AuditConfig, perturb
-from worker.metrics import drift_metrics
-from worker.report import build_report, floor_direction
-from worker.report_schema import validate_report
+from worker.catalog import drift_direction as floor_direction
+from worker.engine.attribution import attribute
+from worker.engine.audit import Audit, AuditConfig, perturb
+from worker.engine.metrics import drift_metrics
+from worker.results.report import build_report
+from worker.results.report_schema import validate_report
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_report_gives_drift_next_to_its_floor(audit_inputs) -> None:
 
 
 def test_local_report_with_floor_validates(audit_inputs, tmp_path) -> None:
-    from worker.local_run import run_audit
+    from worker.runtime.local_run import run_audit
 
     cfg = AuditConfig(sample_filter="all", split=None, noise_floor=True)
     report = run_audit(

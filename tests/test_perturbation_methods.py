@@ -19,9 +19,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 from service.cli import app
 from tests.builders import tiny_audit_inputs
 from training.zoo import create_model
-from worker.attribution import attribute, attribute_batch
-from worker.perturbation import integrated_gradients
-from worker.report_schema import validate_report
+from worker.engine.attribution import attribute, attribute_batch
+from worker.engine.perturbation import integrated_gradients
+from worker.results.report_schema import validate_report
 
 TOL = 1e-4
 

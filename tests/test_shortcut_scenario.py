@@ -8,9 +8,9 @@ import pytest
 from service.demo import SHORTCUT_CLASS, SHORTCUT_CONFOUND
 from training.phantoms import generate_dataset
 from training.protocol import PhaseConfig, TrainConfig, finetune, pretrain, train_two_phase
-from worker.audit import AuditConfig
-from worker.gate import default_policy
-from worker.local_run import run_audit
+from worker.engine.audit import AuditConfig
+from worker.results.gate import default_policy
+from worker.runtime.local_run import run_audit
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""worker.stats against numpy/scipy, plus the JSON contract (plain floats, None not NaN)."""
+"""worker.results.stats against numpy/scipy, plus the JSON contract (plain floats, None not NaN)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from worker.stats import (
+from worker.results.stats import (
     SUMMARY_KEYS,
     kendall_tau,
     paired_test,

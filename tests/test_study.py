@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from worker.study import STUDY_KIND, stability_direction, study_report
+from worker.results.study import STUDY_KIND, stability_direction, study_report
 
 METHODS = ["layercam", "gradcam++"]
 METRICS = ["pearson", "displacement", "entropy_change"]

@@ -12,16 +12,16 @@ from tests.builders import tiny_audit_inputs
 from training.checkpoints import load_checkpoint, model_metadata, save_checkpoint
 from training.evaluation import classification_metrics
 from training.phantoms import CLASSES
-from worker.attribution import attribute
-from worker.audit import Audit, AuditConfig, config_dict, describe_dataset, describe_model
-from worker.html_report import render_html
-from worker.metrics import drift_metrics
-from worker.report import build_report
-from worker.report_markdown import render_markdown
-from worker.report_schema import validate_report
-from worker.stats import summarize
+from worker.engine.attribution import attribute
+from worker.engine.audit import Audit, AuditConfig, config_dict, describe_dataset, describe_model
+from worker.engine.metrics import drift_metrics
+from worker.render.html_report import render_html
+from worker.render.markdown import render_markdown
+from worker.results.report import build_report
+from worker.results.report_schema import validate_report
+from worker.results.stats import summarize
+from worker.results.trajectory import sharpest_step
 from worker.store.models import JobSample, SampleMetric, records_from_row, row_from_records
-from worker.trajectory import sharpest_step
 
 STEPS = (1 / 3, 2 / 3)  # the intermediates: weights interpolated between TL and FT
 

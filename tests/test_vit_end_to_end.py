@@ -28,12 +28,12 @@ from training.datasets import ImageDataset, discover
 from training.phantoms import CLASSES, generate_dataset
 from training.protocol import PhaseConfig, TrainConfig, train_two_phase
 from training.zoo import create_model
-from worker.attribution import attribute, attribute_batch
-from worker.audit import Audit, AuditConfig, LoadedModel
-from worker.html_report import method_label, write_local_html
-from worker.local_run import artifact_paths, run_audit
-from worker.metrics import METRICS
-from worker.report_schema import validate_report
+from worker.engine.attribution import attribute, attribute_batch
+from worker.engine.audit import Audit, AuditConfig, LoadedModel
+from worker.engine.metrics import METRICS
+from worker.render.html_report import method_label, write_local_html
+from worker.results.report_schema import validate_report
+from worker.runtime.local_run import artifact_paths, run_audit
 
 ARCH = "vit_small_patch16_224"
 METHODS = ["layercam", "gradcam++"]

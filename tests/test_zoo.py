@@ -95,7 +95,7 @@ def test_small_family_member_attribution_matches_oracle(arch: str) -> None:
     ``attribute_batch`` gives one [0, 1] map per image at the input size."""
     pytest.importorskip("pytorch_grad_cam")
     from tests.test_attribution_oracle import _batch, _check, _model
-    from worker.attribution import attribute_batch
+    from worker.engine.attribution import attribute_batch
 
     model = _model(arch, 0)
     images, targets = _batch(0, 3, *model.input_size)

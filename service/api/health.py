@@ -8,7 +8,7 @@ from sqlalchemy import func, select, text
 
 from service.problems import TYPE_PREFIX, Problem, problem_response, problem_responses
 from service.schemas import Health, Ready
-from worker.options import JOB_STATUSES
+from worker.catalog import JobStatus
 from worker.store.models import Job
 
 router = APIRouter(tags=["operations"])
@@ -80,7 +80,7 @@ def _check_broker(url: str) -> str:
     },
 )
 def metrics(request: Request) -> PlainTextResponse:
-    counts = dict.fromkeys(JOB_STATUSES, 0)
+    counts = dict.fromkeys([s.value for s in JobStatus], 0)
     try:
         with request.app.state.sessions() as session:
             for status, count in session.execute(

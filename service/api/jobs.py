@@ -28,7 +28,7 @@ from service.schemas import (
     Progress,
     request_hash,
 )
-from worker.gate import EVERY, OVERALL
+from worker.results.gate import EVERY, OVERALL
 from worker.store.models import Checkpoint, Dataset, Job, is_id, utcnow
 from worker.store.settings import Settings
 

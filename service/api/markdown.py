@@ -1,11 +1,11 @@
-"""The report's markdown summary for ``?format=md``; rendered by :mod:`worker.report_markdown`,
+"""The report's markdown summary for ``?format=md``; rendered by :mod:`worker.render.markdown`,
 which ``camdrift gate --markdown`` uses too, so both say the same thing."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from worker.report_markdown import render_markdown
+from worker.render.markdown import render_markdown
 
 
 def report_markdown(report: dict[str, Any], job_id: str) -> str:

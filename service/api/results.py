@@ -15,9 +15,9 @@ from service.api.jobs import get_job_or_404
 from service.api.markdown import report_markdown
 from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import MAX_INT, Degenerate, SampleOut, SamplePage
-from worker.html_report import render_html
-from worker.overlay import OverlayUnavailable, overlay_for_sample
-from worker.report_schema import DriftReport
+from worker.render.html_report import render_html
+from worker.render.overlay import OverlayUnavailable, overlay_for_sample
+from worker.results.report_schema import DriftReport
 from worker.store.artifacts import ArtifactStore
 from worker.store.models import (
     METRIC_COLUMNS,

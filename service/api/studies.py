@@ -1,7 +1,8 @@
 """``/drift-studies``: several succeeded jobs on one dataset, ranked together (DESIGN §6).
 
-The study row only names its jobs; the report is built on request by ``worker.study`` from the
-jobs' stored reports and per-sample rows, so it always reflects what is stored.
+The study row only names its jobs; the report is built on request by
+``worker.results.study`` from the jobs' stored reports and per-sample rows, so it always
+reflects what is stored.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from service.api.deps import get_session
 from service.problems import ProblemError, invalid, not_found, problem_responses
 from service.schemas import Links, StudyIn, StudyOut, StudyReport
+from worker.results.study import study_report
 from worker.store.models import (
     Checkpoint,
     Dataset,
@@ -26,7 +28,6 @@ from worker.store.models import (
     is_id,
     row_from_records,
 )
-from worker.study import study_report
 
 router = APIRouter(tags=["drift-studies"])
 
@@ -115,7 +116,7 @@ def get_study(study_id: str, session: Annotated[Session, Depends(get_session)]) 
 
 
 def study_entries(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
-    """The ``worker.study`` entries of the jobs: stored reports + rows (409 if not ready)."""
+    """The study entries of the jobs: stored reports + rows (409 if not ready)."""
     entries: list[dict[str, Any]] = []
     for job_id in job_ids:
         job = session.get(Job, job_id)

@@ -38,8 +38,8 @@ def local_audit(
     inputs: Inputs, out: Path, replica: bool = False, trajectory: bool = False
 ) -> dict[str, Any]:
     """The same audit as ``JOB``, run locally by ``camdrift drift``'s code path."""
-    from worker.audit import AuditConfig
-    from worker.local_run import run_audit
+    from worker.engine.audit import AuditConfig
+    from worker.runtime.local_run import run_audit
 
     cfg = AuditConfig(
         methods=JOB["methods"], sample_filter="all", split=None, seed=0, noise_floor=True
@@ -142,7 +142,7 @@ class Processes:
             "-m",
             "celery",
             "-A",
-            "worker.tasks",
+            "worker.runtime.tasks",
             "worker",
             "--pool",
             "solo",

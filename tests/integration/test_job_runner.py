@@ -12,7 +12,7 @@ from service import migrate
 from training.checkpoint_format import sha256_file
 from training.datasets import discover
 from training.phantoms import CLASSES
-from worker import jobs
+from worker.runtime import jobs
 from worker.store import Settings, session_scope
 from worker.store.models import (
     Checkpoint,
@@ -193,7 +193,7 @@ def test_cancel_while_queued_is_never_started(ctx, inputs) -> None:
 
 
 def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) -> None:
-    from worker.embedded import EmbeddedRunner
+    from worker.runtime.embedded import EmbeddedRunner
 
     bad = make_job(ctx, inputs, target_layer="net.nope")
     runner = EmbeddedRunner(ctx.settings, device="cpu", batch_size=8)

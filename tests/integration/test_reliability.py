@@ -2,7 +2,8 @@
 shards over their time limit and poison jobs. Nothing is lost, nothing counted twice, nothing
 loops forever.
 
-The in-process tests drive ``worker.jobs`` / ``worker.sweeper`` / the embedded runner on SQLite;
+The in-process tests drive ``worker.runtime.jobs`` / ``worker.runtime.sweeper`` / the embedded
+runner on SQLite;
 the ``services`` tests run real ``celery worker`` processes, uvicorn, Postgres and a private
 ``redis-server`` (started and killed by the test, never the shared one).
 """
@@ -33,11 +34,11 @@ from tests.integration.conftest import (
 )
 from tests.integration.test_job_runner import counts, ctx, job_row, make_job
 from tests.service.conftest import fresh_postgres_database
-from worker import jobs
+from worker.runtime import jobs
+from worker.runtime.sweeper import SweepPolicy, sweep
 from worker.store import session_scope
 from worker.store.db import make_engine, session_factory
 from worker.store.models import Checkpoint, Job, JobSample, JobShard, SampleMetric, utcnow
-from worker.sweeper import SweepPolicy, sweep
 
 __all__ = ["ctx"]  # the fixture, shared with test_job_runner
 pytestmark = pytest.mark.slow
@@ -108,7 +109,7 @@ def test_crash_between_rows_and_done_mark_does_not_double_count(ctx, inputs) -> 
 
 
 def test_shard_over_its_time_limit_fails_the_job(ctx, inputs, monkeypatch) -> None:
-    from worker.embedded import EmbeddedRunner
+    from worker.runtime.embedded import EmbeddedRunner
 
     ticks = iter(range(0, 10_000, 5))  # every look at the clock: 5 s later
     monkeypatch.setattr(jobs, "_clock", lambda: float(next(ticks)))
@@ -139,7 +140,7 @@ def test_redelivery_is_capped(ctx, inputs, monkeypatch) -> None:
 
 
 def test_deleted_checkpoint_fails_on_the_first_try(ctx, inputs, tmp_path) -> None:
-    from worker.embedded import EmbeddedRunner
+    from worker.runtime.embedded import EmbeddedRunner
 
     job_id = make_job(ctx, inputs)
     gone = tmp_path / "gone.safetensors"

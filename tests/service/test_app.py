@@ -197,28 +197,6 @@ def test_api_process_never_imports_torch(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_option_lists_match_the_engine() -> None:
-    from worker import attribution, metrics, options, selection
-
-    assert options.METHODS == attribution.METHODS
-    assert options.DEFAULT_METHODS == attribution.DEFAULT_METHODS
-    assert options.METRICS == metrics.METRICS
-    assert options.SAMPLE_FILTERS == selection.SAMPLE_FILTERS
-    for name in ("iou_top1", "iou_top99", "iou_top10"):
-        assert options.is_metric(name) and metrics.validate_metric_names([name]) == [name]
-    for name in ("iou_top0", "iou_top100", "iou_top05"):
-        assert not options.is_metric(name)
-        with pytest.raises(ValueError):
-            metrics.validate_metric_names([name])
-
-
-def test_options_and_store_columns_agree() -> None:
-    from worker.options import METRICS
-    from worker.store.models import METRIC_COLUMNS
-
-    assert METRIC_COLUMNS == METRICS
-
-
 def test_settings_from_environment(monkeypatch) -> None:
     from worker.store.settings import Settings
 

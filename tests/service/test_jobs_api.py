@@ -13,7 +13,7 @@ from tests.service.conftest import (
     upload_checkpoint,
     upload_zip,
 )
-from worker.options import METRICS
+from worker.catalog import METRICS
 from worker.store.models import Job
 
 

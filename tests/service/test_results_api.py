@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy import update
 
 from tests.service.conftest import assert_problem
-from worker.overlay import canvas_size, display_size, panel_origin
+from worker.render.overlay import canvas_size, display_size, panel_origin
 from worker.store.models import Job, Report, records_from_row, row_from_records
 
 METRICS = ["iou_top20", "pearson", "iou_top10"]
@@ -219,7 +219,7 @@ def test_overlay_404s(world, job) -> None:
 def test_report_html_page_with_rows_from_sql_and_overlays_from_the_store(world, job, db) -> None:
     """?format=html: one self-contained page; the most drifted included samples (iou 0.1,
     0.3, 0.6, 0.9 ...) get overlays where the store has their maps (rows 0-2 here)."""
-    from worker.html_report import SECTIONS
+    from worker.render.html_report import SECTIONS
 
     _write_maps(world, job, [0, 1, 2])
     assert_problem(world.client.get(f"/drift-jobs/{job}/report", params={"format": "html"}), 409)
@@ -253,7 +253,7 @@ def test_map_rebuild_matches_the_engine_upsampling(shape, size) -> None:
     import torch
     import torch.nn.functional as F
 
-    from worker.overlay import full_size
+    from worker.render.overlay import full_size
 
     raw = np.random.default_rng(0).random(shape).astype(np.float32)
     ours = full_size(raw, size)

@@ -18,9 +18,9 @@ from service import migrate
 from service.app import create_app
 from tests.service.conftest import assert_problem, fresh_postgres_database, upload_checkpoint
 from tests.test_study import METHODS, METRICS, make_entry, scipy_means
+from worker.results.study import stability_direction, study_report
 from worker.store.models import Job, JobSample, Report, SampleMetric, records_from_row
 from worker.store.settings import Settings
-from worker.study import stability_direction, study_report
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.services)])

@@ -1,1 +1,2 @@
-"""Gate policies shipped with camdrift (package data for :func:`worker.gate.default_policy`)."""
+"""Gate policies shipped with camdrift (package data for
+:func:`worker.results.gate.default_policy`)."""

@@ -29,8 +29,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from worker.options import METRICS
-
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -43,7 +41,16 @@ REPLICA_KEY = "__replica__"  # ... and its baseline-vs-replica metrics
 FLOOR_KEYS = {FLOOR_KEY: "floor", REPLICA_KEY: "replica_floor"}  # extra key -> row key
 TRAJECTORY_KEY = "__trajectory__"  # ... and its drift along the job's checkpoint sequence
 RESERVED_KEYS = {*FLOOR_KEYS, TRAJECTORY_KEY}  # keys of ``extra`` that are not metrics
-METRIC_COLUMNS: tuple[str, ...] = METRICS  # one nullable float column per built-in metric
+METRIC_COLUMNS: tuple[str, ...] = (  # one nullable float column per metric of migration 0001
+    "displacement",
+    "peak_displacement",
+    "iou_top20",
+    "iou_t50",
+    "pearson",
+    "spearman",
+    "concentration_change",
+    "entropy_change",
+)
 
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
@@ -249,7 +256,7 @@ class Report(Base):
 
 
 class Study(Base):
-    """A study: several finished jobs on one dataset, compared by ``worker.study``."""
+    """A study: several finished jobs on one dataset, compared by ``worker.results.study``."""
 
     __tablename__ = "studies"
 
@@ -260,7 +267,7 @@ class Study(Base):
 
 
 def records_from_row(job_id: str, row: dict[str, Any]) -> list[Base]:
-    """The SQL records of one audit row (``worker.audit`` row dict): a sample + its metrics."""
+    """The SQL records of one audit row (an audit row dict): a sample + its metrics."""
     sample = JobSample(
         job_id=job_id,
         index=int(row["index"]),

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from training.evaluation import classification_metrics
-from worker.options import drift_direction
-from worker.stats import summarize
+from worker.catalog import Direction, metric_info
+from worker.results.stats import summarize
 
 KINDS = ("from_first", "consecutive")
 
@@ -87,12 +87,9 @@ def sharpest_step(metric: str, consecutive: list[dict[str, Any]]) -> int | None:
     scored = [(k, m) for k, m in enumerate(means, start=1) if m is not None]
     if not scored:
         return None
-    direction = drift_direction(metric)
-    if direction == "lower":
-        return min(scored, key=lambda km: km[1])[0]
-    if direction == "higher":
-        return max(scored, key=lambda km: km[1])[0]
-    return max(scored, key=lambda km: abs(km[1]))[0]
+    worse = metric_info(metric).worse
+    key = {Direction.LOWER: lambda m: -m, Direction.HIGHER: lambda m: m}.get(worse, abs)
+    return max(scored, key=lambda km: key(km[1]))[0]
 
 
 def _step_column(

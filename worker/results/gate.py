@@ -13,7 +13,7 @@ A policy is a TOML (or JSON) file with the same structure as the ``policy`` of a
 
 Torch-free: the API process validates policies with these models, the worker evaluates them,
 and ``camdrift gate`` loads, evaluates and renders them (JUnit XML here, markdown in
-:mod:`worker.report_markdown`).
+:mod:`worker.render.markdown`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pydantic import (
     model_serializer,
 )
 
-from worker.options import GATE_OPS, GATE_STATS, METHODS, METRICS, is_metric
+from worker.catalog import GATE_OPS, GATE_STATS, METHODS, METRICS, is_metric
 
 VERDICTS: tuple[str, ...] = ("pass", "fail", "inconclusive")
 OVERALL, EVERY = "overall", "*"
@@ -462,7 +462,7 @@ def _beyond_floor(
     """The share of samples whose drift lies beyond the noise floor's 95% tail (0..1).
 
     Reads ``report["noise_floor"][method][metric]``: ``beyond_floor`` overall, or
-    ``beyond_floor_per_class[class]`` (see ``worker.report.noise_floor``).
+    ``beyond_floor_per_class[class]`` (see ``worker.results.report.noise_floor``).
     """
     floor = report.get("noise_floor")
     if not isinstance(floor, dict) or not floor:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
-from worker.options import drift_direction
+from worker.catalog import metric_info
 
 STUDY_SCHEMA_VERSION = "1.0"
 STUDY_KIND = "camdrift.study-report"
@@ -48,7 +48,7 @@ _CHUNK = 256  # bootstrap replicates handled at once
 
 def stability_direction(metric: str) -> str:
     """``higher`` (similarity), ``lower`` (distance) or ``abs`` (lower |change|) = more stable."""
-    return {"lower": "higher", "higher": "lower", "abs": "abs"}[drift_direction(metric)]
+    return metric_info(metric).worse.stable()
 
 
 def _float(value: Any) -> float | None:
@@ -271,8 +271,8 @@ def _order_probabilities(
 def load_local_entry(report_path: Path, name: str | None = None) -> dict[str, Any]:
     """A study entry from a local ``camdrift drift`` report and its ``.samples.jsonl``.
 
-    The rows file is the one ``worker.local_run.artifact_paths`` names (``R.samples.jsonl`` next
-    to ``R.json``), else the report's ``samples.location`` beside it.
+    The rows file is the one ``worker.runtime.local_run.artifact_paths`` names
+    (``R.samples.jsonl`` next to ``R.json``), else the report's ``samples.location`` beside it.
     """
     report_path = Path(report_path)
     if not report_path.is_file():

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from worker.audit import Audit, AuditConfig, config_dict, describe_dataset, describe_model
-from worker.gate import Policy, evaluate_policy
-from worker.report import build_report
+from worker.engine.audit import Audit, AuditConfig, config_dict, describe_dataset, describe_model
+from worker.results.gate import Policy, evaluate_policy
+from worker.results.report import build_report
 
 log = logging.getLogger("camdrift.drift")
 

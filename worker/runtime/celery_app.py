@@ -1,7 +1,7 @@
 """The Celery application: broker settings and reliability options, no task code.
 
 Torch-free, so the API process can enqueue by task name (``send_task``) without importing the
-engine. Workers start with ``celery -A worker.tasks worker --pool solo``.
+engine. Workers start with ``celery -A worker.runtime.tasks worker --pool solo``.
 """
 
 from __future__ import annotations

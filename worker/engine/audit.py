@@ -24,9 +24,16 @@ from training.checkpoints import load_checkpoint
 from training.datasets import DatasetIndex, ImageDataset, discover
 from training.protocol import resolve_device
 from training.zoo import ZooModel, named_module
-from worker.attribution import DEFAULT_METHODS, attribute_batch, validate_methods
-from worker.metrics import METRICS, drift_metrics, validate_metric_names
-from worker.selection import choose_targets, validate_filter
+from worker.catalog import (
+    DEFAULT_METHODS,
+    METRICS,
+    validate_filter,
+    validate_methods,
+    validate_metrics,
+)
+from worker.engine.attribution import attribute_batch
+from worker.engine.metrics import drift_metrics
+from worker.engine.selection import choose_targets
 
 log = logging.getLogger("camdrift.audit")
 ROLES = ("baseline", "candidate")
@@ -57,7 +64,7 @@ class AuditConfig:
 
     def validated(self) -> AuditConfig:
         self.methods = validate_methods(self.methods)
-        self.metrics = validate_metric_names(self.metrics or list(METRICS))
+        self.metrics = validate_metrics(self.metrics or list(METRICS))
         validate_filter(self.sample_filter)
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError("max_samples: must be >= 1 or null")

@@ -9,7 +9,7 @@ stuck job is claimed with a conditional UPDATE of ``updated_at``, so several swe
 worker) do not all re-send it, and a job is re-sent at most once per ``stale_after_s``.
 
 Runs in the embedded runner's thread when it is idle and in a daemon thread of each Celery
-worker (``worker.tasks``); ``CAMDRIFT_SWEEP_INTERVAL_S=0`` turns the periodic sweep off.
+worker (``worker.runtime.tasks``); ``CAMDRIFT_SWEEP_INTERVAL_S=0`` turns the periodic sweep off.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from worker import jobs
+from worker.runtime import jobs
 from worker.store import Settings, session_scope
 from worker.store.models import Job, JobShard, Report, utcnow
 

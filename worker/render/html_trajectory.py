@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from worker.html_report import (
+from worker.render.html_report import (
     METHOD_COLOURS,
     _dict,
     _list,

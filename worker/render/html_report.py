@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.overlay import HEAT_ANCHORS, OverlayUnavailable, overlay_for_sample
+from worker import catalog
+from worker.render.overlay import HEAT_ANCHORS, OverlayUnavailable, overlay_for_sample
 
 OverlaySource = Callable[[int, str], "bytes | None"]
 
@@ -45,13 +46,7 @@ SECTIONS = (
 ROLES = ("baseline", "candidate")
 MAX_DOTS = 400  # per method and metric in a distribution plot (quantile-thinned beyond)
 
-METHOD_NAMES = {
-    "layercam": "LayerCAM",
-    "gradcam": "Grad-CAM",
-    "gradcam++": "Grad-CAM++",
-    "xgradcam": "XGrad-CAM",
-    "hirescam": "HiResCAM",
-}
+
 METHOD_COLOURS = ("#6f42c1", "#d4631b", "#1a7f37", "#bf3989", "#0a7ea4", "#7d6608")
 
 
@@ -83,41 +78,18 @@ class MetricInfo:
 
 
 def metric_info(name: str) -> MetricInfo:
-    if name.startswith("iou_top"):
-        q = name.removeprefix("iou_top")
-        return MetricInfo(
-            f"IoU@{q}",
-            (0, 1),
-            1,
-            "high",
-            f"overlap of each map's top {q}% pixels · 1 = same region",
-        )
-    if name.startswith("iou_t"):
-        t = name.removeprefix("iou_t")
-        return MetricInfo(
-            f"IoU≥0.{t}", (0, 1), 1, "high", f"overlap of the pixels ≥ 0.{t} · 1 = same region"
-        )
-    known = {
-        "displacement": MetricInfo(
-            "displacement", (0, 1), 0, "low", "centroid distance / √2 · 0 = same place"
-        ),
-        "peak_displacement": MetricInfo(
-            "peak displacement", (0, 1), 0, "low", "distance of the peaks / √2 · 0 = same place"
-        ),
-        "pearson": MetricInfo("Pearson r", (-1, 1), 1, "high", "pattern correlation · 1 = same"),
-        "spearman": MetricInfo("Spearman ρ", (-1, 1), 1, "high", "rank correlation · 1 = same"),
-        "concentration_change": MetricInfo(
-            "Δ concentration", (-1, 1), 0, "zero", "Gini(FT) − Gini(TL) · > 0 = more focused"
-        ),
-        "entropy_change": MetricInfo(
-            "Δ entropy", (-1, 1), 0, "zero", "H(FT) − H(TL), normalised · > 0 = more spread"
-        ),
-    }
-    return known.get(name) or MetricInfo(name, (-1, 1), 0, "zero", name)
+    """The catalog's entry, read for the page: which way is better, and how to say it."""
+    try:
+        info = catalog.metric_info(name)
+    except ValueError:
+        return MetricInfo(name, (-1, 1), 0, "zero", name)
+    sense = {"lower": "high", "higher": "low", "abs": "zero"}[info.worse.value]
+    return MetricInfo(info.label, info.bounds, info.unchanged, sense, info.text)
 
 
 def method_label(name: str) -> str:
-    return METHOD_NAMES.get(name, name)
+    info = catalog.METHODS.get(name)
+    return info.label if info else name
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -1079,7 +1051,9 @@ def render_html(
     )
     if report.get("created_at"):
         subtitle += f" · {esc(report['created_at'])}"
-    from worker.html_trajectory import trajectory_section  # it draws with this module's parts
+    from worker.render.html_trajectory import (
+        trajectory_section,  # it draws with this module's parts
+    )
 
     sections = {
         "verdict": _verdict_section(report),
@@ -1133,7 +1107,7 @@ def _dataset_root(report: dict[str, Any], report_path: Path) -> Path | None:
 def write_local_html(report_path: Path, out: Path, *, top_k: int = 6) -> None:
     """Write the HTML page of a local ``camdrift drift`` report: rows and maps are read from
     the files next to it, images from the dataset folder the report names."""
-    from worker.local_run import artifact_paths  # the audit's module imports torch: lazily
+    from worker.runtime.local_run import artifact_paths  # the audit's module imports torch: lazily
 
     report_path = Path(report_path)
     report = json.loads(report_path.read_text())

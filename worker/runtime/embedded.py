@@ -2,7 +2,7 @@
 
 ``camdrift serve`` without ``CAMDRIFT_BROKER_URL`` uses it: one process, SQLite, no servers.
 Jobs left queued or running by a previous process are picked up again at start, and the
-sweeper (``worker.sweeper``) runs whenever the runner has been idle for its interval.
+sweeper (``worker.runtime.sweeper``) runs whenever the runner has been idle for its interval.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from worker import jobs
+from worker.runtime import jobs
+from worker.runtime.sweeper import SweepPolicy, safe_sweep
 from worker.store import Settings, session_scope
 from worker.store.models import Job
-from worker.sweeper import SweepPolicy, safe_sweep
 
 log = logging.getLogger("camdrift.embedded")
 

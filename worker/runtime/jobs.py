@@ -1,9 +1,9 @@
 """What a drift job does, as plain functions: plan -> shards -> finalise.
 
-Celery tasks (``worker.tasks``) and the embedded runner (``worker.embedded``) call exactly
-these. The SQL row is the source of truth: every state change is a conditional UPDATE, shard
-rows are replaced idempotently, and the shard that completes the set (an atomic counter in
-SQL, not a chord) enqueues finalisation. A redelivered message therefore does no harm.
+Celery tasks (``worker.runtime.tasks``) and the embedded runner (``worker.runtime.embedded``)
+call exactly these. The SQL row is the source of truth: every state change is a conditional
+UPDATE, shard rows are replaced idempotently, and the shard that completes the set (an atomic
+counter in SQL, not a chord) enqueues finalisation. A redelivered message therefore does no harm.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ class WorkerContext:
 
 
 def audit_config(job: Job, ctx: WorkerContext):
-    from worker.audit import AuditConfig
-    from worker.metrics import METRICS
+    from worker.engine.audit import AuditConfig
+    from worker.engine.metrics import METRICS
 
     cfg = job.config
     return AuditConfig(
@@ -99,7 +99,7 @@ def _cached_model(path: str, sha256: str, device: str):
     """Checkpoints stay loaded between shards of the same job (LRU by content hash)."""
     from training.checkpoints import load_checkpoint
     from training.protocol import resolve_device
-    from worker.audit import LoadedModel
+    from worker.engine.audit import LoadedModel
 
     return LoadedModel(*load_checkpoint(Path(path), map_location=resolve_device(device)))
 
@@ -112,8 +112,8 @@ def _cached_index(root: str, class_names: tuple[str, ...]):
 
 
 def build_audit(session: Session, job: Job, ctx: WorkerContext):
-    """An :class:`~worker.audit.Audit` for a job, with cached models and dataset index."""
-    from worker.audit import Audit
+    """An :class:`~worker.engine.audit.Audit` for a job, with cached models and dataset index."""
+    from worker.engine.audit import Audit
 
     baseline = session.get(Checkpoint, job.baseline_id)
     candidate = session.get(Checkpoint, job.candidate_id)
@@ -156,7 +156,7 @@ def build_audit(session: Session, job: Job, ctx: WorkerContext):
 
 
 def describe(session: Session, job: Job, audit) -> dict[str, Any]:
-    from worker.audit import config_dict, describe_dataset, describe_model
+    from worker.engine.audit import config_dict, describe_dataset, describe_model
 
     base = session.get(Checkpoint, job.baseline_id)
     cand = session.get(Checkpoint, job.candidate_id)
@@ -267,7 +267,7 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
 
 def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
     """Compute one shard's rows and maps; replace its rows; count it done exactly once."""
-    from worker.audit import StopRequested
+    from worker.engine.audit import StopRequested
 
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)
@@ -379,7 +379,7 @@ def job_verdict(job: Job, report: dict[str, Any]) -> dict[str, Any] | None:
     """The gate verdict of the job's policy on ``report`` (None when the job has no policy)."""
     from pydantic import ValidationError
 
-    from worker.gate import Policy, evaluate_policy
+    from worker.results.gate import Policy, evaluate_policy
 
     policy = (job.config or {}).get("policy")
     if not policy:
@@ -392,7 +392,7 @@ def job_verdict(job: Job, report: dict[str, Any]) -> dict[str, Any] | None:
 
 def finalize_job(ctx: WorkerContext, job_id: str) -> None:
     """Build the report from the stored rows; running -> succeeded, once."""
-    from worker.report import build_report
+    from worker.results.report import build_report
 
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)

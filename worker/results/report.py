@@ -14,9 +14,9 @@ import numpy as np
 
 import training
 from training.evaluation import classification_metrics
-from worker.options import drift_direction
-from worker.stats import paired_test, summarize, summarize_groups
-from worker.trajectory import trajectory_section
+from worker.catalog import metric_info
+from worker.results.stats import paired_test, summarize, summarize_groups
+from worker.results.trajectory import trajectory_section
 
 SCHEMA_VERSION = "1.0"
 REPORT_KIND = "camdrift.drift-report"
@@ -91,9 +91,6 @@ def build_report(
     }
 
 
-floor_direction = drift_direction  # how drift exceeds the floor
-
-
 def noise_floor(
     rows: list[dict[str, Any]],
     methods: list[str],
@@ -120,27 +117,20 @@ def noise_floor(
         for metric in metrics:
             floor = _column(floored, method, metric, key=key)
             drift = _column(floored, method, metric)
-            direction = floor_direction(metric)
+            worse = metric_info(metric).worse
             finite = floor[np.isfinite(floor)]
             threshold = beyond = None
             per_class: dict[str, float | None] = dict.fromkeys(class_names)
             if finite.size:
-                if direction == "lower":
-                    threshold = float(np.quantile(finite, 0.05))
-                    hit = drift < threshold
-                elif direction == "higher":
-                    threshold = float(np.quantile(finite, 0.95))
-                    hit = drift > threshold
-                else:
-                    threshold = float(np.quantile(np.abs(finite), 0.95))
-                    hit = np.abs(drift) > threshold
+                threshold = float(np.quantile(worse.magnitude(finite), worse.tail()))
+                hit = worse.beyond(drift, threshold)
                 valid = np.isfinite(drift)
                 beyond = _share(hit, valid)
                 per_class = {
                     name: _share(hit, valid & (labels == k)) for k, name in enumerate(class_names)
                 }
             out[method][metric] = {
-                "direction": direction,
+                "direction": worse.value,
                 "threshold": threshold,
                 "beyond_floor": beyond,
                 "beyond_floor_per_class": per_class,

@@ -1,4 +1,5 @@
-"""Which samples an audit explains, and which class each model's map explains (DESIGN §6)."""
+"""Which samples an audit explains, and which class each model's map explains
+(docs/architecture.md, "Samples")."""
 
 from __future__ import annotations
 
@@ -7,15 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from worker.options import SAMPLE_FILTERS
-
-
-def validate_filter(name: str) -> str:
-    if name not in SAMPLE_FILTERS:
-        raise ValueError(
-            f"sample_filter: unknown {name!r}; choose from {', '.join(SAMPLE_FILTERS)}"
-        )
-    return name
+from worker.catalog import validate_filter
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Perturbation and path attributions: Score-CAM and Integrated Gradients.
 
 Both cost many extra forwards per sample (Score-CAM: one per feature channel; IG: one forward
-and backward per step), so :func:`worker.attribution.attribute_batch` runs them only when asked
-for, after the single pass that serves the gradient CAMs. Each is batched: masked inputs (or
+and backward per step), so :func:`worker.engine.attribution.attribute_batch` runs them only when
+asked for, after the single pass that serves the gradient CAMs. Each is batched: masked inputs (or
 path points) of several channels, steps and samples go through the network together, in chunks
 of ``chunk`` images, so memory stays bounded whatever the channel count or step count.
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.gate import required_text
+from worker.results.gate import required_text
 
 
 def _num(value: Any, digits: int = 3) -> str:

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that run the bodies in ``worker.jobs`` with retry rules.
+"""Celery tasks: thin wrappers that run the bodies in ``worker.runtime.jobs`` with retry rules.
 
 Transient errors (database or broker unreachable) are retried with backoff; anything else is
 deterministic for this job and ends it ``failed`` with the reason, so a poison job does not
@@ -17,10 +17,10 @@ from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from training.logs import configure_logging
-from worker import jobs
-from worker.celery_app import make_celery
+from worker.runtime import jobs
+from worker.runtime.celery_app import make_celery
+from worker.runtime.sweeper import SweepPolicy, safe_sweep
 from worker.store import get_settings
-from worker.sweeper import SweepPolicy, safe_sweep
 
 log = logging.getLogger("camdrift.tasks")
 app = make_celery()
@@ -51,7 +51,7 @@ def context() -> jobs.WorkerContext:
 
 @worker_ready.connect
 def start_sweeper(**_: Any) -> None:
-    """A daemon thread per worker that re-enqueues stuck jobs (see ``worker.sweeper``)."""
+    """A daemon thread per worker that re-enqueues stuck jobs (see ``worker.runtime.sweeper``)."""
     import os
 
     configure_logging(os.environ.get("CAMDRIFT_LOG_LEVEL", "info"))

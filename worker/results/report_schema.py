@@ -111,7 +111,7 @@ class TrajectorySeries(_Strict):
 
 
 class TrajectorySection(_Strict):
-    """Drift along baseline -> intermediates -> candidate (``worker.trajectory``)."""
+    """Drift along baseline -> intermediates -> candidate (``worker.results.trajectory``)."""
 
     checkpoints: list[dict[str, Any]]
     steps: int

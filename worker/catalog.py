@@ -1,0 +1,312 @@
+"""The one vocabulary of camdrift, torch-free: methods, metrics, sample filters, job statuses,
+gate stats and the job defaults (docs/architecture.md, "Catalog").
+
+Every other module reads names, meanings and defaults from here: the engine registers one
+function per method and metric against these names (``worker.engine``), the API validates
+with them, the gate checks policies with them, and reports, studies, trajectories and the
+HTML page read each metric's direction and label from :func:`metric_info`. A new metric is one
+registered engine function plus one :data:`METRICS` line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class Direction(StrEnum):
+    """Which way a metric shows *more drift*."""
+
+    LOWER = "lower"  # a similarity: 1 = unchanged, lower = moved
+    HIGHER = "higher"  # a distance: 0 = unchanged, higher = moved
+    ABS = "abs"  # a signed change: 0 = unchanged, larger magnitude = moved
+
+    def stable(self) -> str:
+        """The same axis read as stability: ``higher``, ``lower`` or ``abs`` (lower |x|)."""
+        return {"lower": "higher", "higher": "lower", "abs": "abs"}[self.value]
+
+    def magnitude(self, value: Any) -> Any:
+        """The value on this metric's drift axis: |x| for a signed change (numbers or arrays)."""
+        return abs(value) if self is Direction.ABS else value
+
+    def tail(self) -> float:
+        """The quantile of a floor's distribution on the drift side (its 95% tail)."""
+        return 0.05 if self is Direction.LOWER else 0.95
+
+    def beyond(self, value: Any, threshold: float) -> Any:
+        """Is ``value`` further into drift than ``threshold``? (numbers or numpy arrays)"""
+        if self is Direction.LOWER:
+            return value < threshold
+        return self.magnitude(value) > threshold
+
+
+# --------------------------------------------------------------------------- methods
+
+MethodKind = Literal["one_pass", "extra_pass"]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """An attribution method: ``one_pass`` methods are functions of the single pass's
+    (A, G); ``extra_pass`` ones run their own, expensive, passes only when asked."""
+
+    name: str
+    kind: MethodKind
+    label: str
+    text: str
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m
+    for m in (
+        MethodInfo("gradcam", "one_pass", "Grad-CAM", "Σ_c mean(G_c) · A_c"),
+        MethodInfo("gradcam++", "one_pass", "Grad-CAM++", "Σ_c Σ relu(G) α · A_c"),
+        MethodInfo("layercam", "one_pass", "LayerCAM", "Σ_c relu(G_c) ⊙ A_c"),
+        MethodInfo("xgradcam", "one_pass", "XGrad-CAM", "Σ_c (Σ G A / Σ A) · A_c"),
+        MethodInfo("hirescam", "one_pass", "HiResCAM", "Σ_c G_c ⊙ A_c"),
+        # one masked forward per feature channel per sample
+        MethodInfo("scorecam", "extra_pass", "Score-CAM", "softmax gain of channel-masked inputs"),
+        # 32 path forwards + backwards per sample
+        MethodInfo("ig", "extra_pass", "Integrated Gradients", "Σ_rgb |x · mean ∇ along the path|"),
+    )
+}
+ONE_PASS_METHODS: tuple[str, ...] = tuple(m for m, i in METHODS.items() if i.kind == "one_pass")
+EXTRA_PASS_METHODS: tuple[str, ...] = tuple(m for m, i in METHODS.items() if i.kind == "extra_pass")
+DEFAULT_METHODS: tuple[str, ...] = ("layercam", "gradcam++")  # the paper's two
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A per-sample drift metric between a baseline map and a candidate map."""
+
+    name: str
+    label: str
+    bounds: tuple[float, float]
+    unchanged: float  # the value of two identical maps
+    worse: Direction  # which way is more drift
+    text: str  # one line: what it measures and what "unchanged" reads as
+
+
+METRICS: dict[str, MetricInfo] = {
+    m.name: m
+    for m in (
+        MetricInfo(
+            "displacement",
+            "displacement",
+            (0, 1),
+            0,
+            Direction.HIGHER,
+            "centroid distance / √2 · 0 = same place",
+        ),
+        MetricInfo(
+            "peak_displacement",
+            "peak displacement",
+            (0, 1),
+            0,
+            Direction.HIGHER,
+            "distance of the peaks / √2 · 0 = same place",
+        ),
+        MetricInfo(
+            "iou_top20",
+            "IoU@20",
+            (0, 1),
+            1,
+            Direction.LOWER,
+            "overlap of each map's top 20% pixels · 1 = same region",
+        ),
+        MetricInfo(
+            "iou_t50",
+            "IoU≥0.50",
+            (0, 1),
+            1,
+            Direction.LOWER,
+            "overlap of the pixels ≥ 0.5 · 1 = same region",
+        ),
+        MetricInfo(
+            "pearson", "Pearson r", (-1, 1), 1, Direction.LOWER, "pattern correlation · 1 = same"
+        ),
+        MetricInfo(
+            "spearman", "Spearman ρ", (-1, 1), 1, Direction.LOWER, "rank correlation · 1 = same"
+        ),
+        MetricInfo(
+            "concentration_change",
+            "Δ concentration",
+            (-1, 1),
+            0,
+            Direction.ABS,
+            "Gini(FT) − Gini(TL) · > 0 = more focused",
+        ),
+        MetricInfo(
+            "entropy_change",
+            "Δ entropy",
+            (-1, 1),
+            0,
+            Direction.ABS,
+            "H(FT) − H(TL), normalised · > 0 = more spread",
+        ),
+    )
+}
+# the family iou_topQ: any integer Q in 1..99, written without leading zeros (one name each)
+TOPQ = re.compile(r"iou_top([1-9][0-9]?)")
+
+
+def topq(name: str) -> int | None:
+    """Q of an ``iou_topQ`` name, else None."""
+    match = TOPQ.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def is_metric(name: object) -> bool:
+    """A catalogued metric, or ``iou_topQ`` for an integer Q in 1..99."""
+    return isinstance(name, str) and (name in METRICS or topq(name) is not None)
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The catalog entry of ``name`` (``iou_topQ`` entries are made on demand)."""
+    if name in METRICS:
+        return METRICS[name]
+    q = topq(name)
+    if q is None:
+        raise ValueError(f"unknown metric {name!r}")
+    return MetricInfo(
+        name,
+        f"IoU@{q}",
+        (0, 1),
+        1,
+        Direction.LOWER,
+        f"overlap of each map's top {q}% pixels · 1 = same region",
+    )
+
+
+def drift_direction(metric: str) -> str:
+    """``lower`` (a similarity), ``higher`` (a distance) or ``abs`` (a signed change)."""
+    return metric_info(metric).worse.value
+
+
+# --------------------------------------------------------------------------- sample filters
+
+
+@dataclass(frozen=True)
+class FilterInfo:
+    """Which samples an audit explains, and which class each model's map explains."""
+
+    name: str
+    explains: Literal["label", "prediction"]
+    text: str
+
+
+SAMPLE_FILTERS: dict[str, FilterInfo] = {
+    f.name: f
+    for f in (
+        FilterInfo("true_positive", "label", "label = both predictions (the paper's)"),
+        FilterInfo("all", "label", "every sample"),
+        FilterInfo("predicted", "prediction", "every sample, each map its model's prediction"),
+        FilterInfo("disagreement", "prediction", "the two models' predictions differ"),
+    )
+}
+SPLITS: tuple[str, ...] = ("auto", "train", "val", "test")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED_STATUSES: tuple[JobStatus, ...] = (
+    JobStatus.SUCCEEDED,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
+)
+
+
+class ShardStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+
+
+# --------------------------------------------------------------------------- gate
+
+GATE_STATS: tuple[str, ...] = (
+    "mean",
+    "median",
+    "q05",
+    "q95",
+    "ci95_low",
+    "ci95_high",
+    "beyond_floor",
+)
+GATE_OPS: tuple[str, ...] = (">=", ">", "<=", "<", "==", "!=")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_method(name: str) -> str:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return name
+
+
+def check_metric(name: str) -> str:
+    if not is_metric(name):
+        raise ValueError(
+            f"unknown metric {name!r}; choose from {', '.join(METRICS)} or iou_topQ with Q in 1..99"
+        )
+    return name
+
+
+def check_sample_filter(name: str) -> str:
+    if name not in SAMPLE_FILTERS:
+        raise ValueError(f"unknown sample_filter {name!r}; choose from {', '.join(SAMPLE_FILTERS)}")
+    return name
+
+
+def validate_methods(methods: Sequence[str] | str) -> list[str]:
+    """Known, de-duplicated method names in the caller's order."""
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise ValueError("methods: give at least one of " + ", ".join(METHODS))
+    for name in names:
+        if name not in METHODS:
+            raise ValueError(f"methods: unknown {name!r}; choose from {', '.join(METHODS)}")
+    return unique(names)
+
+
+def validate_metrics(metrics: Sequence[str] | str) -> list[str]:
+    """Known, de-duplicated metric names in the caller's order."""
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    if not names:
+        raise ValueError("metrics: give at least one of " + ", ".join(METRICS))
+    for name in names:
+        if not is_metric(name):
+            raise ValueError(
+                f"metrics: unknown {name!r}; choose from {', '.join(METRICS)} "
+                "or iou_topQ with Q in 1..99"
+            )
+    return unique(names)
+
+
+def validate_filter(name: str) -> str:
+    if name not in SAMPLE_FILTERS:
+        raise ValueError(
+            f"sample_filter: unknown {name!r}; choose from {', '.join(SAMPLE_FILTERS)}"
+        )
+    return name
+
+
+def unique(names: Sequence[str]) -> list[str]:
+    """De-duplicated, in the caller's order (so each name is computed once)."""
+    return list(dict.fromkeys(names))

@@ -1,0 +1,1 @@
+"""The attribution engine: the only torch code of ``worker`` (models, maps, metrics, audits)."""

@@ -1,0 +1,2 @@
+"""Torch-free analysis of per-sample rows: statistics, floors, trajectories, studies, reports,
+and the gate."""
