@@ -7,16 +7,16 @@ report is built from rows alone, so a sharded job and a local run give the same 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator
 from torch.utils.data import DataLoader, Subset
 
 from training.checkpoint_format import CheckpointError
@@ -24,16 +24,10 @@ from training.checkpoints import load_checkpoint
 from training.datasets import DatasetIndex, ImageDataset, discover
 from training.protocol import resolve_device
 from training.zoo import ZooModel, named_module
-from worker.catalog import (
-    DEFAULT_METHODS,
-    METRICS,
-    validate_filter,
-    validate_methods,
-    validate_metrics,
-)
 from worker.engine.attribution import attribute_batch
 from worker.engine.metrics import drift_metrics
 from worker.engine.selection import choose_targets
+from worker.job_config import JobConfig
 
 log = logging.getLogger("camdrift.audit")
 ROLES = ("baseline", "candidate")
@@ -44,35 +38,24 @@ class StopRequested(Exception):
     """The caller asked the audit to stop between batches (a cancelled job)."""
 
 
-@dataclass
-class AuditConfig:
-    """What a drift job asks for (DESIGN §7 job body, minus the ids)."""
+class AuditConfig(JobConfig):
+    """A job's configuration plus where and in which batches it runs (the results do not
+    depend on these)."""
 
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
-    metrics: list[str] = field(default_factory=lambda: list(METRICS))
-    sample_filter: str = "true_positive"
-    max_samples: int | None = None
-    split: str | None = "auto"  # "auto": the test split when the dataset has one, else all
-    target_layer: str | None = None
-    seed: int = 0
     batch_size: int = 16
     device: str = "auto"
-    autocast: str | None = None  # "bf16" on GPU
-    n_boot: int = 2000
-    noise_floor: bool = False  # also measure baseline-vs-perturbed-baseline drift per sample
     workers: int = 0
 
-    def validated(self) -> AuditConfig:
-        self.methods = validate_methods(self.methods)
-        self.metrics = validate_metrics(self.metrics or list(METRICS))
-        validate_filter(self.sample_filter)
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError("max_samples: must be >= 1 or null")
-        if self.batch_size < 1:
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, value: int) -> int:
+        if value < 1:
             raise ValueError("batch_size: must be >= 1")
-        if self.autocast not in (None, *AUTOCAST):
-            raise ValueError(f"autocast: choose from {', '.join(AUTOCAST)} or null")
-        return self
+        return value
+
+    def validated(self) -> AuditConfig:
+        """Validated at construction; kept for callers that built one and ask again."""
+        return type(self).model_validate(self.model_dump())
 
 
 @dataclass
@@ -485,10 +468,6 @@ def describe_dataset(audit: Audit, source: str) -> dict[str, Any]:
     }
 
 
-EXECUTION_ONLY = ("batch_size", "device", "workers")
-
-
 def config_dict(cfg: AuditConfig) -> dict[str, Any]:
     """What the results depend on; where and in which batches it ran does not belong."""
-    doc = json.loads(json.dumps(asdict(cfg)))
-    return {k: v for k, v in doc.items() if k not in EXECUTION_ONLY}
+    return cfg.results_dict()

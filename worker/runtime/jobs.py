@@ -74,24 +74,12 @@ class WorkerContext:
 
 
 def audit_config(job: Job, ctx: WorkerContext):
+    """The job's stored configuration, run with this worker's device and batch size."""
     from worker.engine.audit import AuditConfig
-    from worker.engine.metrics import METRICS
+    from worker.job_config import JobConfig
 
-    cfg = job.config
-    return AuditConfig(
-        methods=list(cfg.get("methods") or ["layercam", "gradcam++"]),
-        metrics=list(cfg.get("metrics") or METRICS),
-        sample_filter=cfg.get("sample_filter", "true_positive"),
-        max_samples=cfg.get("max_samples"),
-        split=cfg.get("split", "auto"),
-        target_layer=cfg.get("target_layer"),
-        seed=int(cfg.get("seed", 0)),
-        batch_size=ctx.batch_size,
-        device=ctx.device,
-        autocast=cfg.get("autocast"),
-        n_boot=int(cfg.get("n_boot", 2000)),
-        noise_floor=bool(cfg.get("noise_floor", False)),
-    ).validated()
+    stored = JobConfig.from_stored(job.config or {})
+    return AuditConfig(**stored.model_dump(), batch_size=ctx.batch_size, device=ctx.device)
 
 
 @lru_cache(maxsize=int(os.environ.get("CAMDRIFT_MODEL_CACHE", "16")))
