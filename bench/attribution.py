@@ -23,9 +23,9 @@ from collections.abc import Callable
 import torch
 
 from training.zoo import create_model
+from worker.catalog import DEFAULT_METRICS as METRICS
 from worker.engine.attribution import attribute_batch
 from worker.engine.audit import metrics_by_method
-from worker.engine.metrics import METRICS
 
 METHODS = ("layercam", "gradcam++")
 

@@ -20,8 +20,8 @@ from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import training
-from service.api import checkpoints, datasets, health, jobs, results
-from service.api import studies as studies_api
+from service.api.routes import checkpoints, datasets, health, jobs, results
+from service.api.routes import studies as studies_api
 from service.auth import OPEN_PATHS, BearerAuthMiddleware
 from service.problems import (
     PROBLEM_MEDIA_TYPE,

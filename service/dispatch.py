@@ -22,10 +22,16 @@ class BrokerUnavailable(RuntimeError):
 
 
 @lru_cache(maxsize=4)
-def _celery(broker_url: str, shard_time_limit_s: int):
+def _celery(broker_url: str, shard_time_limit_s: int, visibility_timeout_s: int):
     from worker.runtime.celery_app import make_celery
 
-    return make_celery(Settings(broker_url=broker_url, shard_time_limit_s=shard_time_limit_s))
+    return make_celery(
+        Settings(
+            broker_url=broker_url,
+            shard_time_limit_s=shard_time_limit_s,
+            visibility_timeout_s=visibility_timeout_s,
+        )
+    )
 
 
 def embedded_runner(settings: Settings):
@@ -44,7 +50,7 @@ def submit_job(settings: Settings, job_id: str) -> None:
     if not settings.broker_url:
         embedded_runner(settings).submit(job_id)
         return
-    app = _celery(settings.broker_url, settings.shard_time_limit_s)
+    app = _celery(settings.broker_url, settings.shard_time_limit_s, settings.visibility_timeout)
     try:
         app.send_task(
             PLAN,

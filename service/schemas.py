@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from worker.catalog import (
     DEFAULT_METHODS,
-    METRICS,
+    DEFAULT_METRICS,
     SAMPLE_FILTERS,
     SPLITS,
     JobStatus,
@@ -166,7 +166,7 @@ class JobIn(_In):
         """Defaults filled in, names de-duplicated: the job's stored config."""
         doc = self.model_dump(mode="json")
         doc["methods"] = unique(self.methods)
-        doc["metrics"] = unique(self.metrics) if self.metrics else list(METRICS)
+        doc["metrics"] = unique(self.metrics) if self.metrics else list(DEFAULT_METRICS)
         if not self.trajectory_ids:  # absent, as before trajectories existed: same request hash
             del doc["trajectory_ids"]
         return doc

@@ -85,6 +85,26 @@ def test_forged_header_is_refused(tmp_path, model) -> None:
         load_checkpoint(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.parametrize("offsets", [[0, 24], [8, 32], [32, 52]])
+def test_overlapping_or_short_tensors_are_refused(tmp_path, offsets) -> None:
+    """A header whose tensors share bytes or leave some uncovered is a forgery."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "two.safetensors"
+    save_file({"a": np.zeros((2, 3), np.float32), "b": np.ones(4, np.int64)}, str(path))
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    assert header["b"]["data_offsets"] == [0, 32] and header["a"]["data_offsets"] == [32, 56]
+    header["a"]["data_offsets"] = offsets
+    forged = json.dumps(header).encode()
+    bad = tmp_path / "overlap.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(forged)) + forged + raw[8 + n :])
+    with pytest.raises(CheckpointError, match="forged safetensors header"):
+        read_header(bad)
+
+
 def test_wrong_arch_weights_are_refused(tmp_path, model) -> None:
     path = tmp_path / "w.pt"
     torch.save(model.net.state_dict(), path)

@@ -12,7 +12,7 @@ from tests.builders import tiny_audit_inputs
 from training.checkpoints import model_metadata, save_checkpoint
 from training.phantoms import CLASSES
 from training.zoo import create_model
-from worker.engine.metrics import METRICS
+from worker.catalog import DEFAULT_METRICS as METRICS  # computed when a job names none
 from worker.results.report_schema import validate_report
 
 runner = CliRunner()
@@ -131,7 +131,7 @@ def test_missing_checkpoint_and_class_mismatch_exit_2(world, tmp_path) -> None:
 
 
 def test_via_expands_folders_and_globs_in_natural_order(world, tmp_path) -> None:
-    from service.sequence import expand_sequence
+    from service.cli.sequence import expand_sequence
 
     folder = tmp_path / "epochs"
     folder.mkdir()
@@ -164,3 +164,51 @@ def test_via_that_names_nothing_exits_2(world, tmp_path, via) -> None:
     result = _drift(world, "--out", str(tmp_path / "r.json"), "--via", str(tmp_path / via))
     assert result.exit_code == 2 and "--via" in result.output
     assert not (tmp_path / "r.json").exists()
+
+
+# --------------------------------------------------------------------------- options, config
+
+
+def test_shared_option_defaults_match_the_configs_they_fill() -> None:
+    """The CLI's defaults are the job's, the engine's and the training protocol's."""
+    from service.cli import options
+    from training.protocol import PhaseConfig, TrainConfig
+    from worker.catalog import DEFAULT_METHODS
+    from worker.engine.audit import AuditConfig
+    from worker.job_config import GATE_SAMPLE_FILTER
+
+    audit = AuditConfig()
+    assert options.csv(options.METHODS_DEFAULT) == list(DEFAULT_METHODS) == audit.methods
+    assert audit.sample_filter == options.SAMPLE_FILTER_DEFAULT
+    assert options.GATE_SAMPLE_FILTER_DEFAULT == GATE_SAMPLE_FILTER == "all"
+    assert audit.split == options.SPLIT_DEFAULT and audit.seed == options.SEED_DEFAULT
+    assert audit.max_samples == options.MAX_SAMPLES_DEFAULT
+    assert audit.batch_size == options.BATCH_SIZE_DEFAULT
+    assert options.DEVICE_DEFAULT == audit.device == TrainConfig().device
+    assert PhaseConfig().batch_size == options.TRAIN_BATCH_SIZE_DEFAULT
+    assert TrainConfig().seed == options.TRAIN_SEED_DEFAULT
+    assert TrainConfig().arch == options.ARCH_DEFAULT
+
+
+def test_config_prints_the_settings_with_secrets_masked(monkeypatch) -> None:
+    monkeypatch.setenv("CAMDRIFT_API_TOKENS", "s3cret,other")
+    monkeypatch.setenv("CAMDRIFT_DATABASE_URL", "postgresql://camdrift:pw@db:5432/camdrift")
+    monkeypatch.setenv("CAMDRIFT_SHARD_SIZE", "7")
+    env = runner.invoke(app, ["config", "--format", "env"])
+    assert env.exit_code == 0, env.output
+    lines = dict(line.split("=", 1) for line in env.stdout.splitlines())
+    assert lines["CAMDRIFT_SHARD_SIZE"] == "7" and lines["CAMDRIFT_API_TOKENS"] == "***,***"
+    assert lines["CAMDRIFT_DATABASE_URL"] == "postgresql://camdrift:***@db:5432/camdrift"
+    assert "s3cret" not in env.output and "pw@" not in env.output
+    doc = json.loads(runner.invoke(app, ["config", "--format", "json"]).stdout)
+    assert doc["shard_size"] == 7 and doc["api_tokens"] == ["***", "***"]
+    table = runner.invoke(app, ["config"])
+    assert table.exit_code == 0 and "CAMDRIFT_SHARD_SIZE" in table.output
+    assert "s3cret" not in table.output
+
+
+def test_config_names_an_invalid_variable_and_exits_2(monkeypatch) -> None:
+    monkeypatch.setenv("CAMDRIFT_SHARD_SIZE", "many")
+    result = runner.invoke(app, ["config"])
+    assert result.exit_code == 2, result.output
+    assert "CAMDRIFT_SHARD_SIZE='many'" in result.output and "integer" in result.output

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.demo import EmbeddedServer
-from service.gate_cli import zip_folder
+from service.cli.demo import EmbeddedServer
+from service.client import zip_folder
 from tests.builders import tiny_audit_inputs
 from training.phantoms import CLASSES
 
@@ -407,7 +407,7 @@ def test_a_crash_exits_2_not_1(world, monkeypatch) -> None:
     def boom(*args: Any, **kw: Any) -> None:
         raise RuntimeError("unexpected")
 
-    monkeypatch.setattr("service.gate_cli.default_policy", boom)
+    monkeypatch.setattr("service.cli.gate.default_policy", boom)
     result = _gate(world, "--local")
     assert result.exit_code == 2, result.output
     assert "the gate crashed (RuntimeError: unexpected)" in result.output

@@ -7,7 +7,6 @@ import base64
 import copy
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from tests.builders import tiny_audit_inputs
+from tests.ci import skip_or_fail
 from worker.render.html_report import (
     SECTIONS,
     headline,
@@ -220,7 +220,7 @@ def test_page_has_every_section_a_verdict_and_escapes_report_strings() -> None:
         assert page.count(f'<section id="{sid}"') == 1, sid
     # the only <script> is the page's own image check; every injected one is inert text
     assert page.count("<script>") == 1 and EVIL not in page
-    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page  # escaped by Jinja2
     assert 'class="banner v-fail"' in page and ">FAIL<" in page
     rules = page.split('<table class="rules">')[1].split("</table>")[0]
     assert rules.count("<tr>") == 4  # header + 3 checks
@@ -385,9 +385,7 @@ def _headless(browser: str, page: Path, profile: Path, *args: str) -> str:
 def test_page_renders_in_headless_chromium(local_page, tmp_path) -> None:
     browser = _chromium()
     if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed; CI must run the HTML rendering test")
-        pytest.skip("chromium is not installed")
+        skip_or_fail("chromium is not installed")
     out, local = local_page
     report = json.loads(out.read_text())
     # the same run as the gate would leave it: a failing verdict with its rule table
@@ -439,3 +437,34 @@ def test_floor_section_appears_only_with_a_floor(local_page) -> None:
     report["noise_floor"] = {"layercam": {"pearson": entry}}
     page = render_html(report, [], lambda index, method: None)
     assert 'id="floor"' in page and "42%" in page and 'href="#floor"' in page
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def test_page_inlines_the_package_stylesheet_and_templates() -> None:
+    from importlib import resources
+
+    package = resources.files("worker.render")
+    css = package.joinpath("report.css").read_text(encoding="utf-8")
+    for name in ("report.html.j2", "_trajectory.html.j2", "summary.md.j2"):
+        assert package.joinpath("templates", name).is_file(), name
+    report, rows = synthetic(["a", "b"])
+    page = render_html(report, rows, lambda i, m: None)
+    assert f"<style>{css}</style>" in page and page.count("<style>") == 1
+
+
+def test_charts_escape_the_text_they_embed() -> None:
+    from markupsafe import Markup
+
+    from worker.render.charts import distribution_svg, trajectory_svg
+    from worker.render.html_trajectory import trajectory_section
+
+    stats = {"mean": 0.5, "ci95_low": 0.4, "ci95_high": 0.6, "n": EVIL}
+    svg = distribution_svg("iou_top20", [(EVIL, [0.3, 0.5, 0.7], stats)], {EVIL: "#000"})
+    entry = {"from_first": [stats], "consecutive": [stats], "sharpest_step": 1}
+    traj = trajectory_svg("pearson", entry, ["tl", EVIL], "#000", EVIL)
+    for markup in (svg, traj):
+        assert isinstance(markup, Markup) and "<script" not in markup
+        assert "&lt;script&gt;" in markup
+    assert trajectory_section({"trajectory": None}) == ""

@@ -10,9 +10,11 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from scipy import stats as sps
+from skimage.metrics import structural_similarity
 
+from worker.catalog import DEFAULT_METRICS, METRICS
 from worker.engine.audit import stacked_metrics
-from worker.engine.metrics import METRICS, degenerate, drift_metrics, validate_metric_names
+from worker.engine.metrics import degenerate, drift_metrics, validate_metric_names
 
 ATOL = 1e-5
 SHAPES = [(24, 31), (17, 17), (40, 12)]
@@ -90,6 +92,7 @@ def oracle(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         "spearman": sps.spearmanr(fa, fb).statistic,
         "concentration_change": _gini(b) - _gini(a),
         "entropy_change": _entropy(b) - _entropy(a),
+        "ssim": structural_similarity(a.astype(np.float64), b.astype(np.float64), data_range=1.0),
     }
 
 
@@ -103,6 +106,7 @@ def test_every_metric_matches_oracle(kind: str, shape: tuple[int, int], seed: in
     a = make_maps(kind, 4, shape, seed)
     b = make_maps(kind, 4, shape, seed + 100)
     names = [*METRICS, "iou_top5"]
+    assert "ssim" in names  # opt-in, but in the catalog: checked against scikit-image
     got = drift_metrics(torch.from_numpy(a), torch.from_numpy(b), names)
     assert list(got) == names
     for i in range(a.shape[0]):
@@ -127,7 +131,7 @@ def test_output_type_and_input_untouched() -> None:
     b = torch.from_numpy(make_maps("cam", 3, (16, 20), 1)).double()
     a_copy = a.clone()
     got = drift_metrics(a, b)
-    assert list(got) == list(METRICS)
+    assert list(got) == list(DEFAULT_METRICS)
     for value in got.values():
         assert value.dtype == torch.float32 and value.shape == (3,)
     assert torch.equal(a, a_copy)
@@ -170,12 +174,12 @@ def test_degenerate_maps_give_documented_nans_without_touching_others() -> None:
     b[2] = 0.7  # constant, with mass
     a[3] = 0.0  # both sets {>= 0.5} empty
     b[3] = 0.2
-    got = drift_metrics(torch.from_numpy(a), torch.from_numpy(b))
-    ref = drift_metrics(torch.from_numpy(good_a), torch.from_numpy(good_b))
+    got = drift_metrics(torch.from_numpy(a), torch.from_numpy(b), list(METRICS))
+    ref = drift_metrics(torch.from_numpy(good_a), torch.from_numpy(good_b), list(METRICS))
     assert degenerate(torch.from_numpy(a)).tolist() == [False, True, False, True]
     assert degenerate(torch.from_numpy(b)).tolist() == [False, False, True, True]
 
-    always_nan = ["displacement", "peak_displacement", "iou_top20", "pearson", "spearman"]
+    always_nan = ["displacement", "peak_displacement", "iou_top20", "pearson", "spearman", "ssim"]
     for name in always_nan:
         assert [math.isnan(v) for v in got[name].tolist()] == [False, True, True, True], name
     for name in ["concentration_change", "entropy_change"]:
@@ -202,9 +206,9 @@ def test_degenerate_flags() -> None:
 def test_batch_rows_are_independent() -> None:
     a = torch.from_numpy(make_maps("relu", 6, (18, 22), 4))
     b = torch.from_numpy(make_maps("relu", 6, (18, 22), 5))
-    whole = drift_metrics(a, b)
+    whole = drift_metrics(a, b, list(METRICS))
     for i in (0, 3, 5):
-        single = drift_metrics(a[i : i + 1], b[i : i + 1])
+        single = drift_metrics(a[i : i + 1], b[i : i + 1], list(METRICS))
         for name in METRICS:
             assert whole[name][i].item() == pytest.approx(single[name][0].item(), abs=1e-6)
 
@@ -234,8 +238,8 @@ def test_shape_errors_and_empty_batch() -> None:
 def test_cuda_matches_cpu() -> None:
     a = torch.from_numpy(make_maps("cam", 8, (56, 48), 0))
     b = torch.from_numpy(make_maps("cam", 8, (56, 48), 1))
-    cpu = drift_metrics(a, b)
-    gpu = drift_metrics(a.cuda(), b.cuda())
+    cpu = drift_metrics(a, b, list(METRICS))
+    gpu = drift_metrics(a.cuda(), b.cuda(), list(METRICS))
     for name in METRICS:
         assert gpu[name].device.type == "cuda"
         torch.testing.assert_close(gpu[name].cpu(), cpu[name], atol=ATOL, rtol=0, equal_nan=True)
@@ -252,9 +256,9 @@ def test_stacked_methods_equal_one_call_per_method() -> None:
         "gradcam++": torch.from_numpy(make_maps("relu", 6, (40, 36), 3)),
     }
     a["layercam"][0] = 0.0  # a degenerate row keeps its NaNs in its own method
-    stacked = stacked_metrics(a, b, ["layercam", "gradcam++"], METRICS)
+    stacked = stacked_metrics(a, b, ["layercam", "gradcam++"], list(METRICS))
     for method in a:
-        alone = drift_metrics(a[method], b[method], METRICS)
+        alone = drift_metrics(a[method], b[method], list(METRICS))
         assert list(stacked[method]) == list(alone)
         for name in METRICS:
             torch.testing.assert_close(

@@ -28,9 +28,9 @@ from training.datasets import ImageDataset, discover
 from training.phantoms import CLASSES, generate_dataset
 from training.protocol import PhaseConfig, TrainConfig, train_two_phase
 from training.zoo import create_model
+from worker.catalog import DEFAULT_METRICS as METRICS
 from worker.engine.attribution import attribute, attribute_batch
 from worker.engine.audit import Audit, AuditConfig, LoadedModel
-from worker.engine.metrics import METRICS
 from worker.render.html_report import method_label, write_local_html
 from worker.results.report_schema import validate_report
 from worker.runtime.local_run import artifact_paths, run_audit
@@ -172,7 +172,9 @@ def test_checkpoint_input_size_sets_the_token_grid(loaded: dict[str, LoadedModel
 
 def test_attribution_on_the_4x4_grid_matches_the_oracle(loaded: dict[str, LoadedModel]) -> None:
     """The engine's maps of the trained 64 px ViT equal pytorch-grad-cam's on a 4 x 4 grid."""
-    pytest.importorskip("pytorch_grad_cam")
+    from tests.ci import require_module
+
+    require_module("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from tests.test_attribution_oracle import ORACLES

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from training.checkpoint_format import sha256_file
 from training.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
 
 if TYPE_CHECKING:
@@ -161,18 +162,10 @@ def content_digest(root: Path) -> str:
     """
     files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
     with ThreadPoolExecutor(max_workers=8) as pool:  # hashlib releases the GIL on large reads
-        hashes = list(pool.map(_sha256_file, (path for _, path in files)))
+        hashes = list(pool.map(sha256_file, (path for _, path in files)))
     digest = hashlib.sha256(CONTENT_DIGEST_VERSION.encode())
     for (relative, _), file_hash in zip(files, hashes, strict=True):
         digest.update(b"\n" + json.dumps([relative, file_hash]).encode())
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

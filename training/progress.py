@@ -1,6 +1,6 @@
-"""One progress display for every long command: a rich bar on a terminal, plain periodic lines
-when the output is not a terminal (CI logs get one line every few seconds, not a flood of
-carriage returns).
+"""One progress display for every long command: a rich bar on a terminal, a structured log line
+every few seconds when the output is not a terminal (CI logs get one line per interval, not a
+flood of carriage returns).
 
 Usage::
 
@@ -12,6 +12,7 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from typing import IO
 
 PLAIN_EVERY_S = 10.0  # a plain line at most this often (and at the end)
+log = logging.getLogger("camdrift.progress")
 
 
 class Bar:
@@ -27,6 +29,7 @@ class Bar:
     def __init__(self, label: str, total: int | None, unit: str, stream: IO[str], tty: bool):
         self.label, self.total, self.unit = label, total, unit
         self.done = 0
+        self.note = ""  # e.g. the running loss, shown after the counts
         self._stream, self._tty = stream, tty
         self._started = self._last = time.monotonic()
         self._rich = None
@@ -35,6 +38,11 @@ class Bar:
     def advance(self, n: int = 1) -> None:
         self.done += n
         self._show()
+
+    def set_note(self, note: str) -> None:
+        self.note = note
+        if self._rich is not None:
+            self._rich.update(self._task, description=f"{self.label} {note}")
 
     def update(self, done: int, total: int | None = None) -> None:
         """Set the absolute count (callbacks that report ``done, total``)."""
@@ -50,12 +58,15 @@ class Bar:
         now = time.monotonic()
         if final or now - self._last >= PLAIN_EVERY_S:
             self._last = now
-            of = f"/{self.total}" if self.total is not None else ""
             rate = self.done / max(now - self._started, 1e-9)
-            print(
-                f"progress {self.label} {self.done}{of} {self.unit} ({rate:.1f} {self.unit}/s)",
-                file=self._stream,
-                flush=True,
+            log.info(
+                "progress task=%r done=%d total=%s unit=%s rate=%.1f%s",
+                self.label,
+                self.done,
+                self.total,
+                self.unit,
+                rate,
+                f" {self.note}" if self.note else "",
             )
 
 

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from training.checkpoints import model_metadata, save_checkpoint
 from training.datasets import DatasetIndex, ImageDataset, assign_splits, discover
 from training.evaluation import classification_metrics
+from training.progress import progress
 from training.zoo import ZooModel, create_model
 
 log = logging.getLogger("camdrift.training")
@@ -187,24 +187,20 @@ def run_phase(
     for epoch in range(1, cfg.epochs + 1):
         _train_mode(model, phase)
         total, seen = 0.0, 0
-        bar = tqdm(
-            loaders.train,
-            desc=f"{phase} epoch {epoch}/{cfg.epochs}",
-            leave=False,
-            disable=not run.progress,
-            unit="batch",
-        )
-        for images, labels, _ in bar:
-            images, labels = images.to(device), torch.as_tensor(labels, device=device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model(images).float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(labels)
-            seen += len(labels)
-            bar.set_postfix(loss=f"{total / seen:.3f}")
+        label = f"{phase} epoch {epoch}/{cfg.epochs}"
+        with progress(label, len(loaders.train), "batch", enabled=run.progress) as bar:
+            for images, labels, _ in loaders.train:
+                images, labels = images.to(device), torch.as_tensor(labels, device=device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = loss_fn(model(images).float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(labels)
+                seen += len(labels)
+                bar.set_note(f"loss={total / seen:.3f}")
+                bar.advance()
         val = evaluate(model, loaders.val, device, loaders.class_names)
         auc = val["macro_auc"] if val["macro_auc"] is not None else 0.0
         row = {

@@ -256,13 +256,17 @@ class ZooModel(nn.Module):
             net = self.net
             # dynamic_img_size: the grid follows the input (4 x 4 at 64 px), not the 224 default
             self._token_grid = tuple(net.patch_embed.dynamic_feat_size(tuple(x.shape[-2:])))
-            x = net.patch_embed(x)
-            x = net._pos_embed(x)
-            x = net.patch_drop(x)
-            x = net.norm_pre(x)
-            for block in net.blocks[:-1]:
-                x = block(x)
-            return x
+            # the token sequence entering the last block (prefix tokens first, as the block
+            # expects): timm's own walk through embedding, pre-norm and the other blocks
+            ((patches, prefix),) = net.forward_intermediates(
+                x,
+                indices=[len(net.blocks) - 2],
+                intermediates_only=True,
+                stop_early=True,
+                output_fmt="NLC",
+                return_prefix_tokens=True,
+            )
+            return torch.cat([prefix, patches], dim=1)
         return self.net.forward_features(x)
 
     def forward_head(self, a: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,7 @@ class MetricInfo:
     unchanged: float  # the value of two identical maps
     worse: Direction  # which way is more drift
     text: str  # one line: what it measures and what "unchanged" reads as
+    default: bool = True  # computed when a job names no metrics
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -150,8 +151,13 @@ METRICS: dict[str, MetricInfo] = {
             Direction.ABS,
             "H(FT) − H(TL), normalised · > 0 = more spread",
         ),
+        # Arun et al., Radiology: AI 2021 (saliency repeatability); asked for by name
+        MetricInfo(
+            "ssim", "SSIM", (-1, 1), 1, Direction.LOWER, "structural similarity · 1 = same", False
+        ),
     )
 }
+DEFAULT_METRICS: tuple[str, ...] = tuple(m for m, info in METRICS.items() if info.default)
 # the family iou_topQ: any integer Q in 1..99, written without leading zeros (one name each)
 TOPQ = re.compile(r"iou_top([1-9][0-9]?)")
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.catalog import (
     DEFAULT_METHODS,
-    METRICS,
+    DEFAULT_METRICS,
     validate_filter,
     validate_methods,
     validate_metrics,
@@ -36,7 +36,7 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(validate_assignment=False)
 
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
-    metrics: list[str] = Field(default_factory=lambda: list(METRICS))
+    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     sample_filter: str = DEFAULT_SAMPLE_FILTER
     max_samples: int | None = None
     split: str | None = DEFAULT_SPLIT
@@ -54,7 +54,7 @@ class JobConfig(BaseModel):
     @field_validator("metrics", mode="before")
     @classmethod
     def _metrics(cls, value: Any) -> list[str]:
-        return validate_metrics(value or list(METRICS))
+        return validate_metrics(value or list(DEFAULT_METRICS))
 
     @field_validator("sample_filter")
     @classmethod

@@ -1,1 +1,1 @@
-"""The REST routes of DESIGN §7, one router per resource."""
+"""The HTTP layer: routes (one router per resource) and their typed dependencies."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,6 +32,13 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
     finally:
         session.close()
+
+
+# typed dependencies: a route names what it needs by type, e.g. ``session: SessionDep``
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(settings_of)]
+StoreDep = Annotated[ArtifactStore, Depends(store_of)]
+SessionsDep = Annotated["sessionmaker[Session]", Depends(sessions_of)]
 
 
 def newest_first(

@@ -25,11 +25,12 @@ from hypothesis import strategies as st
 
 from service import migrate
 from service.app import create_app
+from tests.ci import require_module
 from tests.integration.conftest import Inputs, inputs  # noqa: F401  (fixture)
 from tests.service.conftest import fresh_postgres_database
 from worker.store.settings import Settings
 
-schemathesis = pytest.importorskip("schemathesis")
+schemathesis = require_module("schemathesis")
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.generation import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402

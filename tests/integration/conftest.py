@@ -35,14 +35,26 @@ JOB: dict[str, Any] = {
 
 
 def local_audit(
-    inputs: Inputs, out: Path, replica: bool = False, trajectory: bool = False
+    inputs: Inputs,
+    out: Path,
+    replica: bool = False,
+    trajectory: bool = False,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
-    """The same audit as ``JOB``, run locally by ``camdrift drift``'s code path."""
+    """The same audit as ``JOB``, run locally by ``camdrift drift``'s code path (with the
+    workers' ``batch_size`` where a test compares bits that batching may flip, such as the
+    argmax behind peak_displacement)."""
     from worker.engine.audit import AuditConfig
     from worker.runtime.local_run import run_audit
 
+    batching = {"batch_size": batch_size} if batch_size is not None else {}
     cfg = AuditConfig(
-        methods=JOB["methods"], sample_filter="all", split=None, seed=0, noise_floor=True
+        methods=JOB["methods"],
+        sample_filter="all",
+        split=None,
+        seed=0,
+        noise_floor=True,
+        **batching,
     )
     return run_audit(
         inputs.baseline,

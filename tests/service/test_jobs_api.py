@@ -13,7 +13,7 @@ from tests.service.conftest import (
     upload_checkpoint,
     upload_zip,
 )
-from worker.catalog import METRICS
+from worker.catalog import DEFAULT_METRICS
 from worker.store.models import Job
 
 
@@ -27,7 +27,7 @@ def test_create_job_defaults_location_and_submit(world, submitted) -> None:
     assert job["progress"] == {"done": 0, "total": None}
     config = job["config"]
     assert config["methods"] == ["layercam", "gradcam++"]
-    assert config["metrics"] == list(METRICS)
+    assert config["metrics"] == list(DEFAULT_METRICS)
     assert config["sample_filter"] == "true_positive" and config["split"] == "auto"
     assert config["noise_floor"] is False and config["seed"] == 0
     assert config["max_samples"] is None and config["policy"] is None

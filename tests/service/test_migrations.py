@@ -6,18 +6,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from service import migrate
-from worker.store.db import make_engine
+from tests.service.conftest import fresh_postgres_database
+from worker.store.db import make_engine, session_factory
 from worker.store.models import Base
 from worker.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "0004_dataset_content"  # the newest revision
+HEAD = "0005_sample_values"  # the newest revision
 TABLES = {
     "checkpoints",
     "datasets",
@@ -25,6 +28,7 @@ TABLES = {
     "job_shards",
     "job_samples",
     "sample_metrics",
+    "sample_values",
     "reports",
     "studies",
     "alembic_version",
@@ -87,3 +91,337 @@ def test_migrate_works_from_any_directory(tmp_path, monkeypatch) -> None:
     migrate.upgrade(settings)
     assert (tmp_path / "relative.db").is_file()
     assert migrate.current(settings) == HEAD
+
+
+# --------------------------------------------------------------------------- 0005: data moves
+
+OLD_COLUMNS = (  # sample_metrics' metric columns at 0004
+    "displacement",
+    "peak_displacement",
+    "iou_top20",
+    "iou_t50",
+    "pearson",
+    "spearman",
+    "concentration_change",
+    "entropy_change",
+)
+OLD_FLOOR_KEYS = {"__floor__": "floor", "__replica__": "replica_floor"}
+JOB_METHODS = ["layercam", "gradcam++"]
+JOB_METRICS = ["iou_top20", "pearson", "iou_top10", "displacement"]  # iou_top10: in ``extra``
+CLASS_NAMES = ["normal", "pneumonia", "covid"]
+
+
+def _value(rng: Any, k: int) -> float | None:
+    return None if k % 7 == 3 else round(float(rng.uniform(-1, 1)), 6)
+
+
+def audit_rows(count: int = 24, seed: int = 0) -> list[dict[str, Any]]:
+    """Audit rows as a trajectory job with both floors computes them: an iou_topQ metric,
+    undefined values, excluded samples, degenerate maps."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    k = 0
+
+    def named() -> dict[str, float | None]:
+        nonlocal k
+        out = {}
+        for name in JOB_METRICS:
+            k += 1
+            out[name] = _value(rng, k)
+        return out
+
+    for i in range(count):
+        label = i % 3
+        included = i % 5 != 4
+        probs = [round(float(p), 6) for p in rng.dirichlet(np.ones(3))]
+        row: dict[str, Any] = {
+            "index": i,
+            "path": f"{CLASS_NAMES[label]}/img{i}.png",
+            "label": label,
+            "pred_baseline": label,
+            "pred_candidate": label if included else (label + 1) % 3,
+            "probs_baseline": probs,
+            "probs_candidate": probs[::-1],
+            "target_baseline": label,
+            "target_candidate": label,
+            "included": included,
+            "metrics": {},
+            "degenerate": {},
+            "probs_trajectory": [probs],
+        }
+        if included:
+            row["metrics"] = {m: named() for m in JOB_METHODS}
+            row["degenerate"] = {
+                m: [i % 6 == 0, m == "gradcam++" and i % 4 == 1] for m in JOB_METHODS
+            }
+            row["floor"] = {m: named() for m in JOB_METHODS}
+            row["replica_floor"] = {m: named() for m in JOB_METHODS}
+            row["trajectory"] = {
+                m: {kind: [named(), named()] for kind in ("from_first", "consecutive")}
+                for m in JOB_METHODS
+            }
+        rows.append(row)
+    return rows
+
+
+def _tables(conn: Any) -> Any:
+    from sqlalchemy import MetaData
+
+    meta = MetaData()
+    meta.reflect(conn)
+    return meta.tables
+
+
+def write_old_schema(url: str, rows: list[dict[str, Any]]) -> str:
+    """A job, its inputs and ``rows`` stored as revision 0004 stored them; returns its id."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    now = datetime.now(UTC)
+    job_id, ckpt, data = "a" * 32, ["b" * 32, "c" * 32], "d" * 32
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            t = _tables(conn)
+            for n, ident in enumerate(ckpt):
+                conn.execute(
+                    insert(t["checkpoints"]).values(
+                        id=ident,
+                        sha256=str(n) * 64,
+                        name=f"m{n}",
+                        arch="tinycnn",
+                        num_classes=3,
+                        class_names=CLASS_NAMES,
+                        phase=None,
+                        input_size=[32, 32],
+                        meta={},
+                        size_bytes=1,
+                        storage_path=f"checkpoints/{n}",
+                        created_at=now,
+                    )
+                )
+            conn.execute(
+                insert(t["datasets"]).values(
+                    id=data,
+                    name="d",
+                    source="path",
+                    root_path="/data",
+                    num_samples=len(rows),
+                    class_names=CLASS_NAMES,
+                    class_counts={},
+                    fingerprint="f" * 64,
+                    content_sha256=None,
+                    skipped=[],
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                insert(t["jobs"]).values(
+                    id=job_id,
+                    status="succeeded",
+                    baseline_id=ckpt[0],
+                    candidate_id=ckpt[1],
+                    dataset_id=data,
+                    config={"methods": JOB_METHODS, "metrics": JOB_METRICS},
+                    progress_done=len(rows),
+                    progress_total=len(rows),
+                    shards_total=1,
+                    shards_done=1,
+                    verdict=None,
+                    error=None,
+                    idempotency_key=None,
+                    request_hash="0" * 64,
+                    cancel_requested=False,
+                    attempts=1,
+                    created_at=now,
+                    started_at=now,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+            samples, metrics = [], []
+            for row in rows:  # what records_from_row wrote until 0005
+                samples.append(
+                    {
+                        "job_id": job_id,
+                        **{
+                            k: row[k]
+                            for k in (
+                                "index",
+                                "path",
+                                "label",
+                                "pred_baseline",
+                                "pred_candidate",
+                                "target_baseline",
+                                "target_candidate",
+                                "included",
+                                "probs_baseline",
+                                "probs_candidate",
+                                "probs_trajectory",
+                            )
+                        },
+                    }
+                )
+                for method, values in row["metrics"].items():
+                    extra = {k: v for k, v in values.items() if k not in OLD_COLUMNS}
+                    for key, row_key in OLD_FLOOR_KEYS.items():
+                        if method in row.get(row_key, {}):
+                            extra[key] = row[row_key][method]
+                    if method in row.get("trajectory", {}):
+                        extra["__trajectory__"] = row["trajectory"][method]
+                    flags = row["degenerate"][method]
+                    metrics.append(
+                        {
+                            "job_id": job_id,
+                            "index": row["index"],
+                            "method": method,
+                            **{c: values.get(c) for c in OLD_COLUMNS},
+                            "extra": extra,
+                            "degenerate_baseline": flags[0],
+                            "degenerate_candidate": flags[1],
+                        }
+                    )
+            conn.execute(insert(t["job_samples"]), samples)
+            conn.execute(insert(t["sample_metrics"]), metrics)
+    finally:
+        engine.dispose()
+    return job_id
+
+
+def read_old_schema(url: str, job_id: str, names: list[str]) -> list[dict[str, Any]]:
+    """The rows as revision 0004's row_from_records read them back (the metrics ``names``)."""
+    from sqlalchemy import select
+
+    def pick(values: dict[str, Any]) -> dict[str, Any]:
+        return {name: values.get(name) for name in names}
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            t = _tables(conn)
+            samples, sm = t["job_samples"], t["sample_metrics"]
+            by_index: dict[int, list[Any]] = {}
+            for rec in conn.execute(select(sm).where(sm.c.job_id == job_id)):
+                by_index.setdefault(rec.index, []).append(rec)
+            rows = []
+            for s in conn.execute(
+                select(samples).where(samples.c.job_id == job_id).order_by(samples.c.index)
+            ):
+                row: dict[str, Any] = {
+                    **{
+                        k: s._mapping[k]
+                        for k in (
+                            "index",
+                            "path",
+                            "label",
+                            "pred_baseline",
+                            "pred_candidate",
+                            "probs_baseline",
+                            "probs_candidate",
+                            "target_baseline",
+                            "target_candidate",
+                            "included",
+                        )
+                    },
+                    "metrics": {},
+                    "degenerate": {},
+                }
+                if s.probs_trajectory is not None:
+                    row["probs_trajectory"] = s.probs_trajectory
+                for rec in by_index.get(s.index, []):
+                    extra = rec.extra or {}
+                    values = {c: rec._mapping[c] for c in OLD_COLUMNS}
+                    values.update({k: v for k, v in extra.items() if not k.startswith("__")})
+                    row["metrics"][rec.method] = pick(values)
+                    for key, row_key in OLD_FLOOR_KEYS.items():
+                        if key in extra:
+                            row.setdefault(row_key, {})[rec.method] = pick(extra[key])
+                    if "__trajectory__" in extra:
+                        row.setdefault("trajectory", {})[rec.method] = {
+                            kind: [pick(step) for step in series]
+                            for kind, series in extra["__trajectory__"].items()
+                        }
+                    row["degenerate"][rec.method] = [
+                        rec.degenerate_baseline,
+                        rec.degenerate_candidate,
+                    ]
+                rows.append(row)
+            return rows
+    finally:
+        engine.dispose()
+
+
+def report_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    from worker.results.report import build_report
+
+    report = build_report(
+        rows,
+        models={"baseline": {"name": "tl"}, "candidate": {"name": "ft"}},
+        dataset={"class_names": CLASS_NAMES},
+        config={"methods": JOB_METHODS, "metrics": JOB_METRICS, "n_boot": 50, "seed": 0},
+        samples_location=None,
+        trajectory=[{"name": "mid"}],
+    )
+    report.pop("created_at")
+    return report
+
+
+def check_data_moves(settings: Settings) -> None:
+    """Rows stored at 0004 read back equal after 0005 (and after its downgrade): the same
+    rows, the same report, sorting in SQL by any of the job's metrics."""
+    from worker.store import rows as stored_rows
+
+    url = settings.database_url
+    migrate.upgrade(settings, "0004_dataset_content")
+    original = audit_rows()
+    job_id = write_old_schema(url, original)
+    before = read_old_schema(url, job_id, JOB_METRICS)
+    assert before == original, "the old layout reads back what was written"
+    expected = report_of(before)
+
+    migrate.upgrade(settings, "head")
+    assert schema_diff(url) == []
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            moved = stored_rows.load_rows(session, job_id, JOB_METRICS)
+            assert moved == before
+            assert report_of(moved) == expected
+            assert stored_rows.load_rows(session, job_id) == original, "unpicked: as computed"
+            for metric in JOB_METRICS:
+                for order in ("asc", "desc"):
+                    got = stored_rows.sorted_indices(
+                        session, job_id, "gradcam++", metric, order, limit=1000
+                    )
+                    assert got == expected_order(original, "gradcam++", metric, order)
+    finally:
+        engine.dispose()
+
+    migrate.downgrade(settings, "0004_dataset_content")
+    assert read_old_schema(url, job_id, JOB_METRICS) == before
+    assert "sample_values" not in table_names(url)
+    migrate.upgrade(settings, "head")
+    engine = make_engine(url)
+    try:
+        with session_factory(engine)() as session:
+            assert stored_rows.load_rows(session, job_id, JOB_METRICS) == before
+    finally:
+        engine.dispose()
+
+
+def expected_order(rows: list[dict[str, Any]], method: str, metric: str, order: str) -> list[int]:
+    """Defined values by ``order``, ties by index; undefined and unmeasured ones last."""
+    values = {r["index"]: (r["metrics"].get(method) or {}).get(metric) for r in rows}
+    defined = [i for i, v in values.items() if v is not None]
+    defined.sort(key=lambda i: (-values[i] if order == "desc" else values[i], i))
+    return defined + sorted(i for i, v in values.items() if v is None)
+
+
+def test_sqlite_0005_moves_every_value(tmp_path) -> None:
+    check_data_moves(Settings(database_url=f"sqlite:///{tmp_path}/moves.db"))
+
+
+def test_postgres_0005_moves_every_value() -> None:
+    with fresh_postgres_database("camdrift_migrate") as (url, _name, _admin):
+        check_data_moves(Settings(database_url=url))

@@ -151,9 +151,22 @@ def test_samples_sorted_nulls_last_and_paged(world, job) -> None:
     assert other["method"] == "gradcam++" and other["items"][0]["metrics"]["pearson"] == 0.5
 
 
+def test_samples_sort_by_any_metric_of_the_job_in_sql(world, job) -> None:
+    """iou_topQ metrics of the job sort like the built-in ones (no column of their own)."""
+    url = f"/drift-jobs/{job}/samples"
+    page = world.client.get(url, params={"sort": "iou_top10", "order": "desc"}).json()
+    assert [s["index"] for s in page["items"]] == [5, 4, 2, 1, 0, 3]  # excluded 3: NULL, last
+    ascending = world.client.get(url, params={"sort": "iou_top10", "limit": 2}).json()
+    assert [s["index"] for s in ascending["items"]] == [0, 1]
+    # a catalogued metric the job did not compute: every value NULL, so by index
+    unmeasured = world.client.get(url, params={"sort": "spearman", "order": "desc"}).json()
+    assert [s["index"] for s in unmeasured["items"]] == [0, 1, 2, 3, 4, 5]
+
+
 def test_samples_validation(world, job) -> None:
     url = f"/drift-jobs/{job}/samples"
-    assert_problem(world.client.get(url, params={"sort": "iou_top10"}), 422, "query.sort")
+    problem = assert_problem(world.client.get(url, params={"sort": "iou_top30"}), 422, "query.sort")
+    assert "iou_top10" in problem["detail"], "the job's own metrics are offered"
     assert_problem(world.client.get(url, params={"sort": "path; drop"}), 422, "query.sort")
     assert_problem(world.client.get(url, params={"order": "up"}), 422, "query.order")
     assert_problem(world.client.get(url, params={"method": "gradcam"}), 422, "query.method")

@@ -22,8 +22,9 @@ from tests.service.conftest import (
     require_service,
 )
 from tests.service.test_migrations import check_round_trip
+from worker.store import rows as stored_rows
 from worker.store.db import make_engine, session_factory
-from worker.store.models import Job, records_from_row
+from worker.store.models import Job
 from worker.store.settings import Settings
 
 pytestmark = pytest.mark.services
@@ -49,13 +50,14 @@ def test_api_on_postgres(pg_url, tmp_path, checkpoint_files, submitted) -> None:
         again = client.post("/checkpoints", files={"file": checkpoint_files.baseline.read_bytes()})
         assert again.status_code == 200 and again.json()["id"] == world.baseline
         headers = {"Idempotency-Key": "pg-1"}
-        first = client.post("/drift-jobs", json=world.job_body(), headers=headers)
+        body = world.job_body(metrics=["iou_top20", "iou_top10"])  # iou_top10: no column
+        first = client.post("/drift-jobs", json=body, headers=headers)
         assert first.status_code == 202, first.text
         job_id = first.json()["id"]
-        replay = client.post("/drift-jobs", json=world.job_body(), headers=headers)
+        replay = client.post("/drift-jobs", json=body, headers=headers)
         assert replay.status_code == 200 and replay.json()["id"] == job_id
         assert_problem(
-            client.post("/drift-jobs", json=world.job_body(seed=9), headers=headers),
+            client.post("/drift-jobs", json={**body, "seed": 9}, headers=headers),
             422,
             "header.Idempotency-Key",
         )
@@ -63,22 +65,25 @@ def test_api_on_postgres(pg_url, tmp_path, checkpoint_files, submitted) -> None:
 
         engine = make_engine(pg_url)
         with session_factory(engine)() as db:
-            for i, iou in enumerate([0.2, None, 0.7]):
-                row = {
-                    "index": i,
-                    "path": f"normal/img{i % 2}.png",
-                    "label": 0,
-                    "pred_baseline": 0,
-                    "pred_candidate": 0,
-                    "target_baseline": 0,
-                    "target_candidate": 0,
-                    "included": True,
-                    "probs_baseline": [1.0, 0, 0, 0, 0],
-                    "probs_candidate": [1.0, 0, 0, 0, 0],
-                    "metrics": {"layercam": {"iou_top20": iou}},
-                    "degenerate": {"layercam": [False, False]},
-                }
-                db.add_all(records_from_row(job_id, row))
+            rows = []
+            for i, (iou, top10) in enumerate([(0.2, 0.5), (None, None), (0.7, 0.1)]):
+                rows.append(
+                    {
+                        "index": i,
+                        "path": f"normal/img{i % 2}.png",
+                        "label": 0,
+                        "pred_baseline": 0,
+                        "pred_candidate": 0,
+                        "target_baseline": 0,
+                        "target_candidate": 0,
+                        "included": True,
+                        "probs_baseline": [1.0, 0, 0, 0, 0],
+                        "probs_candidate": [1.0, 0, 0, 0, 0],
+                        "metrics": {"layercam": {"iou_top20": iou, "iou_top10": top10}},
+                        "degenerate": {"layercam": [False, False]},
+                    }
+                )
+            stored_rows.write_rows(db, job_id, rows)
             db.execute(update(Job).where(Job.id == job_id).values(status="running"))
             db.commit()
         engine.dispose()
@@ -86,6 +91,12 @@ def test_api_on_postgres(pg_url, tmp_path, checkpoint_files, submitted) -> None:
             f"/drift-jobs/{job_id}/samples", params={"sort": "iou_top20", "order": "desc"}
         ).json()
         assert [s["index"] for s in page["items"]] == [2, 0, 1]
+        for order, expected in (("asc", [2, 0, 1]), ("desc", [0, 2, 1])):  # NULL last
+            page = client.get(
+                f"/drift-jobs/{job_id}/samples", params={"sort": "iou_top10", "order": order}
+            ).json()
+            assert [s["index"] for s in page["items"]] == expected
+        assert page["items"][0]["metrics"] == {"iou_top20": 0.2, "iou_top10": 0.5}
         cancel = client.post(f"/drift-jobs/{job_id}/cancel")
         assert cancel.status_code == 202 and cancel.json()["cancel_requested"] is True
         listed = client.get("/drift-jobs", params={"status": "running"}).json()

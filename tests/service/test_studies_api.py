@@ -19,7 +19,14 @@ from service.app import create_app
 from tests.service.conftest import assert_problem, fresh_postgres_database, upload_checkpoint
 from tests.test_study import METHODS, METRICS, make_entry, scipy_means
 from worker.results.study import stability_direction, study_report
-from worker.store.models import Job, JobSample, Report, SampleMetric, records_from_row
+from worker.store.models import (
+    Job,
+    JobSample,
+    Report,
+    SampleMetric,
+    SampleValue,
+    records_from_row,
+)
 from worker.store.settings import Settings
 
 
@@ -113,7 +120,7 @@ def test_create_get_and_report_equal_study_report_on_the_rows(world, jobs) -> No
 
 def _stored_entries(db: Session, ids: list[str]) -> list[dict]:
     """Per job, the rows as the database holds them, read back with plain SQL (not through
-    the code under test): ``included`` per sample and the metric columns per method."""
+    the code under test): ``included`` per sample and the drift values per method."""
     entries = []
     for job_id in ids:
         samples = db.scalars(
@@ -121,8 +128,12 @@ def _stored_entries(db: Session, ids: list[str]) -> list[dict]:
         ).all()
         metrics: dict[int, dict[str, dict]] = {}
         for record in db.scalars(select(SampleMetric).where(SampleMetric.job_id == job_id)):
-            values = {name: getattr(record, name) for name in METRICS}
-            metrics.setdefault(record.index, {})[record.method] = values
+            metrics.setdefault(record.index, {})[record.method] = dict.fromkeys(METRICS)
+        for value in db.scalars(
+            select(SampleValue).where(SampleValue.job_id == job_id, SampleValue.series == "drift")
+        ):
+            if value.metric in METRICS:
+                metrics[value.index][value.method][value.metric] = value.value
         rows = [
             {"index": s.index, "included": s.included, "metrics": metrics.get(s.index, {})}
             for s in samples

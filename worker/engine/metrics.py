@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from worker.catalog import METRICS, topq, validate_metrics
+from worker.catalog import DEFAULT_METRICS, METRICS, topq, validate_metrics
 
 THRESHOLD = 0.5
 
@@ -66,7 +66,7 @@ def drift_metrics(a: Tensor, b: Tensor, names: Sequence[str] | None = None) -> d
     float32 Tensor[N] on that device, in the order of ``names`` (default: every catalogued metric).
     NaN marks undefined values as the module docstring lists.
     """
-    names = list(METRICS) if names is None else validate_metrics(names)
+    names = list(DEFAULT_METRICS) if names is None else validate_metrics(names)
     _check_pair(a, b)
     with torch.no_grad():
         ctx = _Context(a, b)
@@ -314,3 +314,27 @@ def _entropy_change(ctx: _Context) -> Tensor:
         entropy = entropy / math.log(ctx.p)
     ea, eb = ctx.split(entropy)
     return eb - ea
+
+
+SSIM_WINDOW = 7  # scikit-image's default window: uniform 7 x 7, sample covariance
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+@metric("ssim", _Context.degenerate_pair)
+def _ssim(ctx: _Context) -> Tensor:
+    """Mean structural similarity (Wang et al. 2004) over the windows that fit inside the map,
+    data range 1: the maps are in [0, 1]. NaN for maps smaller than the window."""
+    win = SSIM_WINDOW
+    if ctx.h < win or ctx.w < win:
+        return torch.full((ctx.n,), math.nan, dtype=ctx.acc, device=ctx.device)
+    a, b = (x.reshape(ctx.n, 1, ctx.h, ctx.w) for x in ctx.split(ctx.wide()))
+    # local means of a, b, a², b², ab over every window: one pooling call
+    moments = torch.nn.functional.avg_pool2d(
+        torch.cat([a, b, a * a, b * b, a * b], dim=1), win, stride=1
+    )
+    ua, ub, uaa, ubb, uab = moments.unbind(dim=1)
+    unbiased = win * win / (win * win - 1.0)
+    va, vb, vab = unbiased * (uaa - ua * ua), unbiased * (ubb - ub * ub), unbiased * (uab - ua * ub)
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
+    return s.mean(dim=(1, 2))

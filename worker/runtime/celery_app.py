@@ -6,8 +6,6 @@ engine. Workers start with ``celery -A worker.runtime.tasks worker --pool solo``
 
 from __future__ import annotations
 
-import os
-
 from celery import Celery
 
 from worker.store import Settings, get_settings
@@ -18,8 +16,7 @@ QUEUE = "camdrift"
 def visibility_timeout_s(settings: Settings) -> int:
     """Seconds after which Redis hands an unacknowledged message (its worker died) to another
     worker: ``CAMDRIFT_VISIBILITY_TIMEOUT_S``, default well above one shard's time limit."""
-    value = os.environ.get("CAMDRIFT_VISIBILITY_TIMEOUT_S", "").strip()
-    return max(1, int(value)) if value else 2 * settings.shard_time_limit_s + 60
+    return settings.visibility_timeout
 
 
 def transport_options(settings: Settings) -> dict[str, int]:

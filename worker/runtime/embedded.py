@@ -13,12 +13,9 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import select
-
 from worker.runtime import jobs
 from worker.runtime.sweeper import SweepPolicy, safe_sweep
-from worker.store import Settings, session_scope
-from worker.store.models import Job
+from worker.store import Settings, session_scope, state
 
 log = logging.getLogger("camdrift.embedded")
 
@@ -26,12 +23,19 @@ log = logging.getLogger("camdrift.embedded")
 class EmbeddedRunner:
     """A FIFO of (task name, args) drained by one daemon thread."""
 
-    def __init__(self, settings: Settings, device: str = "auto", batch_size: int = 16) -> None:
+    def __init__(
+        self, settings: Settings, device: str | None = None, batch_size: int | None = None
+    ) -> None:
+        """``device`` and ``batch_size`` default to the settings' (``CAMDRIFT_DEVICE``,
+        ``CAMDRIFT_BATCH_SIZE``)."""
         self._queue: queue.Queue[tuple[str, list[Any]] | None] = queue.Queue()
         self.ctx = jobs.WorkerContext.create(
-            settings, self.enqueue, device=device, batch_size=batch_size
+            settings,
+            self.enqueue,
+            device=device or settings.device,
+            batch_size=batch_size or settings.batch_size,
         )
-        self.sweep_policy = SweepPolicy.from_env(settings)
+        self.sweep_policy = SweepPolicy.from_settings(settings)
         self._thread = threading.Thread(target=self._loop, name="camdrift-runner", daemon=True)
         self._thread.start()
 
@@ -44,7 +48,7 @@ class EmbeddedRunner:
     def resume_unfinished(self) -> int:
         """Re-plan jobs a previous process left queued or running (plans are idempotent)."""
         with session_scope(self.ctx.sessions) as s:
-            ids = s.scalars(select(Job.id).where(Job.status.in_(jobs.ACTIVE))).all()
+            ids = state.active_job_ids(s)
         for job_id in ids:
             self.submit(job_id)
         return len(ids)

@@ -9,42 +9,26 @@ counter in SQL, not a chord) enqueues finalisation. A redelivered message theref
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from worker.store import ArtifactStore, Settings, make_engine, session_factory, session_scope
-from worker.store.models import (
-    Checkpoint,
-    Dataset,
-    Job,
-    JobSample,
-    JobShard,
-    Report,
-    SampleMetric,
-    records_from_row,
-    row_from_records,
-    utcnow,
-)
+from worker.catalog import ACTIVE_STATUSES, JobStatus, ShardStatus
+from worker.store import ArtifactStore, Settings, make_engine, session_factory, session_scope, state
+from worker.store import rows as stored_rows
+from worker.store.models import Checkpoint, Dataset, Job, JobShard, Report
 
 log = logging.getLogger("camdrift.jobs")
-ACTIVE = ("queued", "running")
+ACTIVE = ACTIVE_STATUSES
 Enqueue = Callable[[str, list[Any]], None]  # (task name, args)
 PLAN, SHARD, FINALIZE = "camdrift.plan_job", "camdrift.run_shard", "camdrift.finalize_job"
 _clock = time.monotonic  # the shard time limit's clock (tests replace it)
-
-
-def max_shard_attempts() -> int:
-    """How often one shard may start (redelivery after a crash or a sweep) before the job fails:
-    a shard that kills its worker every time must not loop forever."""
-    return max(1, int(os.environ.get("CAMDRIFT_MAX_SHARD_ATTEMPTS", "5")))
 
 
 class JobFailed(Exception):
@@ -65,9 +49,18 @@ class WorkerContext:
 
     @classmethod
     def create(cls, settings: Settings, enqueue: Enqueue, **kw: Any) -> WorkerContext:
+        """A context for ``settings``; device and batch size default to the settings' own."""
         engine = make_engine(settings.database_url)
         store = ArtifactStore(settings.storage).ensure()
+        kw.setdefault("device", settings.device)
+        kw.setdefault("batch_size", settings.batch_size)
         return cls(settings, session_factory(engine), store, enqueue, **kw)
+
+    @property
+    def max_shard_attempts(self) -> int:
+        """How often one shard may start (redelivery after a crash or a sweep) before the job
+        fails: a shard that kills its worker every time must not loop forever."""
+        return self.settings.max_shard_attempts
 
 
 # -- building the audit from SQL records ------------------------------------------------
@@ -82,14 +75,23 @@ def audit_config(job: Job, ctx: WorkerContext):
     return AuditConfig(**stored.model_dump(), batch_size=ctx.batch_size, device=ctx.device)
 
 
-@lru_cache(maxsize=int(os.environ.get("CAMDRIFT_MODEL_CACHE", "16")))
-def _cached_model(path: str, sha256: str, device: str):
-    """Checkpoints stay loaded between shards of the same job (LRU by content hash)."""
+def _load_model(path: str, sha256: str, device: str):
     from training.checkpoints import load_checkpoint
     from training.protocol import resolve_device
     from worker.engine.audit import LoadedModel
 
     return LoadedModel(*load_checkpoint(Path(path), map_location=resolve_device(device)))
+
+
+@cache
+def _model_cache(size: int) -> Callable[[str, str, str], Any]:
+    """The process's checkpoint cache of ``size`` entries (``CAMDRIFT_MODEL_CACHE``)."""
+    return lru_cache(maxsize=size)(_load_model)
+
+
+def _cached_model(ctx: WorkerContext, path: str, sha256: str, device: str):
+    """Checkpoints stay loaded between shards of the same job (LRU by content hash)."""
+    return _model_cache(ctx.settings.model_cache)(path, sha256, device)
 
 
 @lru_cache(maxsize=8)
@@ -110,7 +112,7 @@ def build_audit(session: Session, job: Job, ctx: WorkerContext):
         raise JobFailed("a checkpoint or the dataset of this job no longer exists")
     cfg = audit_config(job, ctx)
     models = tuple(
-        _cached_model(str(ctx.store.resolve(c.storage_path)), c.sha256, cfg.device)
+        _cached_model(ctx, str(ctx.store.resolve(c.storage_path)), c.sha256, cfg.device)
         for c in (baseline, candidate)
     )
     replica = None
@@ -120,7 +122,7 @@ def build_audit(session: Session, job: Job, ctx: WorkerContext):
         if record is None:
             raise JobFailed(f"the baseline replica {replica_id} no longer exists")
         replica = _cached_model(
-            str(ctx.store.resolve(record.storage_path)), record.sha256, cfg.device
+            ctx, str(ctx.store.resolve(record.storage_path)), record.sha256, cfg.device
         )
     trajectory = []
     for ident in (job.config or {}).get("trajectory_ids") or []:
@@ -128,7 +130,9 @@ def build_audit(session: Session, job: Job, ctx: WorkerContext):
         if record is None:
             raise JobFailed(f"the trajectory checkpoint {ident} no longer exists")
         trajectory.append(
-            _cached_model(str(ctx.store.resolve(record.storage_path)), record.sha256, cfg.device)
+            _cached_model(
+                ctx, str(ctx.store.resolve(record.storage_path)), record.sha256, cfg.device
+            )
         )
     root = ctx.store.resolve(dataset.root_path)
     index = _cached_index(str(root), tuple(baseline.class_names))
@@ -174,18 +178,13 @@ def describe(session: Session, job: Job, audit) -> dict[str, Any]:
     }
 
 
-# -- state changes ---------------------------------------------------------------------
+# -- state changes (each one a transition of ``worker.store.state``) -------------------
 
 
 def fail_job(ctx: WorkerContext, job_id: str, error: str) -> bool:
     """Mark an active job failed (True) — a finished job keeps its outcome (False)."""
     with session_scope(ctx.sessions) as s:
-        result = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(ACTIVE))
-            .values(status="failed", error=error[:4000], finished_at=utcnow())
-        )
-        changed = result.rowcount == 1
+        changed = state.fail(s, job_id, error)
     if changed:
         log.warning("job failed job=%s error=%r", job_id, error[:300])
     return changed
@@ -193,18 +192,13 @@ def fail_job(ctx: WorkerContext, job_id: str, error: str) -> bool:
 
 def _cancel(ctx: WorkerContext, job_id: str) -> None:
     with session_scope(ctx.sessions) as s:
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(ACTIVE))
-            .values(status="cancelled", finished_at=utcnow())
-        )
+        state.cancel(s, job_id)
     log.info("job cancelled job=%s", job_id)
 
 
 def _cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
     with session_scope(ctx.sessions) as s:
-        row = s.execute(select(Job.cancel_requested, Job.status).where(Job.id == job_id)).one()
-    return bool(row.cancel_requested) or row.status not in ACTIVE
+        return state.should_stop(s, job_id)
 
 
 # -- the three task bodies -------------------------------------------------------------
@@ -214,14 +208,14 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
     """queued -> running: count evaluated samples, create shard rows, enqueue every shard."""
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)
-        if job is None or job.status not in ACTIVE:
+        if job is None or not state.is_active(job.status):
             return
         if job.cancel_requested:
-            job.status, job.finished_at = "cancelled", utcnow()
+            state.cancel(s, job_id)
             return
         existing = s.scalars(select(JobShard).where(JobShard.job_id == job_id)).all()
-        if job.status == "running" and existing:  # redelivered plan: re-send unfinished shards
-            pending = [sh.shard_no for sh in existing if sh.status != "done"]
+        if job.status == JobStatus.RUNNING and existing:  # redelivered plan: re-send the rest
+            pending = [sh.shard_no for sh in existing if sh.status != ShardStatus.DONE]
         else:
             try:
                 audit = build_audit(s, job, ctx)
@@ -230,23 +224,9 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
             total = audit.total
             size = ctx.settings.shard_size
             bounds = [(i, min(i + size, total)) for i in range(0, total, size)]
-            started = s.execute(  # conditional: a cancel that came meanwhile wins
-                update(Job)
-                .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-                .values(
-                    status="running",
-                    started_at=utcnow(),
-                    progress_total=total,
-                    progress_done=0,
-                    shards_total=len(bounds),
-                    shards_done=0,
-                    attempts=Job.attempts + 1,
-                )
-            ).rowcount
-            if started != 1:
+            # conditional: a cancel that came meanwhile wins
+            if not state.start(s, job_id, total=total, bounds=bounds):
                 return
-            for no, (start, stop) in enumerate(bounds):
-                s.add(JobShard(job_id=job_id, shard_no=no, start=start, stop=stop))
             pending = list(range(len(bounds)))
     log.info("job planned job=%s shards=%d", job_id, len(pending))
     for no in pending:
@@ -260,17 +240,23 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)
         shard = s.get(JobShard, (job_id, shard_no))
-        if job is None or shard is None or job.status != "running" or shard.status == "done":
+        if (
+            job is None
+            or shard is None
+            or job.status != JobStatus.RUNNING
+            or shard.status == ShardStatus.DONE
+        ):
             return
         if job.cancel_requested:
-            job.status, job.finished_at = "cancelled", utcnow()
+            state.cancel(s, job_id)
             return
-        if shard.attempts >= max_shard_attempts():
+        if shard.attempts >= ctx.max_shard_attempts:
             raise JobFailed(
                 f"shard {shard_no} gave up after {shard.attempts} attempts"
                 " (its worker was lost or it exceeded its time limit each time)"
             )
-        shard.attempts += 1
+        if not state.begin_shard(s, job_id, shard_no):
+            return
         start, stop = shard.start, shard.stop
         try:
             audit = build_audit(s, job, ctx)
@@ -279,9 +265,7 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
 
     def progress(n: int) -> None:
         with session_scope(ctx.sessions) as s2:
-            s2.execute(
-                update(Job).where(Job.id == job_id).values(progress_done=Job.progress_done + n)
-            )
+            state.add_progress(s2, job_id, n)
 
     limit = ctx.settings.shard_time_limit_s
     deadline = _clock() + limit
@@ -321,46 +305,21 @@ def _store_shard(
     """Replace the shard's rows and mark it done in one transaction; True when it was the
     last shard to finish (the caller then enqueues finalisation)."""
     with session_scope(ctx.sessions) as s:
-        in_shard = (JobSample.job_id == job_id) & JobSample.index.between(start, stop - 1)
-        s.execute(
-            delete(SampleMetric).where(
-                SampleMetric.job_id == job_id, SampleMetric.index.between(start, stop - 1)
-            )
-        )
-        s.execute(delete(JobSample).where(in_shard))
+        stored_rows.replace_rows(s, job_id, start, stop, rows)
         s.flush()
-        for row in rows:
-            s.add_all(records_from_row(job_id, row))
-        s.flush()
-        marked = s.execute(
-            update(JobShard)
-            .where(
-                JobShard.job_id == job_id, JobShard.shard_no == shard_no, JobShard.status != "done"
-            )
-            .values(status="done", finished_at=utcnow())
-        ).rowcount
-        if marked != 1:
+        counts = state.complete_shard(s, job_id, shard_no)
+        if counts is None:
             return False
-        done_rows = s.scalar(
-            select(func.coalesce(func.sum(JobShard.stop - JobShard.start), 0)).where(
-                JobShard.job_id == job_id, JobShard.status == "done"
-            )
-        )
-        counts = s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(shards_done=Job.shards_done + 1, progress_done=done_rows)
-            .returning(Job.shards_done, Job.shards_total)
-        ).one()
+    done, total = counts
     log.info(
         "shard done job=%s shard=%d rows=%d (%d/%d)",
         job_id,
         shard_no,
         len(rows),
-        counts.shards_done,
-        counts.shards_total,
+        done,
+        total,
     )
-    return counts.shards_done == counts.shards_total
+    return done == total
 
 
 def job_verdict(job: Job, report: dict[str, Any]) -> dict[str, Any] | None:
@@ -384,17 +343,13 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
 
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)
-        if job is None or job.status != "running" or job.shards_done != job.shards_total:
+        if job is None or job.status != JobStatus.RUNNING or job.shards_done != job.shards_total:
             return
         if s.get(Report, job_id) is not None:
             return
         audit = build_audit(s, job, ctx)
         names = list(audit.config.metrics)
-        samples = s.scalars(select(JobSample).where(JobSample.job_id == job_id)).all()
-        metrics: dict[int, list[SampleMetric]] = {}
-        for rec in s.scalars(select(SampleMetric).where(SampleMetric.job_id == job_id)):
-            metrics.setdefault(rec.index, []).append(rec)
-        rows = [row_from_records(x, metrics.get(x.index, []), names) for x in samples]
+        rows = stored_rows.load_rows(s, job_id, names)
         if len(rows) != audit.total:
             raise JobFailed(f"finalise found {len(rows)} rows for {audit.total} samples")
         report = build_report(
@@ -403,14 +358,5 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         report["verdict"] = job_verdict(job, report)
         s.add(Report(job_id=job_id, document=report))
         s.flush()
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(
-                status="succeeded",
-                finished_at=utcnow(),
-                verdict=report.get("verdict"),
-                progress_done=audit.total,
-            )
-        )
+        state.succeed(s, job_id, verdict=report.get("verdict"), total=audit.total)
     log.info("job succeeded job=%s samples=%d", job_id, len(rows))

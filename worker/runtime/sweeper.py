@@ -15,22 +15,15 @@ worker (``worker.runtime.tasks``); ``CAMDRIFT_SWEEP_INTERVAL_S=0`` turns the per
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
-
+from worker.catalog import JobStatus
 from worker.runtime import jobs
-from worker.store import Settings, session_scope
-from worker.store.models import Job, JobShard, Report, utcnow
+from worker.store import Settings, session_scope, state
+from worker.store.models import Report, utcnow
 
 log = logging.getLogger("camdrift.sweeper")
-
-
-def _env_seconds(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    return float(value) if value else default
 
 
 @dataclass(frozen=True)
@@ -42,30 +35,14 @@ class SweepPolicy:
     interval_s: float = 60.0
 
     @classmethod
-    def from_env(cls, settings: Settings) -> SweepPolicy:
+    def from_settings(cls, settings: Settings) -> SweepPolicy:
         """``CAMDRIFT_SWEEP_QUEUED_AFTER_S`` (300), ``CAMDRIFT_SWEEP_STALE_AFTER_S`` (the
         visibility timeout, ``CAMDRIFT_VISIBILITY_TIMEOUT_S``, default 2 x shard time limit
-        + 60), ``CAMDRIFT_SWEEP_INTERVAL_S`` (60)."""
-        visibility = _env_seconds(
-            "CAMDRIFT_VISIBILITY_TIMEOUT_S", 2 * settings.shard_time_limit_s + 60
-        )
+        + 60), ``CAMDRIFT_SWEEP_INTERVAL_S`` (60), all read by ``Settings``."""
         return cls(
-            queued_after_s=_env_seconds("CAMDRIFT_SWEEP_QUEUED_AFTER_S", 300.0),
-            stale_after_s=_env_seconds("CAMDRIFT_SWEEP_STALE_AFTER_S", visibility),
-            interval_s=_env_seconds("CAMDRIFT_SWEEP_INTERVAL_S", 60.0),
-        )
-
-
-def _claim(ctx: jobs.WorkerContext, job_id: str, status: str, cutoff) -> bool:
-    """Touch a stuck job's ``updated_at`` if nobody did meanwhile: True for the one winner."""
-    with session_scope(ctx.sessions) as s:
-        return (
-            s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == status, Job.updated_at < cutoff)
-                .values(updated_at=utcnow())
-            ).rowcount
-            == 1
+            queued_after_s=settings.sweep_queued_after_s,
+            stale_after_s=settings.sweep_stale_after,
+            interval_s=settings.sweep_interval_s,
         )
 
 
@@ -76,26 +53,22 @@ def sweep(ctx: jobs.WorkerContext, policy: SweepPolicy) -> dict[str, int]:
     stale_cutoff = now - timedelta(seconds=policy.stale_after_s)
     sent = {"plan": 0, "shard": 0, "finalize": 0}
     with session_scope(ctx.sessions) as s:
-        queued = s.scalars(
-            select(Job.id).where(Job.status == "queued", Job.updated_at < queued_cutoff)
-        ).all()
-        running = s.scalars(
-            select(Job.id).where(Job.status == "running", Job.updated_at < stale_cutoff)
-        ).all()
+        queued = state.stuck_job_ids(s, JobStatus.QUEUED, queued_cutoff)
+        running = state.stuck_job_ids(s, JobStatus.RUNNING, stale_cutoff)
     for job_id in queued:
-        if _claim(ctx, job_id, "queued", queued_cutoff):
+        with session_scope(ctx.sessions) as s:
+            claimed = state.claim_stuck(s, job_id, JobStatus.QUEUED, queued_cutoff)
+        if claimed:
             log.warning("sweeper: job still queued, re-enqueueing its plan job=%s", job_id)
             ctx.enqueue(jobs.PLAN, [job_id])
             sent["plan"] += 1
     for job_id in running:
-        if not _claim(ctx, job_id, "running", stale_cutoff):
+        with session_scope(ctx.sessions) as s:
+            claimed = state.claim_stuck(s, job_id, JobStatus.RUNNING, stale_cutoff)
+        if not claimed:
             continue
         with session_scope(ctx.sessions) as s:
-            pending = s.scalars(
-                select(JobShard.shard_no)
-                .where(JobShard.job_id == job_id, JobShard.status != "done")
-                .order_by(JobShard.shard_no)
-            ).all()
+            pending = state.pending_shards(s, job_id)
             finished = not pending and s.get(Report, job_id) is None
         if pending:
             log.warning("sweeper: job stalled, re-enqueueing job=%s shards=%s", job_id, pending)

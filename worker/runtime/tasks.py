@@ -36,27 +36,19 @@ def context() -> jobs.WorkerContext:
     """One context per worker process (engine pool, model cache)."""
     global _context
     if _context is None:
-        import os
-
-        configure_logging(os.environ.get("CAMDRIFT_LOG_LEVEL", "info"))
         settings = get_settings()
-        _context = jobs.WorkerContext.create(
-            settings,
-            _enqueue,
-            device=os.environ.get("CAMDRIFT_DEVICE", "auto"),
-            batch_size=int(os.environ.get("CAMDRIFT_BATCH_SIZE", "16")),
-        )
+        configure_logging(settings.log_level)
+        # device and batch size: CAMDRIFT_DEVICE, CAMDRIFT_BATCH_SIZE
+        _context = jobs.WorkerContext.create(settings, _enqueue)
     return _context
 
 
 @worker_ready.connect
 def start_sweeper(**_: Any) -> None:
     """A daemon thread per worker that re-enqueues stuck jobs (see ``worker.runtime.sweeper``)."""
-    import os
-
-    configure_logging(os.environ.get("CAMDRIFT_LOG_LEVEL", "info"))
     settings = get_settings()
-    policy = SweepPolicy.from_env(settings)
+    configure_logging(settings.log_level)
+    policy = SweepPolicy.from_settings(settings)
     if policy.interval_s <= 0:
         return
     # its own context (engine): with a prefork pool the task context must not be made in the

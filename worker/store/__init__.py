@@ -1,6 +1,8 @@
 """The state shared by the API and the workers: settings, SQL models and sessions, artifacts.
 
-Torch-free: the API process imports it.
+``worker.store.rows`` is the one writer and loader of a job's audit rows, and
+``worker.store.state`` holds every job and shard state transition. Torch-free: the API
+process imports it.
 """
 
 from worker.store.artifacts import ArtifactStore

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -27,7 +28,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from worker.catalog import JobStatus, ShardStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -36,12 +39,7 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-FLOOR_KEY = "__floor__"  # in ``sample_metrics.extra``: the sample's noise-floor metrics
-REPLICA_KEY = "__replica__"  # ... and its baseline-vs-replica metrics
-FLOOR_KEYS = {FLOOR_KEY: "floor", REPLICA_KEY: "replica_floor"}  # extra key -> row key
-TRAJECTORY_KEY = "__trajectory__"  # ... and its drift along the job's checkpoint sequence
-RESERVED_KEYS = {*FLOOR_KEYS, TRAJECTORY_KEY}  # keys of ``extra`` that are not metrics
-METRIC_COLUMNS: tuple[str, ...] = (  # one nullable float column per metric of migration 0001
+METRIC_COLUMNS: tuple[str, ...] = (  # the metric columns ``sample_metrics`` had until 0005
     "displacement",
     "peak_displacement",
     "iou_top20",
@@ -52,6 +50,19 @@ METRIC_COLUMNS: tuple[str, ...] = (  # one nullable float column per metric of m
     "entropy_change",
 )
 
+
+class Series(StrEnum):
+    """What a ``sample_values`` row measures (``step`` is 0 but for the trajectory series)."""
+
+    DRIFT = "drift"  # baseline vs candidate: the row's ``metrics``
+    FLOOR = "floor"  # baseline vs a perturbed baseline: the row's ``floor``
+    REPLICA_FLOOR = "replica_floor"  # baseline vs a baseline replica: ``replica_floor``
+    FROM_FIRST = "from_first"  # trajectory step k vs the baseline (k = 1, 2, ...)
+    CONSECUTIVE = "consecutive"  # trajectory step k vs step k - 1
+
+
+FLOOR_SERIES: tuple[Series, ...] = (Series.FLOOR, Series.REPLICA_FLOOR)  # = their row keys
+TRAJECTORY_SERIES: tuple[Series, ...] = (Series.FROM_FIRST, Series.CONSECUTIVE)  # = kinds
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 
@@ -145,7 +156,7 @@ class Job(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     baseline_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"))
     candidate_id: Mapped[str] = mapped_column(ForeignKey("checkpoints.id"))
     dataset_id: Mapped[str] = mapped_column(ForeignKey("datasets.id"))
@@ -175,7 +186,7 @@ class JobShard(Base):
     shard_no: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     start: Mapped[int] = mapped_column(Integer)
     stop: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done
+    status: Mapped[str] = mapped_column(String(16), default=ShardStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column()
 
@@ -201,7 +212,8 @@ class JobSample(Base):
 
 
 class SampleMetric(Base):
-    """Drift metrics of one included sample under one method (NULL = undefined, NaN)."""
+    """One included sample under one method: its degenerate-map flags; its metric values are
+    :class:`SampleValue` rows (one per metric and series), so a new metric needs no migration."""
 
     __tablename__ = "sample_metrics"
     __table_args__ = (
@@ -216,33 +228,33 @@ class SampleMetric(Base):
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     index: Mapped[int] = mapped_column("index", Integer, primary_key=True, autoincrement=False)
     method: Mapped[str] = mapped_column(String(32), primary_key=True)
-    displacement: Mapped[float | None] = mapped_column(Float)
-    peak_displacement: Mapped[float | None] = mapped_column(Float)
-    iou_top20: Mapped[float | None] = mapped_column(Float)
-    iou_t50: Mapped[float | None] = mapped_column(Float)
-    pearson: Mapped[float | None] = mapped_column(Float)
-    spearman: Mapped[float | None] = mapped_column(Float)
-    concentration_change: Mapped[float | None] = mapped_column(Float)
-    entropy_change: Mapped[float | None] = mapped_column(Float)
-    extra: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     degenerate_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
     degenerate_candidate: Mapped[bool] = mapped_column(Boolean, default=False)
+    entries: Mapped[list[SampleValue]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
-    def values(self) -> dict[str, float | None]:
-        """Every metric of the row, columns and ``extra`` together."""
-        out: dict[str, float | None] = {name: getattr(self, name) for name in METRIC_COLUMNS}
-        out.update({k: v for k, v in (self.extra or {}).items() if k not in RESERVED_KEYS})
-        return out
 
-    def floors(self) -> dict[str, dict[str, float | None]]:
-        """The sample's floor metrics by row key (``floor``: vs a perturbed baseline,
-        ``replica_floor``: vs a baseline replica), those that were measured."""
-        extra = self.extra or {}
-        return {row_key: extra[key] for key, row_key in FLOOR_KEYS.items() if key in extra}
+class SampleValue(Base):
+    """One metric value of one sample under one method: ``series`` says what was compared
+    (:class:`Series`), ``step`` numbers trajectory steps from 1 (else 0); NULL = NaN."""
 
-    def trajectory(self) -> dict[str, list[dict[str, float | None]]] | None:
-        """``from_first`` / ``consecutive``: the sample's drift per step of the sequence."""
-        return (self.extra or {}).get(TRAJECTORY_KEY)
+    __tablename__ = "sample_values"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["job_id", "index", "method"],
+            ["sample_metrics.job_id", "sample_metrics.index", "sample_metrics.method"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    index: Mapped[int] = mapped_column("index", Integer, primary_key=True, autoincrement=False)
+    method: Mapped[str] = mapped_column(String(32), primary_key=True)
+    series: Mapped[str] = mapped_column(String(16), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    metric: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float)
 
 
 class Report(Base):
@@ -267,42 +279,32 @@ class Study(Base):
 
 
 def records_from_row(job_id: str, row: dict[str, Any]) -> list[Base]:
-    """The SQL records of one audit row (an audit row dict): a sample + its metrics."""
-    sample = JobSample(
-        job_id=job_id,
-        index=int(row["index"]),
-        path=str(row["path"]),
-        label=int(row["label"]),
-        pred_baseline=int(row["pred_baseline"]),
-        pred_candidate=int(row["pred_candidate"]),
-        target_baseline=int(row["target_baseline"]),
-        target_candidate=int(row["target_candidate"]),
-        included=bool(row["included"]),
-        probs_baseline=list(row["probs_baseline"]),
-        probs_candidate=list(row["probs_candidate"]),
-        probs_trajectory=row.get("probs_trajectory"),
-    )
+    """The SQL records of one audit row (an audit row dict): a sample + its methods, each
+    method with its values (``entries``). ``worker.store.rows`` writes the same rows in bulk."""
+    from worker.store import rows
+
+    sample = JobSample(job_id=job_id, **rows.sample_fields(row))
     records: list[Base] = [sample]
-    for method, values in (row.get("metrics") or {}).items():
-        flags = (row.get("degenerate") or {}).get(method, [False, False])
-        columns = {k: v for k, v in values.items() if k in METRIC_COLUMNS}
-        extra = {k: v for k, v in values.items() if k not in METRIC_COLUMNS}
-        for key, row_key in FLOOR_KEYS.items():
-            floor = (row.get(row_key) or {}).get(method)
-            if floor is not None:
-                extra[key] = floor
-        steps = (row.get("trajectory") or {}).get(method)
-        if steps is not None:
-            extra[TRAJECTORY_KEY] = steps
+    for method, flags in rows.method_flags(row).items():
         records.append(
             SampleMetric(
                 job_id=job_id,
                 index=sample.index,
                 method=method,
-                extra=extra,
-                degenerate_baseline=bool(flags[0]),
-                degenerate_candidate=bool(flags[1]),
-                **columns,
+                degenerate_baseline=flags[0],
+                degenerate_candidate=flags[1],
+                entries=[
+                    SampleValue(
+                        job_id=job_id,
+                        index=sample.index,
+                        method=method,
+                        series=series,
+                        step=step,
+                        metric=metric,
+                        value=value,
+                    )
+                    for series, step, metric, value in rows.method_values(row, method)
+                ],
             )
         )
     return records
@@ -315,37 +317,11 @@ def row_from_records(
 
     ``names`` (the job's metric names) keeps only those metrics, in that order.
     """
-    row: dict[str, Any] = {
-        "index": sample.index,
-        "path": sample.path,
-        "label": sample.label,
-        "pred_baseline": sample.pred_baseline,
-        "pred_candidate": sample.pred_candidate,
-        "probs_baseline": list(sample.probs_baseline),
-        "probs_candidate": list(sample.probs_candidate),
-        "target_baseline": sample.target_baseline,
-        "target_candidate": sample.target_candidate,
-        "included": sample.included,
-        "metrics": {},
-        "degenerate": {},
-    }
-    if sample.probs_trajectory is not None:
-        row["probs_trajectory"] = list(sample.probs_trajectory)
-    for record in metrics:
-        row["metrics"][record.method] = _pick(record.values(), names)
-        for row_key, floor in record.floors().items():
-            row.setdefault(row_key, {})[record.method] = _pick(floor, names)
-        steps = record.trajectory()
-        if steps is not None:
-            row.setdefault("trajectory", {})[record.method] = {
-                kind: [_pick(step, names) for step in series] for kind, series in steps.items()
-            }
-        row["degenerate"][record.method] = [
-            record.degenerate_baseline,
-            record.degenerate_candidate,
-        ]
-    return row
+    from worker.store import rows
 
-
-def _pick(values: dict[str, Any], names: list[str] | None) -> dict[str, Any]:
-    return values if names is None else {name: values.get(name) for name in names}
+    return rows.assemble(
+        {c: getattr(sample, c) for c in rows.SAMPLE_COLUMNS},
+        {m.method: [m.degenerate_baseline, m.degenerate_candidate] for m in metrics},
+        [(m.method, v.series, v.step, v.metric, v.value) for m in metrics for v in m.entries],
+        names,
+    )

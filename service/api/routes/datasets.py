@@ -9,13 +9,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import get_session, newest_first, sessions_of, settings_of, store_of
+from service.api.deps import (
+    SessionDep,
+    newest_first,
+    sessions_of,
+    settings_of,
+    store_of,
+)
 from service.problems import ProblemError, invalid, not_found, problem_responses
 from service.schemas import MAX_INT, DatasetOut, DatasetPage, DatasetPathIn
 from service.uploads import (
@@ -236,7 +242,7 @@ def _insert(
     responses=problem_responses(422),
 )
 def list_datasets(
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     content_sha256: Annotated[
         str | None,
         Query(
@@ -262,7 +268,7 @@ def list_datasets(
     summary="One dataset",
     responses=problem_responses(404),
 )
-def get_dataset(dataset_id: str, session: Annotated[Session, Depends(get_session)]) -> DatasetOut:
+def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
     record = session.get(Dataset, dataset_id) if is_id(dataset_id) else None
     if record is None:
         raise not_found("dataset", dataset_id)

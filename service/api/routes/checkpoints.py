@@ -5,13 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import get_session, newest_first, sessions_of, settings_of, store_of
+from service.api.deps import (
+    SessionDep,
+    newest_first,
+    sessions_of,
+    settings_of,
+    store_of,
+)
 from service.problems import invalid, not_found, problem_responses
 from service.schemas import MAX_INT, CheckpointOut, CheckpointPage
 from service.uploads import Upload, clean_name, receive_upload
@@ -125,7 +131,7 @@ def _by_sha(session: Session, sha256: str) -> Checkpoint | None:
     responses=problem_responses(422),
 )
 def list_checkpoints(
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     sha256: Annotated[
         str | None,
         Query(
@@ -149,9 +155,7 @@ def list_checkpoints(
     summary="One checkpoint",
     responses=problem_responses(404),
 )
-def get_checkpoint(
-    checkpoint_id: str, session: Annotated[Session, Depends(get_session)]
-) -> CheckpointOut:
+def get_checkpoint(checkpoint_id: str, session: SessionDep) -> CheckpointOut:
     record = session.get(Checkpoint, checkpoint_id) if is_id(checkpoint_id) else None
     if record is None:
         raise not_found("checkpoint", checkpoint_id)

@@ -1,4 +1,5 @@
-"""The README's main job, end to end on phantoms: the whole product in one command.
+"""``camdrift demo``, the README's main job, end to end on phantoms: the whole product in one
+command.
 
 phantoms (source task, clean task, the same task with a shortcut marker) -> offline
 pretraining -> two-phase TL/FT training -> a second fine-tune of the same TL on the shortcut
@@ -12,19 +13,48 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
+
+from service.cli.options import (
+    ARCH_DEFAULT,
+    IMAGE_SIZE_DEFAULT,
+    PER_CLASS_DEFAULT,
+    TRAIN_SEED_DEFAULT,
+    Arch,
+    ImageSize,
+    PerClass,
+    TrainSeed,
+)
+from service.cli.output import console as stdout_console
+from service.cli.output import print_report, print_training, print_verdict, say, user_errors
 
 SHORTCUT_CLASS = "normal"
 SHORTCUT_CONFOUND = 0.5
 
 
+@user_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where data, runs and reports go")] = Path(
+        "var/demo"
+    ),
+    per_class: PerClass = PER_CLASS_DEFAULT,
+    size: ImageSize = IMAGE_SIZE_DEFAULT,
+    seed: TrainSeed = TRAIN_SEED_DEFAULT,
+    arch: Arch = ARCH_DEFAULT,
+) -> None:
+    """The README's main job: phantoms -> pretrain -> TL/FT and a shortcut FT -> both gated
+    through the embedded service (clean passes, shortcut fails)."""
+    run_demo(workdir, per_class=per_class, size=size, seed=seed, arch=arch, console=stdout_console)
+
+
 def run_demo(
     workdir: Path, *, per_class: int, size: int, seed: int, arch: str, console: Console
 ) -> dict[str, dict[str, Any]]:
-    from service.cli import print_report, print_training
-    from service.gate_cli import print_verdict, run_on_server
+    from service.cli.gate import audit_on_server
+    from service.client import Client
     from training.phantoms import generate_dataset
     from training.protocol import PhaseConfig, TrainConfig, finetune, pretrain, train_two_phase
     from worker.results.gate import default_policy
@@ -78,14 +108,16 @@ def run_demo(
     options = {"sample_filter": "all", "seed": seed, "noise_floor": True}
     results: dict[str, dict[str, Any]] = {}
     reports.mkdir(parents=True, exist_ok=True)
-    with EmbeddedServer(workdir / "service") as base:
+    with EmbeddedServer(workdir / "service") as base, Client(base, say=say) as client:
         console.print(f"camdrift service at {base} (SQLite + in-process runner)")
         for name in ("clean", "shortcut"):
             candidate = runs / name / "ft.safetensors"
-            report, job_id = run_on_server(
-                base, None, tl, candidate, shortcut.parent, None, policy, options, timeout=1800
+            report, job_id = audit_on_server(
+                client, tl, candidate, shortcut.parent, None, policy, options, timeout=1800
             )
-            html = _fetch(f"{base}/drift-jobs/{job_id}/report?format=html")
+            html = client.text(
+                f"/drift-jobs/{job_id}/report", params={"format": "html"}, timeout=120
+            )
             (reports / f"{name}.html").write_text(html)
             results[name] = report
 
@@ -99,14 +131,6 @@ def run_demo(
     verdicts = {name: results[name]["verdict"]["verdict"] for name in results}
     console.print(f"\nverdicts {verdicts}; done in {time.perf_counter() - started:.0f} s")
     return results
-
-
-def _fetch(url: str) -> str:
-    import httpx
-
-    response = httpx.get(url, timeout=120)
-    response.raise_for_status()
-    return response.text
 
 
 class EmbeddedServer:

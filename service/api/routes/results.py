@@ -4,35 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from sqlalchemy import and_, case, func, select
 from sqlalchemy.orm import Session
 
-from service.api.deps import get_session, store_of
-from service.api.jobs import get_job_or_404
-from service.api.markdown import report_markdown
+from service.api.deps import SessionDep, store_of
+from service.api.routes.jobs import get_job_or_404
 from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import MAX_INT, Degenerate, SampleOut, SamplePage
+from worker.catalog import ACTIVE_STATUSES, METRICS, JobStatus
 from worker.render.html_report import render_html
+from worker.render.markdown import render_markdown
 from worker.render.overlay import OverlayUnavailable, overlay_for_sample
 from worker.results.report_schema import DriftReport
+from worker.store import rows as stored_rows
 from worker.store.artifacts import ArtifactStore
-from worker.store.models import (
-    METRIC_COLUMNS,
-    Checkpoint,
-    Dataset,
-    Job,
-    JobSample,
-    Report,
-    SampleMetric,
-    row_from_records,
-)
+from worker.store.models import Checkpoint, Dataset, Job, Report
 
 router = APIRouter(tags=["results"])
-
-SORTABLE = ("index", "label", *METRIC_COLUMNS)
 
 
 @router.get(
@@ -57,23 +47,24 @@ SORTABLE = ("index", "label", *METRIC_COLUMNS)
 def get_report(
     job_id: str,
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     fmt: Annotated[Literal["json", "md", "html"], Query(alias="format")] = "json",
 ) -> Response:
     job = get_job_or_404(session, job_id)
     report = session.get(Report, job_id)
     if report is None:
-        if job.status == "succeeded":
+        if job.status == JobStatus.SUCCEEDED:
             raise ProblemError(404, "the job succeeded but its report is missing", slug="not-found")
         detail = (
             f"the job is {job.status}; the report is ready when it has succeeded"
-            if job.status in ("queued", "running")
+            if job.status in ACTIVE_STATUSES
             else f"the job {job.status}; it has no report"
         )
         raise ProblemError(409, detail, slug="report-not-ready", job_status=job.status)
     if fmt == "md":
         return PlainTextResponse(
-            report_markdown(report.document, job_id), media_type="text/markdown; charset=utf-8"
+            render_markdown(report.document, job_id=job_id),
+            media_type="text/markdown; charset=utf-8",
         )
     if fmt == "html":
         return HTMLResponse(_report_html(store_of(request), session, job, report.document))
@@ -83,13 +74,7 @@ def get_report(
 def _report_html(store: ArtifactStore, session: Session, job: Job, document: dict[str, Any]) -> str:
     """The report page: rows from SQL, overlays drawn from the artifact store's maps."""
     names = (document.get("config") or {}).get("metrics") or job.config.get("metrics")
-    by_index: dict[int, list[SampleMetric]] = {}
-    for metric in session.scalars(select(SampleMetric).where(SampleMetric.job_id == job.id)):
-        by_index.setdefault(metric.index, []).append(metric)
-    samples = session.scalars(
-        select(JobSample).where(JobSample.job_id == job.id).order_by(JobSample.index)
-    )
-    rows = [row_from_records(s, by_index.get(s.index, []), names=names) for s in samples]
+    rows = stored_rows.load_rows(session, job.id, names)
     dataset = session.get(Dataset, job.dataset_id)
     root = store.resolve(dataset.root_path) if dataset is not None else None
     models = document.get("models") or {}
@@ -125,9 +110,11 @@ def _report_html(store: ArtifactStore, session: Session, job: Job, document: dic
 )
 def list_samples(
     job_id: str,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     method: Annotated[str | None, Query(description="default: the job's first method")] = None,
-    sort: Annotated[str, Query(description="index, label or a metric column")] = "index",
+    sort: Annotated[
+        str, Query(description="index, label or a metric (of the job or the catalog)")
+    ] = "index",
     order: Annotated[Literal["asc", "desc"], Query()] = "asc",
     included: Annotated[bool | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -135,33 +122,25 @@ def list_samples(
 ) -> SamplePage:
     job = get_job_or_404(session, job_id)
     method = _method(job, method)
-    if sort not in SORTABLE:
-        raise invalid("query.sort", f"cannot sort by {sort!r}; choose from {', '.join(SORTABLE)}")
-    joined = and_(
-        SampleMetric.job_id == JobSample.job_id,
-        SampleMetric.index == JobSample.index,
-        SampleMetric.method == method,
+    metrics = _metrics(job)
+    sortable = [*stored_rows.SAMPLE_SORTS, *dict.fromkeys([*METRICS, *metrics])]
+    if sort not in sortable:
+        raise invalid("query.sort", f"cannot sort by {sort!r}; choose from {', '.join(sortable)}")
+    total = stored_rows.count_samples(session, job_id, included)
+    page = stored_rows.sorted_indices(
+        session, job_id, method, sort, order, included=included, limit=limit, offset=offset
     )
-    where = [JobSample.job_id == job_id]
-    if included is not None:
-        where.append(JobSample.included == included)
-    total = session.scalar(select(func.count()).select_from(JobSample).where(*where)) or 0
-    column = getattr(SampleMetric, sort) if sort in METRIC_COLUMNS else getattr(JobSample, sort)
-    direction = column.desc() if order == "desc" else column.asc()
-    rows = session.execute(
-        select(JobSample, SampleMetric)
-        .outerjoin(SampleMetric, joined)
-        .where(*where)
-        .order_by(case((column.is_(None), 1), else_=0), direction, JobSample.index)
-        .limit(limit)
-        .offset(offset)
-    ).all()
+    rows = stored_rows.load_rows(session, job_id, metrics, indices=page, methods=[method])
     names = list(job.config.get("class_names") or _class_names(session, job))
-    metrics = list(job.config.get("metrics") or METRIC_COLUMNS)
-    items = [_sample_out(job, method, s, m, names, metrics) for s, m in rows]
+    items = [_sample_out(job, method, row, names) for row in rows]
     return SamplePage(
         items=items, total=total, limit=limit, offset=offset, method=method, sort=sort, order=order
     )
+
+
+def _metrics(job: Job) -> list[str]:
+    """The job's metric names (every catalogued one for a job stored without a list)."""
+    return list(job.config.get("metrics") or METRICS)
 
 
 def _method(job: Job, method: str | None) -> str:
@@ -178,39 +157,31 @@ def _class_names(session: Session, job: Job) -> list[str]:
     return list(baseline.class_names) if baseline is not None else []
 
 
-def _sample_out(
-    job: Job,
-    method: str,
-    sample: JobSample,
-    metric: SampleMetric | None,
-    names: list[str],
-    metrics: list[str],
-) -> SampleOut:
-    values = metric.values() if metric is not None else None
+def _sample_out(job: Job, method: str, row: dict[str, Any], names: list[str]) -> SampleOut:
+    """One sample under ``method`` (a row of :func:`worker.store.rows.load_rows`)."""
+    label = row["label"]
+    measured = method in row["degenerate"]  # the sample was explained under the method
+    flags = row["degenerate"].get(method)
     return SampleOut(
-        index=sample.index,
-        path=sample.path,
-        label=sample.label,
-        label_name=names[sample.label] if 0 <= sample.label < len(names) else None,
-        pred_baseline=sample.pred_baseline,
-        pred_candidate=sample.pred_candidate,
-        target_baseline=sample.target_baseline,
-        target_candidate=sample.target_candidate,
-        included=sample.included,
-        probs_baseline=list(sample.probs_baseline),
-        probs_candidate=list(sample.probs_candidate),
+        index=row["index"],
+        path=row["path"],
+        label=label,
+        label_name=names[label] if 0 <= label < len(names) else None,
+        pred_baseline=row["pred_baseline"],
+        pred_candidate=row["pred_candidate"],
+        target_baseline=row["target_baseline"],
+        target_candidate=row["target_candidate"],
+        included=row["included"],
+        probs_baseline=row["probs_baseline"],
+        probs_candidate=row["probs_candidate"],
         method=method,
-        metrics={k: values.get(k) for k in metrics} if values is not None else None,
-        trajectory=metric.trajectory() if metric is not None else None,
-        probs_trajectory=sample.probs_trajectory,
-        degenerate=Degenerate(
-            baseline=metric.degenerate_baseline, candidate=metric.degenerate_candidate
-        )
-        if metric
-        else None,
+        metrics=row["metrics"].get(method) if measured else None,
+        trajectory=(row.get("trajectory") or {}).get(method) if measured else None,
+        probs_trajectory=row.get("probs_trajectory"),
+        degenerate=Degenerate(baseline=flags[0], candidate=flags[1]) if measured else None,
         overlay=(
-            f"/drift-jobs/{job.id}/samples/{sample.index}/overlay.png?method={method}"
-            if metric is not None
+            f"/drift-jobs/{job.id}/samples/{row['index']}/overlay.png?method={method}"
+            if measured
             else None
         ),
     )
@@ -232,13 +203,13 @@ def overlay(
     job_id: str,
     index: Annotated[int, PathParam(ge=0, le=MAX_INT)],
     request: Request,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     method: Annotated[str | None, Query(description="default: the job's first method")] = None,
 ) -> Response:
     job = get_job_or_404(session, job_id)
     method = _method(job, method)
-    sample = session.get(JobSample, (job_id, index))
-    if sample is None:
+    found = stored_rows.load_rows(session, job_id, indices=[index], methods=[])
+    if not found:
         raise ProblemError(404, f"job {job_id!r} has no evaluated sample {index}", slug="not-found")
     dataset = session.get(Dataset, job.dataset_id)
     if dataset is None:
@@ -250,7 +221,7 @@ def overlay(
     store = store_of(request)
     try:
         png = overlay_for_sample(
-            row_from_records(sample, []),
+            found[0],
             method,
             maps_dir=store.maps_dir(job_id),
             image_root=store.resolve(dataset.root_path),

@@ -9,25 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
-from sqlalchemy import select
+from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
-from service.api.deps import get_session
+from service.api.deps import SessionDep
 from service.problems import ProblemError, invalid, not_found, problem_responses
 from service.schemas import Links, StudyIn, StudyOut, StudyReport
+from worker.catalog import JobStatus
 from worker.results.study import study_report
-from worker.store.models import (
-    Checkpoint,
-    Dataset,
-    Job,
-    JobSample,
-    Report,
-    SampleMetric,
-    Study,
-    is_id,
-    row_from_records,
-)
+from worker.store import rows as stored_rows
+from worker.store.models import Checkpoint, Dataset, Job, Report, Study, is_id
 
 router = APIRouter(tags=["drift-studies"])
 
@@ -50,14 +41,6 @@ def get_study_or_404(session: Session, study_id: str) -> Study:
     return study
 
 
-def _indices(session: Session, job_id: str) -> list[int]:
-    return list(
-        session.scalars(
-            select(JobSample.index).where(JobSample.job_id == job_id).order_by(JobSample.index)
-        )
-    )
-
-
 def _fingerprint(session: Session, job: Job) -> str | None:
     report = session.get(Report, job.id)
     stored = ((report.document if report else None) or {}).get("dataset") or {}
@@ -74,9 +57,7 @@ def _fingerprint(session: Session, job: Job) -> str | None:
     summary="Create a study of succeeded drift jobs on the same dataset (e.g. one per arch)",
     responses=problem_responses(400, 422),
 )
-def create_study(
-    body: StudyIn, response: Response, session: Annotated[Session, Depends(get_session)]
-) -> StudyOut:
+def create_study(body: StudyIn, response: Response, session: SessionDep) -> StudyOut:
     first: tuple[str | None, list[int]] | None = None
     for i, job_id in enumerate(body.job_ids):
         field = f"body.job_ids[{i}]"
@@ -85,9 +66,9 @@ def create_study(
         job = session.get(Job, job_id) if is_id(job_id) else None
         if job is None:
             raise invalid(field, f"drift job {job_id!r} does not exist")
-        if job.status != "succeeded" or session.get(Report, job_id) is None:
+        if job.status != JobStatus.SUCCEEDED or session.get(Report, job_id) is None:
             raise invalid(field, f"drift job {job_id!r} is {job.status}, not succeeded")
-        seen = (_fingerprint(session, job), _indices(session, job_id))
+        seen = (_fingerprint(session, job), stored_rows.sample_indices(session, job_id))
         if first is None:
             first = seen
         elif seen[0] != first[0]:
@@ -111,7 +92,7 @@ def create_study(
     summary="A drift study",
     responses=problem_responses(404),
 )
-def get_study(study_id: str, session: Annotated[Session, Depends(get_session)]) -> StudyOut:
+def get_study(study_id: str, session: SessionDep) -> StudyOut:
     return study_out(get_study_or_404(session, study_id))
 
 
@@ -121,7 +102,7 @@ def study_entries(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
     for job_id in job_ids:
         job = session.get(Job, job_id)
         report = session.get(Report, job_id)
-        if job is None or job.status != "succeeded" or report is None:
+        if job is None or job.status != JobStatus.SUCCEEDED or report is None:
             status = job.status if job is not None else "deleted"
             raise ProblemError(
                 409,
@@ -132,13 +113,7 @@ def study_entries(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
             )
         document = report.document
         names = (document.get("config") or {}).get("metrics") or job.config.get("metrics")
-        by_index: dict[int, list[SampleMetric]] = {}
-        for metric in session.scalars(select(SampleMetric).where(SampleMetric.job_id == job_id)):
-            by_index.setdefault(metric.index, []).append(metric)
-        samples = session.scalars(
-            select(JobSample).where(JobSample.job_id == job_id).order_by(JobSample.index)
-        )
-        rows = [row_from_records(s, by_index.get(s.index, []), names=names) for s in samples]
+        rows = stored_rows.load_rows(session, job_id, names)
         candidate = session.get(Checkpoint, job.candidate_id)
         label = candidate.name if candidate is not None else job_id
         entries.append({"name": label, "job_id": job_id, "report": document, "rows": rows})
@@ -160,7 +135,7 @@ def study_entries(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
 )
 def get_study_report(
     study_id: str,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     n_boot: Annotated[int, Query(ge=1, le=20000, description="bootstrap replicates")] = 2000,
     seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="bootstrap seed")] = 0,
 ) -> dict[str, Any]:

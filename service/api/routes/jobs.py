@@ -7,16 +7,15 @@ fails the row is marked failed at once, so no ``queued`` job is left that nobody
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from sqlalchemy import select, update
+from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import dispatch
-from service.api.deps import get_session, newest_first, settings_of
+from service.api.deps import SessionDep, newest_first, settings_of
 from service.problems import ProblemError, not_found, problem_responses
 from service.schemas import (
     MAX_INT,
@@ -29,7 +28,8 @@ from service.schemas import (
     request_hash,
 )
 from worker.results.gate import EVERY, OVERALL
-from worker.store.models import Checkpoint, Dataset, Job, is_id, utcnow
+from worker.store import state
+from worker.store.models import Checkpoint, Dataset, Job, is_id
 from worker.store.settings import Settings
 
 router = APIRouter(tags=["drift-jobs"])
@@ -82,7 +82,7 @@ def create_job(
     body: JobIn,
     request: Request,
     response: Response,
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     config = body.normalised()
@@ -93,7 +93,7 @@ def create_job(
             return replay
     _check_references(session, body, config)
     job = Job(
-        status="queued",
+        status=JobStatus.QUEUED,
         baseline_id=body.baseline_id,
         candidate_id=body.candidate_id,
         dataset_id=body.dataset_id,
@@ -238,18 +238,7 @@ def _submit(session: Session, job: Job, settings: Settings) -> None:
         dispatch.submit_job(settings, job.id)
     except Exception as exc:
         log.error("job_submit_failed job=%s error=%s", job.id, type(exc).__name__)
-        now = utcnow()
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == "queued")
-            .values(
-                status="failed",
-                error="broker unavailable",
-                finished_at=now,
-                updated_at=now,
-                idempotency_key=None,
-            )
-        )
+        state.submit_failed(session, job.id, "broker unavailable")
         session.commit()
         raise ProblemError(
             503,
@@ -268,7 +257,7 @@ def _submit(session: Session, job: Job, settings: Settings) -> None:
     responses=problem_responses(422),
 )
 def list_jobs(
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     status: Annotated[JobStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
@@ -291,7 +280,7 @@ def get_job_or_404(session: Session, job_id: str) -> Job:
     summary="Status of a drift job",
     responses=problem_responses(404),
 )
-def get_job(job_id: str, session: Annotated[Session, Depends(get_session)]) -> JobOut:
+def get_job(job_id: str, session: SessionDep) -> JobOut:
     return job_out(get_job_or_404(session, job_id))
 
 
@@ -302,23 +291,12 @@ def get_job(job_id: str, session: Annotated[Session, Depends(get_session)]) -> J
     summary="Cancel a job (a queued job at once; a running one between batches)",
     responses=problem_responses(404, 409),
 )
-def cancel_job(job_id: str, session: Annotated[Session, Depends(get_session)]) -> JobOut:
+def cancel_job(job_id: str, session: SessionDep) -> JobOut:
     job = get_job_or_404(session, job_id)
-    now: datetime = utcnow()
-    queued = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=now, updated_at=now)
-    )
-    if queued.rowcount == 0:  # type: ignore[attr-defined]
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == "running")
-            .values(cancel_requested=True, updated_at=now)
-        )
+    state.request_cancel(session, job_id)
     session.commit()
     session.refresh(job)
-    if job.status in ("succeeded", "failed"):
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ProblemError(
             409,
             f"the job already {job.status}; nothing to cancel",

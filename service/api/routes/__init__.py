@@ -1,0 +1,1 @@
+"""The REST routes (docs/architecture.md, "REST API"), one router per resource."""

@@ -1,0 +1,338 @@
+"""``camdrift gate``: audit a candidate against its baseline and turn the verdict into an exit code.
+
+Against a server (``--server``, default ``$CAMDRIFT_URL``) through :class:`service.client.Client`:
+checkpoints and the dataset are uploaded only when the server lacks them (or ``--dataset-id``
+names a dataset already there), the job is submitted with the policy, its progress is
+followed, and the report with its verdict is fetched. ``--local`` runs the same audit in this
+process.
+
+Exit codes: 0 pass, 1 fail, 3 inconclusive, 2 usage or infrastructure error (one line that
+says what to do). Torch is imported only by ``--local``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from service.cli.options import (
+    GATE_SAMPLE_FILTER_DEFAULT,
+    MAX_SAMPLES_DEFAULT,
+    METHODS_DEFAULT,
+    SEED_DEFAULT,
+    SPLIT_DEFAULT,
+    GateSampleFilter,
+    MaxSamples,
+    Methods,
+    Seed,
+    Split,
+    Via,
+    csv,
+)
+from service.cli.output import (
+    EXIT_USAGE,
+    error,
+    escape,
+    line_console,
+    line_err_console,
+    print_verdict,
+    say,
+)
+from service.cli.sequence import expand_sequence
+from service.client import Client, ClientError
+from worker.catalog import DEFAULT_METHODS, SPLITS, check_method, check_sample_filter
+from worker.render.markdown import render_markdown
+from worker.results.gate import (
+    Policy,
+    PolicyError,
+    default_policy,
+    evaluate_policy,
+    junit_xml,
+    load_policy,
+)
+
+EXIT_CODES = {"pass": 0, "fail": 1, "inconclusive": 3}
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+
+
+class GateError(Exception):
+    """A usage or infrastructure problem: exit 2 with this one-line message."""
+
+
+@dataclass(frozen=True)
+class GateArgs:
+    """The gate's options: what to audit, where, with which policy, and what to write."""
+
+    baseline: Path
+    candidate: Path
+    data: Path | None
+    dataset_id: str | None
+    policy: Path | None
+    server: str
+    token: str | None
+    local: bool
+    audit: dict[str, Any]  # job options: methods, sample_filter, max_samples, split, seed
+    via: list[str] = field(default_factory=list)
+    timeout: float = 3600.0
+    junit: Path | None = None
+    markdown: Path | None = None
+    report: Path | None = None
+
+
+def gate(
+    baseline: Annotated[Path, typer.Option(help="Baseline checkpoint file (TL)")],
+    candidate: Annotated[Path, typer.Option(help="Candidate checkpoint file (FT)")],
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (zipped and uploaded; or used locally)")
+    ] = None,
+    dataset_id: Annotated[
+        str | None, typer.Option(help="A dataset already on the server, instead of --data")
+    ] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Gate policy (.toml or .json); default: the shipped one")
+    ] = None,
+    server: Annotated[
+        str, typer.Option(envvar="CAMDRIFT_URL", help="camdrift service URL")
+    ] = DEFAULT_SERVER,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CAMDRIFT_TOKEN", help="API token (sent as Bearer)", show_default=False
+        ),
+    ] = None,
+    local: Annotated[bool, typer.Option(help="Run the audit in this process, no server")] = False,
+    methods: Methods = METHODS_DEFAULT,
+    sample_filter: GateSampleFilter = GATE_SAMPLE_FILTER_DEFAULT,
+    max_samples: MaxSamples = MAX_SAMPLES_DEFAULT,
+    split: Split = SPLIT_DEFAULT,
+    seed: Seed = SEED_DEFAULT,
+    junit: Annotated[Path | None, typer.Option(help="Write a JUnit XML file here")] = None,
+    markdown: Annotated[
+        Path | None, typer.Option(help="Write a markdown summary (PR comment) here")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Also keep the report JSON here")] = None,
+    via: Via = None,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the job before giving up")
+    ] = 3600.0,
+) -> None:
+    """Gate a fine-tuned checkpoint on attribution drift: exit 0 pass, 1 fail, 3 inconclusive,
+    2 usage or infrastructure error."""
+    args = GateArgs(
+        baseline=baseline,
+        candidate=candidate,
+        data=data,
+        dataset_id=dataset_id,
+        policy=policy,
+        server=server,
+        token=token,
+        local=local,
+        audit={
+            "methods": csv(methods),
+            "sample_filter": sample_filter,
+            "max_samples": max_samples,
+            "split": split,
+            "seed": seed,
+        },
+        via=list(via or []),
+        timeout=timeout,
+        junit=junit,
+        markdown=markdown,
+        report=report,
+    )
+    try:
+        verdict = run_gate(args)
+    except (GateError, ClientError) as exc:
+        error(exc, line_err_console)
+        raise typer.Exit(EXIT_USAGE) from None
+    except Exception as exc:  # a crash must not read as "fail" (exit 1) in a CI pipeline
+        line_err_console.print(
+            f"[bold red]error:[/] the gate crashed ({escape(type(exc).__name__)}: "
+            f"{escape(exc)}) — rerun with `camdrift --log-level debug gate ...` and report it",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_USAGE) from exc
+    outcome = str(verdict["verdict"])
+    style = {"pass": "bold green", "fail": "bold red"}.get(outcome, "bold yellow")
+    line_console.print(f"[{style}]gate {outcome}[/]: {escape(_advice(verdict))}", highlight=False)
+    code = EXIT_CODES[outcome]
+    if code:
+        raise typer.Exit(code)
+
+
+def run_gate(args: GateArgs) -> dict[str, Any]:
+    """Check the options, audit (here or on the server), print the verdict and write the
+    requested files; the verdict."""
+    rules = _load_policy(args.policy)
+    for role, path in (("baseline", args.baseline), ("candidate", args.candidate)):
+        if not path.is_file():
+            raise GateError(f"no such checkpoint file: {path} (--{role})")
+    if args.data is not None and args.dataset_id is not None:
+        raise GateError("give either --data DIR or --dataset-id ID, not both")
+    if args.data is None and args.dataset_id is None:
+        raise GateError("give the dataset: --data DIR (or --dataset-id ID on a server)")
+    if args.data is not None and not args.data.is_dir():
+        raise GateError(f"no such dataset folder: {args.data} (--data)")
+    if args.timeout <= 0:
+        raise GateError("--timeout must be a positive number of seconds")
+    try:
+        trajectory = expand_sequence(args.via)
+    except FileNotFoundError as exc:
+        raise GateError(str(exc)) from None
+    options = _check_options(rules, args.audit)
+    if args.local:
+        if args.dataset_id is not None:
+            raise GateError("--local needs --data DIR; --dataset-id names a server's dataset")
+        assert args.data is not None
+        doc = _run_local(args, rules, options, trajectory)
+        job_id = None
+    else:
+        with Client(args.server, args.token, say=say) as client:
+            doc, job_id = audit_on_server(
+                client,
+                args.baseline,
+                args.candidate,
+                args.data,
+                args.dataset_id,
+                rules,
+                options,
+                args.timeout,
+                trajectory,
+            )
+        if args.report is not None:
+            _write(args.report, json.dumps(doc, indent=2) + "\n", "--report")
+    verdict = doc.get("verdict")
+    if not isinstance(verdict, dict) or verdict.get("verdict") not in EXIT_CODES:
+        verdict = evaluate_policy(doc, rules)  # a server without the gate: judge here
+    print_verdict(verdict)
+    if args.junit is not None:
+        _write(args.junit, junit_xml(doc, verdict), "--junit")
+    if args.markdown is not None:
+        _write(args.markdown, render_markdown(doc, verdict, job_id=job_id), "--markdown")
+    return verdict
+
+
+def audit_on_server(
+    client: Client,
+    baseline: Path,
+    candidate: Path,
+    data: Path | None,
+    dataset_id: str | None,
+    policy: Policy,
+    options: dict[str, Any],
+    timeout: float,
+    trajectory: Sequence[Path] = (),
+) -> tuple[dict[str, Any], str]:
+    """Upload what the server lacks, run the gated job with a progress display, and return
+    (report, job id)."""
+    from training.progress import progress
+
+    job = client.start_audit(
+        baseline, candidate, data, dataset_id, policy, options, trajectory=trajectory
+    )
+    with progress(f"job {job['id']}", unit="img") as bar:
+        job = client.wait(job, timeout, bar.update)
+    return client.report(job), str(job["id"])
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def _load_policy(path: Path | None) -> Policy:
+    try:
+        return default_policy() if path is None else load_policy(path)
+    except PolicyError as exc:
+        raise GateError(f"bad policy: {exc}") from None
+
+
+def _check_options(rules: Policy, options: dict[str, Any]) -> dict[str, Any]:
+    """The job options a server would reject, caught before anything is uploaded (the same
+    in --local mode)."""
+    try:
+        for name in options["methods"] or []:
+            check_method(name)
+        if options["sample_filter"] is not None:
+            check_sample_filter(options["sample_filter"])
+    except ValueError as exc:
+        raise GateError(str(exc)) from None
+    if options["split"] is not None and options["split"] not in (*SPLITS, "all"):
+        raise GateError(
+            f"unknown split {options['split']!r}; choose from {', '.join((*SPLITS, 'all'))}"
+        )
+    if options["max_samples"] is not None and options["max_samples"] < 1:
+        raise GateError("--max-samples must be >= 1")
+    if options["seed"] is not None and not 0 <= options["seed"] < 2**32:
+        raise GateError("--seed must be in 0..2**32-1")
+    methods = options["methods"] or list(DEFAULT_METHODS)
+    for number, rule in enumerate(rules.rule, start=1):
+        if rule.method != "*" and rule.method not in methods:
+            raise GateError(
+                f"policy rule {number} ({rule.label()}) needs method {rule.method!r}, but the "
+                f"job computes {', '.join(methods)}; add it to --methods"
+            )
+    return options
+
+
+def _write(path: Path, text: str, option: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise GateError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+
+
+def _advice(verdict: dict[str, Any]) -> str:
+    reason = str(verdict.get("reason") or "")
+    outcome = verdict.get("verdict")
+    if outcome == "pass":
+        return f"{reason}."
+    if outcome == "fail":
+        return (
+            f"{reason} — the candidate's evidence moved beyond the policy; inspect the failing "
+            "checks and the report before shipping it."
+        )
+    if int(verdict.get("n_included") or 0) < int(verdict.get("min_samples") or 0):
+        return (
+            f"{reason} — evaluate more samples (a larger dataset, a higher --max-samples, "
+            "--split all or --sample-filter all) or lower min_samples in the policy."
+        )
+    return (
+        f"{reason} — see the checks marked n/a: make the policy name methods, metrics and "
+        "classes the job computes."
+    )
+
+
+def _run_local(
+    args: GateArgs, rules: Policy, options: dict[str, Any], trajectory: list[Path]
+) -> dict[str, Any]:
+    from training.progress import progress
+    from worker.engine.audit import AuditConfig
+    from worker.runtime.local_run import run_audit
+
+    assert args.data is not None
+    kw: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if "split" in kw and kw["split"] == "all":
+        kw["split"] = None
+    try:
+        config = AuditConfig(**kw)
+        with tempfile.TemporaryDirectory(prefix="camdrift-gate-") as tmp:
+            out = args.report if args.report is not None else Path(tmp) / "report.json"
+            with progress("local audit", unit="img") as bar:
+                return run_audit(
+                    args.baseline,
+                    args.candidate,
+                    args.data,
+                    config,
+                    out,
+                    bar.update,
+                    policy=rules,
+                    trajectory=trajectory,
+                )
+    except (ValueError, OSError) as exc:
+        raise GateError(str(exc)) from None

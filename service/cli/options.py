@@ -1,0 +1,90 @@
+"""Option types shared by the commands, each with one default.
+
+A command writes ``methods: Methods = METHODS_DEFAULT``: the type carries the option's help,
+the constant next to it its default. Audit defaults come from :mod:`worker.job_config` and
+:mod:`worker.catalog`, so ``camdrift drift``, ``camdrift gate`` and a REST job body agree; the
+one documented difference is the gate's sample filter (``all``,
+:data:`worker.job_config.GATE_SAMPLE_FILTER`). Execution and training defaults equal those of
+``AuditConfig`` and ``training.protocol`` (torch-side modules, not imported here;
+``tests/test_drift_cli.py`` checks that they agree).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from service.cli.sequence import VIA_HELP
+from worker.catalog import DEFAULT_METHODS
+from worker.job_config import (
+    DEFAULT_SAMPLE_FILTER,
+    DEFAULT_SPLIT,
+    GATE_SAMPLE_FILTER,
+    JobConfig,
+)
+
+# --------------------------------------------------------------------------- what an audit computes
+
+Methods = Annotated[str, typer.Option(help="Comma-separated CAM methods")]
+METHODS_DEFAULT = ",".join(DEFAULT_METHODS)
+
+Metrics = Annotated[str | None, typer.Option(help="Comma-separated metrics (all)")]
+METRICS_DEFAULT = None  # the catalog's default metrics
+
+SampleFilter = Annotated[str, typer.Option(help="true_positive, all, predicted or disagreement")]
+SAMPLE_FILTER_DEFAULT = DEFAULT_SAMPLE_FILTER
+
+GateSampleFilter = Annotated[
+    str,
+    typer.Option(
+        help="all (default: every sample, maps explain its label, so a class the "
+        "baseline misses cannot hide drift), true_positive (the paper's), predicted "
+        "or disagreement"
+    ),
+]
+GATE_SAMPLE_FILTER_DEFAULT = GATE_SAMPLE_FILTER
+
+MaxSamples = Annotated[int | None, typer.Option(help="Seeded subsample size")]
+MAX_SAMPLES_DEFAULT = JobConfig.model_fields["max_samples"].default
+
+Split = Annotated[str, typer.Option(help="auto (test split if any), all, or a split")]
+SPLIT_DEFAULT = DEFAULT_SPLIT
+
+Seed = Annotated[int, typer.Option(help="Seed of subsampling and bootstrap")]
+SEED_DEFAULT: int = JobConfig.model_fields["seed"].default
+
+Via = Annotated[list[str] | None, typer.Option(help=VIA_HELP)]
+
+# --------------------------------------------------------------------------- where it runs
+
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1")]
+DEVICE_DEFAULT = "auto"
+
+BatchSize = Annotated[int, typer.Option()]
+BATCH_SIZE_DEFAULT = 16  # audits: AuditConfig.batch_size
+
+# --------------------------------------------------------------------------- training
+
+Arch = Annotated[str, typer.Option(help="Zoo architecture")]
+ARCH_DEFAULT = "tinycnn"
+
+InputSize = Annotated[int | None, typer.Option(help="Square input side (default: arch's)")]
+
+TrainBatchSize = Annotated[int, typer.Option()]
+TRAIN_BATCH_SIZE_DEFAULT = 32  # PhaseConfig.batch_size
+
+TrainSeed = Annotated[int, typer.Option()]
+TRAIN_SEED_DEFAULT = 0  # TrainConfig.seed
+
+PerClass = Annotated[int, typer.Option(help="Images per class")]
+PER_CLASS_DEFAULT = 200
+
+ImageSize = Annotated[int, typer.Option(help="Image side in pixels")]
+IMAGE_SIZE_DEFAULT = 96
+
+
+def csv(value: str | None) -> list[str] | None:
+    """A comma-separated option as names; None when it names nothing."""
+    names = [v.strip() for v in value.split(",") if v.strip()] if value else []
+    return names or None

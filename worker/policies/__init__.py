@@ -1,2 +1,0 @@
-"""Gate policies shipped with camdrift (package data for
-:func:`worker.results.gate.default_policy`)."""

@@ -1,0 +1,363 @@
+"""A job's audit rows in SQL: the one writer and the one loader (torch-free).
+
+An audit row (the dict ``worker.engine`` computes per sample, and the report is built from) is
+stored as one ``job_samples`` record, one ``sample_metrics`` record per method (the degenerate
+flags) and one ``sample_values`` record per metric value (long format)::
+
+    row["metrics"][method][metric]                   series drift          step 0
+    row["floor"][method][metric]                     series floor          step 0
+    row["replica_floor"][method][metric]             series replica_floor  step 0
+    row["trajectory"][method][kind][k - 1][metric]   series kind           step k (1, 2, ...)
+
+so a metric added to ``worker.catalog`` is stored, loaded and sorted on without a migration.
+Loading costs one query per table, whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Literal
+
+from sqlalchemy import and_, case, delete, func, insert, select
+from sqlalchemy.orm import Session
+
+from worker.catalog import METRICS, topq
+from worker.store.models import (
+    FLOOR_SERIES,
+    TRAJECTORY_SERIES,
+    JobSample,
+    SampleMetric,
+    SampleValue,
+    Series,
+)
+
+SAMPLE_COLUMNS: tuple[str, ...] = (
+    "index",
+    "path",
+    "label",
+    "pred_baseline",
+    "pred_candidate",
+    "probs_baseline",
+    "probs_candidate",
+    "target_baseline",
+    "target_candidate",
+    "included",
+    "probs_trajectory",
+)
+SAMPLE_SORTS: tuple[str, ...] = ("index", "label")  # sample columns the samples page sorts by
+INSERT_CHUNK = 5000  # value records per INSERT statement
+_CATALOG_ORDER = {name: i for i, name in enumerate(METRICS)}
+
+Entry = tuple[str, str, int, str, float | None]  # (method, series, step, metric, value)
+
+
+# --------------------------------------------------------------------------- row <-> records
+
+
+def sample_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """The ``job_samples`` columns of an audit row."""
+    trajectory = row.get("probs_trajectory")
+    return {
+        "index": int(row["index"]),
+        "path": str(row["path"]),
+        "label": int(row["label"]),
+        "pred_baseline": int(row["pred_baseline"]),
+        "pred_candidate": int(row["pred_candidate"]),
+        "target_baseline": int(row["target_baseline"]),
+        "target_candidate": int(row["target_candidate"]),
+        "included": bool(row["included"]),
+        "probs_baseline": list(row["probs_baseline"]),
+        "probs_candidate": list(row["probs_candidate"]),
+        "probs_trajectory": list(trajectory) if trajectory is not None else None,
+    }
+
+
+def method_flags(row: dict[str, Any]) -> dict[str, tuple[bool, bool]]:
+    """Per method of the row's metrics: (degenerate baseline map, degenerate candidate map)."""
+    degenerate = row.get("degenerate") or {}
+    out: dict[str, tuple[bool, bool]] = {}
+    for method in row.get("metrics") or {}:
+        flags = degenerate.get(method, [False, False])
+        out[method] = (bool(flags[0]), bool(flags[1]))
+    return out
+
+
+def method_values(row: dict[str, Any], method: str) -> Iterator[tuple[str, int, str, Any]]:
+    """(series, step, metric, value) of every value the row holds for ``method``."""
+    for metric, value in ((row.get("metrics") or {}).get(method) or {}).items():
+        yield Series.DRIFT.value, 0, metric, _value(value)
+    for series in FLOOR_SERIES:
+        for metric, value in ((row.get(series.value) or {}).get(method) or {}).items():
+            yield series.value, 0, metric, _value(value)
+    kinds = (row.get("trajectory") or {}).get(method) or {}
+    for series in TRAJECTORY_SERIES:
+        for step, values in enumerate(kinds.get(series.value) or [], start=1):
+            for metric, value in values.items():
+                yield series.value, step, metric, _value(value)
+
+
+def assemble(
+    sample: dict[str, Any],
+    flags: dict[str, Sequence[bool]],
+    entries: Iterable[Entry],
+    names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The audit row of one sample from its stored parts (the inverse of the three above).
+
+    ``names`` (the job's metric names) keeps only those metrics, in that order (a missing one
+    reads None); without it every stored metric is kept, in catalog order.
+    """
+    row: dict[str, Any] = {
+        "index": sample["index"],
+        "path": sample["path"],
+        "label": sample["label"],
+        "pred_baseline": sample["pred_baseline"],
+        "pred_candidate": sample["pred_candidate"],
+        "probs_baseline": list(sample["probs_baseline"]),
+        "probs_candidate": list(sample["probs_candidate"]),
+        "target_baseline": sample["target_baseline"],
+        "target_candidate": sample["target_candidate"],
+        "included": sample["included"],
+        "metrics": {},
+        "degenerate": {},
+    }
+    if sample.get("probs_trajectory") is not None:
+        row["probs_trajectory"] = list(sample["probs_trajectory"])
+    drift: dict[str, dict[str, Any]] = {method: {} for method in flags}
+    floors: dict[str, dict[str, dict[str, Any]]] = {}
+    steps: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    for method, series, step, metric, value in entries:
+        if method not in drift:
+            continue
+        if series == Series.DRIFT:
+            drift[method][metric] = value
+        elif series in TRAJECTORY_SERIES:
+            kinds = steps.setdefault(method, {})
+            kinds.setdefault(series, {}).setdefault(step, {})[metric] = value
+        else:
+            floors.setdefault(series, {}).setdefault(method, {})[metric] = value
+    for method, values in drift.items():
+        row["metrics"][method] = _pick(values, names)
+        row["degenerate"][method] = [bool(flags[method][0]), bool(flags[method][1])]
+    for series in FLOOR_SERIES:
+        for method, values in floors.get(series.value, {}).items():
+            row.setdefault(series.value, {})[method] = _pick(values, names)
+    for method, kinds in steps.items():
+        row.setdefault("trajectory", {})[method] = {
+            kind.value: [
+                _pick(by_step.get(k, {}), names) for k in range(1, max(by_step, default=0) + 1)
+            ]
+            for kind in TRAJECTORY_SERIES
+            if (by_step := kinds.get(kind.value)) is not None
+        }
+    return row
+
+
+def _value(value: Any) -> float | None:
+    """A stored value: a float, or None for an undefined one (None or NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _catalog_key(name: str) -> tuple[int, int, str]:
+    if name in _CATALOG_ORDER:
+        return 0, _CATALOG_ORDER[name], name
+    return 1, topq(name) or 0, name
+
+
+def _pick(values: dict[str, Any], names: Sequence[str] | None) -> dict[str, Any]:
+    if names is None:
+        return {name: values[name] for name in sorted(values, key=_catalog_key)}
+    return {name: values.get(name) for name in names}
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_rows(session: Session, job_id: str, rows: Iterable[dict[str, Any]]) -> int:
+    """Insert the audit rows of job ``job_id`` (bulk, in a few statements); returns how many."""
+    samples: list[dict[str, Any]] = []
+    methods: list[dict[str, Any]] = []
+    values: list[dict[str, Any]] = []
+    for row in rows:
+        sample = sample_fields(row)
+        samples.append({"job_id": job_id, **sample})
+        index = sample["index"]
+        for method, (base, cand) in method_flags(row).items():
+            methods.append(
+                {
+                    "job_id": job_id,
+                    "index": index,
+                    "method": method,
+                    "degenerate_baseline": base,
+                    "degenerate_candidate": cand,
+                }
+            )
+            values.extend(
+                {
+                    "job_id": job_id,
+                    "index": index,
+                    "method": method,
+                    "series": series,
+                    "step": step,
+                    "metric": metric,
+                    "value": value,
+                }
+                for series, step, metric, value in method_values(row, method)
+            )
+    for model, records in ((JobSample, samples), (SampleMetric, methods), (SampleValue, values)):
+        for at in range(0, len(records), INSERT_CHUNK):
+            session.execute(insert(model), records[at : at + INSERT_CHUNK])
+    return len(samples)
+
+
+def delete_rows(session: Session, job_id: str, start: int | None = None, stop: int | None = None):
+    """Delete the job's rows with ``start <= index < stop`` (all of them without bounds)."""
+    for model in (SampleValue, SampleMetric, JobSample):
+        where = [model.job_id == job_id]
+        if start is not None and stop is not None:
+            where.append(model.index.between(start, stop - 1))
+        session.execute(delete(model).where(*where))
+
+
+def replace_rows(
+    session: Session, job_id: str, start: int, stop: int, rows: Iterable[dict[str, Any]]
+) -> int:
+    """Replace the rows of one shard (indices ``start <= index < stop``): idempotent, so a
+    redelivered shard writes the same rows again instead of adding them."""
+    delete_rows(session, job_id, start, stop)
+    return write_rows(session, job_id, rows)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_rows(
+    session: Session,
+    job_id: str,
+    names: Sequence[str] | None = None,
+    *,
+    indices: Sequence[int] | None = None,
+    methods: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The audit rows of job ``job_id`` by index, as :func:`assemble` builds them: one query
+    per table. ``names`` picks metrics (see :func:`assemble`); ``indices`` only those samples
+    (in that order); ``methods`` only those methods."""
+    names = list(names) if names is not None else None
+    if indices is not None and not indices:
+        return []
+
+    def scoped(model: Any) -> list[Any]:
+        where = [model.job_id == job_id]
+        if indices is not None:
+            where.append(model.index.in_(list(indices)))
+        if methods is not None and model is not JobSample:
+            where.append(model.method.in_(list(methods)))
+        return where
+
+    samples = session.execute(
+        select(*(getattr(JobSample, c) for c in SAMPLE_COLUMNS))
+        .where(*scoped(JobSample))
+        .order_by(JobSample.index)
+    ).all()
+    flags: dict[int, dict[str, tuple[bool, bool]]] = {}
+    entries: dict[int, list[Entry]] = {}
+    if methods is not None and not methods:  # the samples alone
+        return [assemble(r._asdict(), {}, (), names) for r in _ordered(samples, indices)]
+    for index, method, base, cand in session.execute(
+        select(
+            SampleMetric.index,
+            SampleMetric.method,
+            SampleMetric.degenerate_baseline,
+            SampleMetric.degenerate_candidate,
+        )
+        .where(*scoped(SampleMetric))
+        .order_by(SampleMetric.index, SampleMetric.method)
+    ):
+        flags.setdefault(index, {})[method] = (base, cand)
+    value_query = select(
+        SampleValue.index,
+        SampleValue.method,
+        SampleValue.series,
+        SampleValue.step,
+        SampleValue.metric,
+        SampleValue.value,
+    ).where(*scoped(SampleValue))
+    if names is not None:
+        value_query = value_query.where(SampleValue.metric.in_(names))
+    for index, method, series, step, metric, value in session.execute(value_query):
+        entries.setdefault(index, []).append((method, series, step, metric, value))
+    rows = []
+    for record in _ordered(samples, indices):
+        sample = record._asdict()
+        index = sample["index"]
+        rows.append(assemble(sample, flags.get(index, {}), entries.get(index, ()), names))
+    return rows
+
+
+def _ordered(samples: Sequence[Any], indices: Sequence[int] | None) -> list[Any]:
+    """The sample records in ``indices`` order (as they are, by index, without)."""
+    if indices is None:
+        return list(samples)
+    by_index = {record._mapping["index"]: record for record in samples}
+    return [by_index[i] for i in indices if i in by_index]
+
+
+def sample_indices(session: Session, job_id: str) -> list[int]:
+    """The evaluated sample indices of a job, ascending."""
+    return list(
+        session.scalars(
+            select(JobSample.index).where(JobSample.job_id == job_id).order_by(JobSample.index)
+        )
+    )
+
+
+def count_samples(session: Session, job_id: str, included: bool | None = None) -> int:
+    where = [JobSample.job_id == job_id]
+    if included is not None:
+        where.append(JobSample.included == included)
+    return session.scalar(select(func.count()).select_from(JobSample).where(*where)) or 0
+
+
+def sorted_indices(
+    session: Session,
+    job_id: str,
+    method: str,
+    sort: str,
+    order: Literal["asc", "desc"] = "asc",
+    *,
+    included: bool | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[int]:
+    """One page of the job's sample indices sorted in SQL by ``sort`` (a sample column of
+    :data:`SAMPLE_SORTS` or any metric name, under ``method``), NULLs (undefined, or not
+    measured) last in either order, ties by index."""
+    query = select(JobSample.index).where(JobSample.job_id == job_id)
+    if included is not None:
+        query = query.where(JobSample.included == included)
+    if sort in SAMPLE_SORTS:
+        column: Any = getattr(JobSample, sort)
+    else:
+        query = query.outerjoin(
+            SampleValue,
+            and_(
+                SampleValue.job_id == JobSample.job_id,
+                SampleValue.index == JobSample.index,
+                SampleValue.method == method,
+                SampleValue.series == Series.DRIFT.value,
+                SampleValue.step == 0,
+                SampleValue.metric == sort,
+            ),
+        )
+        column = SampleValue.value
+    direction = column.desc() if order == "desc" else column.asc()
+    query = (
+        query.order_by(case((column.is_(None), 1), else_=0), direction, JobSample.index)
+        .limit(limit)
+        .offset(offset)
+    )
+    return list(session.scalars(query))
