@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 import training
 from service.api.routes import checkpoints, datasets, health, jobs, results
 from service.api.routes import studies as studies_api
+from service.api.routes.health import job_counts
 from service.auth import OPEN_PATHS, BearerAuthMiddleware
 from service.problems import (
     PROBLEM_MEDIA_TYPE,
@@ -72,7 +73,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
     app.state.store = ArtifactStore(settings.storage).ensure()
-    app.state.http_metrics = HttpMetrics()
+    app.state.http_metrics = HttpMetrics(job_counts=lambda: job_counts(app.state.sessions))
+    if not settings.broker_url:  # the embedded runner's tasks run in this process
+        from worker.runtime.metrics import REGISTRY as WORKER_REGISTRY
+
+        app.state.http_metrics.forward(WORKER_REGISTRY)
 
     install_problem_handlers(app)
     app.add_exception_handler(Rejected, _rejected)

@@ -1,91 +1,95 @@
-"""Prometheus text exposition, hand-written (no client library), and the request observer.
+"""Prometheus metrics of the API (prometheus_client, one registry per app) and the request
+observer.
 
-The observer is the outermost middleware: it times every request, counts it by route
-template (not raw path, to keep label cardinality bounded) and writes the one log line per
-request. Jobs by status are read from SQL at scrape time.
+The observer is the outermost middleware: it times every request, counts it by route template
+(not raw path, to keep label cardinality bounded) and writes the one log line per request. Jobs
+by status are read from SQL at scrape time by a collector; in the embedded deployment the
+worker's own counters (``worker.runtime.metrics``) are served here too, since they run in this
+process.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+disable_created_metrics()  # no *_created series: scrapers track start times themselves
 log = logging.getLogger("camdrift.api")
 
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JobCounts = Callable[[], Mapping[str, int] | None]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _JobsByStatus(Collector):
+    """``camdrift_jobs{status}``: read at scrape time; absent when the database is down."""
+
+    def __init__(self, counts: JobCounts) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        counts = self.counts()
+        if counts is None:
+            return
+        family = GaugeMetricFamily("camdrift_jobs", "Drift jobs by status.", labels=["status"])
+        for status, count in counts.items():
+            family.add_metric([status], count)
+        yield family
 
 
-def _labels(pairs: Mapping[str, str]) -> str:
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items()) + "}"
+class _Forward(Collector):
+    """Another registry's metrics, served from this one."""
 
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
 
-def _number(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
 
 
 class HttpMetrics:
-    """Request counter and latency histogram, thread-safe (sync routes run in a pool)."""
+    """This app's registry: request counter and latency histogram (prometheus_client's are
+    thread-safe, and sync routes run in a pool), jobs by status, and any forwarded registry."""
 
-    def __init__(self, buckets: tuple[float, ...] = BUCKETS) -> None:
-        self.buckets = buckets
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str, str], int] = {}
-        self._latency: dict[tuple[str, str], list[float]] = {}  # bucket counts..., sum, count
+    def __init__(self, job_counts: JobCounts | None = None, buckets: tuple[float, ...] = BUCKETS):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "camdrift_http_requests",
+            "HTTP requests by method, route and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "camdrift_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
+            buckets=buckets,
+            registry=self.registry,
+        )
+        if job_counts is not None:
+            self.registry.register(_JobsByStatus(job_counts))
+
+    def forward(self, registry: CollectorRegistry) -> None:
+        self.registry.register(_Forward(registry))
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        with self._lock:
-            key = (method, route, str(status))
-            self._requests[key] = self._requests.get(key, 0) + 1
-            hist = self._latency.setdefault((method, route), [0.0] * (len(self.buckets) + 2))
-            for i, bound in enumerate(self.buckets):
-                if seconds <= bound:
-                    hist[i] += 1
-            hist[-2] += seconds
-            hist[-1] += 1
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
 
-    def render(self, jobs_by_status: Mapping[str, int] | None = None) -> str:
-        lines: list[str] = []
-        if jobs_by_status is not None:
-            lines += [
-                "# HELP camdrift_jobs Drift jobs by status.",
-                "# TYPE camdrift_jobs gauge",
-            ]
-            for status, count in jobs_by_status.items():
-                lines.append(f"camdrift_jobs{_labels({'status': status})} {count}")
-        with self._lock:
-            requests = dict(self._requests)
-            latency = {k: list(v) for k, v in self._latency.items()}
-        lines += [
-            "# HELP camdrift_http_requests_total HTTP requests by method, route and status.",
-            "# TYPE camdrift_http_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(requests.items()):
-            labels = _labels({"method": method, "route": route, "status": status})
-            lines.append(f"camdrift_http_requests_total{labels} {count}")
-        lines += [
-            "# HELP camdrift_http_request_duration_seconds HTTP request latency.",
-            "# TYPE camdrift_http_request_duration_seconds histogram",
-        ]
-        name = "camdrift_http_request_duration_seconds"
-        for (method, route), hist in sorted(latency.items()):
-            base = {"method": method, "route": route}
-            for bound, count in zip(self.buckets, hist, strict=False):
-                labels = _labels({**base, "le": _number(bound)})
-                lines.append(f"{name}_bucket{labels} {_number(count)}")
-            lines.append(f"{name}_bucket{_labels({**base, 'le': '+Inf'})} {_number(hist[-1])}")
-            lines.append(f"{name}_sum{_labels(base)} {hist[-2]!r}")
-            lines.append(f"{name}_count{_labels(base)} {_number(hist[-1])}")
-        return "\n".join(lines) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class RequestObserver:

@@ -19,6 +19,7 @@ from worker.catalog import (
     check_metric,
     unique,
 )
+from worker.job_config import DEFAULT_SAMPLE_FILTER, DEFAULT_SPLIT
 from worker.results.gate import Policy as GatePolicy
 from worker.results.gate import Rule as GateRule
 
@@ -122,8 +123,8 @@ class DatasetPage(BaseModel):
 
 
 class PolicyRule(GateRule):
-    """One gate rule (DESIGN §8): ``stat`` of ``metric`` under ``method`` for ``class``
-    (``overall``, ``*`` = each class with samples, or a class name) compared with ``value``."""
+    """One gate rule (docs/architecture.md, "Gate"): ``stat`` of ``metric`` under ``method`` for
+    ``class`` (``overall``, ``*`` = each class with samples, or a class name) against ``value``."""
 
 
 class Policy(GatePolicy):
@@ -133,7 +134,8 @@ class Policy(GatePolicy):
 
 
 class JobIn(_In):
-    """The body of ``POST /drift-jobs`` (DESIGN §7)."""
+    """The body of ``POST /drift-jobs`` (docs/architecture.md, "REST API"): the job
+    configuration (``worker.job_config.JobConfig``, with its defaults) plus ids."""
 
     baseline_id: Ident
     candidate_id: Ident
@@ -144,10 +146,10 @@ class JobIn(_In):
     metrics: list[MetricName] | None = Field(
         default=None, min_length=1, max_length=128, description="null: every metric"
     )
-    sample_filter: Literal[tuple(SAMPLE_FILTERS)] = "true_positive"  # type: ignore[valid-type]
+    sample_filter: Literal[tuple(SAMPLE_FILTERS)] = DEFAULT_SAMPLE_FILTER  # type: ignore[valid-type]
     max_samples: int | None = Field(default=None, ge=1, le=MAX_INT)
     split: Literal[SPLITS] | None = Field(  # type: ignore[valid-type]
-        default="auto", description="auto: the test split when there is one; null: all"
+        default=DEFAULT_SPLIT, description="auto: the test split when there is one; null: all"
     )
     target_layer: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
     noise_floor: bool = False

@@ -49,7 +49,8 @@ def disagreeing_audit_inputs(
     """
     import numpy as np
 
-    from training.datasets import ImageDataset, discover
+    from training.datasets import discover
+    from training.image_dataset import ImageDataset
     from worker.engine.audit import LoadedModel
 
     generate_dataset(root / "data", per_class=per_class, size=size, seed=seed)

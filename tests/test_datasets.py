@@ -16,12 +16,12 @@ from PIL import Image
 from training.datasets import (
     DatasetError,
     DatasetIndex,
-    ImageDataset,
     Sample,
     assign_splits,
     content_digest,
     discover,
 )
+from training.image_dataset import ImageDataset
 from training.imageio import ImageReadError
 
 

@@ -21,7 +21,8 @@ from worker.results.report import build_report
 from worker.results.report_schema import validate_report
 from worker.results.stats import summarize
 from worker.results.trajectory import sharpest_step
-from worker.store.models import JobSample, SampleMetric, records_from_row, row_from_records
+from worker.store.models import JobSample, SampleMetric
+from worker.store.rows import records_from_row, row_from_records
 
 STEPS = (1 / 3, 2 / 3)  # the intermediates: weights interpolated between TL and FT
 

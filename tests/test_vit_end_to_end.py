@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from service.cli import app
 from training.checkpoint_format import metadata_from_header, read_header
 from training.checkpoints import load_checkpoint
-from training.datasets import ImageDataset, discover
+from training.datasets import discover
+from training.image_dataset import ImageDataset
 from training.phantoms import CLASSES, generate_dataset
 from training.protocol import PhaseConfig, TrainConfig, train_two_phase
 from training.zoo import create_model

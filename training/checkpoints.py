@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +20,12 @@ from training.checkpoint_format import (
     sha256_file,
     validate_metadata,
 )
+from training.weights import PLAIN_SUFFIXES, read_state_dict
 from training.zoo import ZooModel, arch_spec, create_model
-
-PLAIN_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 def model_metadata(model: ZooModel, class_names: list[str], **extra: Any) -> dict[str, Any]:
-    """The metadata a checkpoint of ``model`` carries (DESIGN §2)."""
+    """The metadata a checkpoint of ``model`` carries (docs/architecture.md, "Checkpoints")."""
     spec = model.spec
     meta: dict[str, Any] = {
         "arch": spec.name,
@@ -69,31 +66,6 @@ def save_checkpoint(path: str | Path, model: ZooModel, meta: dict[str, Any]) -> 
     safetensors.torch.save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     tmp.replace(path)
     return sha256_file(path)
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file or a plain state dict; pickled code is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        read_header(path)
-        return safetensors.torch.load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(
-            f"{path}: refused; the file would unpickle code or objects other than tensors "
-            f"({str(exc).splitlines()[0][:200]}). Convert it to safetensors in a trusted "
-            "environment."
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a state dict (name -> tensor)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def load_checkpoint(

@@ -1,12 +1,11 @@
-"""Dataset discovery, splits and the training/evaluation ``ImageDataset``.
+"""Dataset discovery and splits, torch-free (the pixels: :mod:`training.image_dataset`).
 
 A dataset is a directory: either images listed in ``manifest.csv`` (``path,label`` plus
 optional ``split``, ``mask``, ``marker``) or an ImageFolder tree ``root/<class>/**/<image>``.
 :func:`discover` turns it into a :class:`DatasetIndex` (no pixels read) whose
 :meth:`~DatasetIndex.fingerprint` identifies the data in checkpoints and job records.
 
-Importing this module does not import torch, so the API process can discover and
-fingerprint uploads; torch is loaded the first time ``ImageDataset`` is used.
+Torch-free, so the API process can discover and fingerprint uploads.
 """
 
 from __future__ import annotations
@@ -23,13 +22,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from training.checkpoint_format import sha256_file
-from training.imageio import IMAGE_SUFFIXES, ImageReadError, read_image
-
-if TYPE_CHECKING:
-    import torch
+from training.imageio import IMAGE_SUFFIXES
 
 MANIFEST_NAME = "manifest.csv"
 MASKS_DIR = "masks"
@@ -463,213 +459,3 @@ def _split_sizes(n: int, val: float, test: float) -> tuple[int, int]:
         else:
             break
     return n_val, n_test
-
-
-# --------------------------------------------------------------------------- ImageDataset
-
-
-class _ImageDatasetImpl:
-    """Decoded, resized, normalised images for training and evaluation.
-
-    ``__getitem__(i)`` returns ``(image [channels, H, W] float32, label, i)``.
-
-    Skip mode: with ``on_error="skip"`` the constructor calls :meth:`validate`, which decodes
-    every file once (threaded), drops the unreadable ones from ``self.index`` and records
-    them in ``read_failures`` -- before any DataLoader worker exists, so the record is
-    visible to the caller and every index the sampler draws is readable. If a file breaks
-    after that, ``__getitem__`` records it (in that worker's copy only), warns and returns
-    the next readable sample with *that* sample's label and index.
-
-    ``cache=True`` keeps decoded, resized float16 images (before augmentation) in memory,
-    filled eagerly in the constructor so that forked DataLoader workers share it.
-    """
-
-    def __init__(
-        self,
-        index: DatasetIndex,
-        input_size: tuple[int, int],
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        channels: int = 3,
-        augment: bool = False,
-        on_error: str = "raise",
-        cache: bool = False,
-        num_threads: int | None = None,
-    ) -> None:
-        _check_on_error(on_error)
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 or 3, got {channels}")
-        height, width = (int(v) for v in input_size)
-        if height < 1 or width < 1:
-            raise ValueError(f"input_size must be positive, got {input_size}")
-        self.index = replace(index, samples=list(index.samples), skipped=list(index.skipped))
-        self.input_size = (height, width)
-        self.channels = channels
-        self.augment = augment
-        self.on_error = on_error
-        self.num_threads = num_threads
-        self.mean = _stat_tensor(mean, channels, "mean")
-        self.std = _stat_tensor(std, channels, "std")
-        if bool((self.std <= 0).any()):
-            raise ValueError(f"std must be positive, got {list(std)}")
-        self.read_failures: list[tuple[str, str]] = []
-        self._cache: list[torch.Tensor] | None = None
-        if on_error == "skip" or cache:
-            self._preload(keep=cache)
-
-    @property
-    def samples(self) -> list[Sample]:
-        return self.index.samples
-
-    def __len__(self) -> int:
-        return len(self.index.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        try:
-            base = self._base(i)
-        except ImageReadError as exc:
-            if self.on_error == "raise":
-                raise
-            i, base = self._substitute(i, exc)
-        if self.augment:
-            base = _augment(base)
-        image = base.expand(self.channels, -1, -1) if base.shape[0] != self.channels else base
-        return (image - self.mean) / self.std, self.index.samples[i].label, i
-
-    def validate(self) -> list[tuple[str, str]]:
-        """Decode every file once, drop unreadable ones, record and return them."""
-        return self._preload(keep=self._cache is not None)
-
-    def load(self, i: int) -> torch.Tensor:
-        """The sample's image resized to input_size in [0, 1], before augmentation."""
-        return self._base(i).float().expand(self.channels, -1, -1).clone()
-
-    # -- internals
-
-    def _base(self, i: int) -> torch.Tensor:
-        if self._cache is not None:
-            return self._cache[i].float()
-        return self._decode(self.index.samples[i].path)
-
-    def _decode(self, path: Path) -> torch.Tensor:
-        """read_image -> [1 or channels, H, W] float32 at input_size (antialiased bilinear)."""
-        import torch
-        import torch.nn.functional as F
-
-        image = torch.from_numpy(read_image(path))
-        if image.shape[0] == 3 and self.channels == 1:
-            image = image.mean(dim=0, keepdim=True)
-        if tuple(image.shape[-2:]) != self.input_size:
-            image = F.interpolate(
-                image[None],
-                size=self.input_size,
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )[0]
-        return image.contiguous()
-
-    def _preload(self, *, keep: bool) -> list[tuple[str, str]]:
-        """Threaded decode of all samples (PIL and zlib release the GIL)."""
-        paths = [s.path for s in self.index.samples]
-        threads = self.num_threads or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            results = list(pool.map(self._try_decode, paths))
-        failures = [(str(p), err) for p, (_, err) in zip(paths, results, strict=True) if err]
-        if failures and self.on_error == "raise":
-            raise ImageReadError(failures[0][0], failures[0][1])
-        good = [i for i, (img, _) in enumerate(results) if img is not None]
-        self.index.samples = [self.index.samples[i] for i in good]
-        self.index.skipped.extend(failures)
-        self.read_failures.extend(failures)
-        if keep:
-            self._cache = [results[i][0].half() for i in good]  # type: ignore[union-attr]
-        return failures
-
-    def _try_decode(self, path: Path) -> tuple[torch.Tensor | None, str | None]:
-        try:
-            return self._decode(path), None
-        except ImageReadError as exc:
-            return None, exc.reason or str(exc)
-
-    def _substitute(self, i: int, exc: ImageReadError) -> tuple[int, torch.Tensor]:
-        """Skip mode after validation: the next readable sample stands in for a broken one."""
-        self.read_failures.append((str(exc.path), exc.reason or str(exc)))
-        warnings.warn(f"skipping unreadable image: {exc}", stacklevel=3)
-        n = len(self)
-        for step in range(1, min(n, 16)):
-            j = (i + step) % n
-            try:
-                return j, self._base(j)
-            except ImageReadError as other:
-                self.read_failures.append((str(other.path), other.reason or str(other)))
-        raise exc
-
-
-def _stat_tensor(values: Sequence[float] | float, channels: int, what: str) -> torch.Tensor:
-    """Per-channel mean/std as [channels, 1, 1]; one value, or equal values, broadcast."""
-    import torch
-
-    items = [float(values)] if isinstance(values, int | float) else [float(v) for v in values]
-    if len(items) != channels:
-        if len(set(items)) != 1:
-            raise ValueError(f"{what} has {len(items)} values for {channels} channel(s)")
-        items = items[:1] * channels
-    return torch.tensor(items, dtype=torch.float32).view(channels, 1, 1)
-
-
-def _augment(image: torch.Tensor) -> torch.Tensor:
-    """Small affine (+-5 deg, +-4 % shift, 0.95-1.05 zoom) and +-10 % brightness/contrast.
-
-    No flips: laterality is diagnostic in chest X-rays. Uses torch's RNG, which the
-    DataLoader seeds differently in every worker.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    channels, height, width = image.shape
-    r = torch.rand(6).tolist()
-    angle = math.radians((r[0] * 2 - 1) * 5.0)
-    scale = 0.95 + 0.10 * r[1]
-    shift_x, shift_y = (r[2] * 2 - 1) * 0.08, (r[3] * 2 - 1) * 0.08  # 4 % of [-1, 1]
-    cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
-    theta = torch.tensor(
-        [[cos, -sin * height / width, shift_x], [sin * width / height, cos, shift_y]],
-        dtype=image.dtype,
-    )
-    grid = F.affine_grid(theta[None], [1, channels, height, width], align_corners=False)
-    out = F.grid_sample(
-        image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-    )[0]
-    contrast, brightness = 0.9 + 0.2 * r[4], 0.9 + 0.2 * r[5]
-    mean = out.mean()
-    return (((out - mean) * contrast + mean) * brightness).clamp_(0.0, 1.0)
-
-
-def _define_image_dataset() -> type:
-    """Join the implementation with torch's Dataset base only when someone asks for it."""
-    from torch.utils.data import Dataset
-
-    cls = type(
-        "ImageDataset",
-        (_ImageDatasetImpl, Dataset),
-        {"__module__": __name__, "__doc__": _ImageDatasetImpl.__doc__},
-    )
-    cls.__qualname__ = "ImageDataset"
-    return cls
-
-
-if TYPE_CHECKING:
-    from torch.utils.data import Dataset
-
-    class ImageDataset(_ImageDatasetImpl, Dataset):  # the runtime class has this shape
-        ...
-
-
-def __getattr__(name: str) -> Any:
-    if name == "ImageDataset":
-        cls = _define_image_dataset()
-        globals()["ImageDataset"] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""Classification metrics for a checkpoint on an evaluated set (DESIGN §6), numpy only.
+"""Classification metrics for a checkpoint on an evaluated set, numpy only
+(docs/architecture.md, "Samples and statistics").
 
 The report gives both checkpoints' accuracy, macro one-vs-rest AUC and per-class recall; this
 module computes them without sklearn (kept out of the runtime) and returns plain Python

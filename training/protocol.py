@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training.checkpoints import model_metadata, save_checkpoint
-from training.datasets import DatasetIndex, ImageDataset, assign_splits, discover
+from training.datasets import DatasetIndex, assign_splits, discover
 from training.evaluation import classification_metrics
+from training.image_dataset import ImageDataset
 from training.progress import progress
 from training.zoo import ZooModel, create_model
 

@@ -16,6 +16,8 @@ import timm
 import torch
 from torch import nn
 
+from training.weights import read_state_dict
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -346,8 +348,6 @@ def create_model(
 
 def load_backbone(model: ZooModel, path: Path) -> None:
     """Copy every backbone tensor from a weights file; the classifier stays as built."""
-    from training.checkpoints import read_state_dict
-
     state = read_state_dict(path)
     head_names = {
         name

@@ -194,7 +194,17 @@ def test_cancel_while_queued_is_never_started(ctx, inputs) -> None:
 
 def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) -> None:
     from worker.runtime.embedded import EmbeddedRunner
+    from worker.runtime.metrics import REGISTRY
 
+    def count(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {
+        "plan_failed": count("camdrift_worker_tasks_total", task=jobs.PLAN, outcome="failed"),
+        "finalize_ok": count("camdrift_worker_tasks_total", task=jobs.FINALIZE, outcome="ok"),
+        "samples": count("camdrift_worker_samples_total"),
+        "shards": count("camdrift_worker_shard_seconds_count"),
+    }
     bad = make_job(ctx, inputs, target_layer="net.nope")
     runner = EmbeddedRunner(ctx.settings, device="cpu", batch_size=8)
     try:
@@ -206,6 +216,16 @@ def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) ->
         good_id = make_job(ctx, inputs)
         runner.submit(good_id)
         runner.join(timeout=120)
-        assert job_row(ctx, good_id).status == "succeeded"
+        good = job_row(ctx, good_id)
+        assert good.status == "succeeded"
+        # the worker's Prometheus counters saw both jobs
+        assert count("camdrift_worker_tasks_total", task=jobs.PLAN, outcome="failed") == (
+            before["plan_failed"] + 1
+        )
+        assert count("camdrift_worker_tasks_total", task=jobs.FINALIZE, outcome="ok") == (
+            before["finalize_ok"] + 1
+        )
+        assert count("camdrift_worker_samples_total") == before["samples"] + good.progress_total
+        assert count("camdrift_worker_shard_seconds_count") == before["shards"] + good.shards_total
     finally:
         runner.stop()

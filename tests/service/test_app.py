@@ -39,19 +39,34 @@ def test_metrics_exposition(client, world) -> None:
     world.client.post("/drift-jobs", json=world.job_body())
     client.get("/checkpoints/nope")
     text = client.get("/metrics").text
-    assert 'camdrift_jobs{status="queued"} 1' in text
-    assert 'camdrift_jobs{status="running"} 0' in text
+    assert 'camdrift_jobs{status="queued"} 1.0' in text
+    assert 'camdrift_jobs{status="running"} 0.0' in text
     assert (
         'camdrift_http_requests_total{method="GET",route="/checkpoints/{checkpoint_id}",'
-        'status="404"} 1'
+        'status="404"} 1.0'
     ) in text
     assert (
-        'camdrift_http_request_duration_seconds_bucket{method="POST",route="/drift-jobs",'
-        'le="+Inf"} 1'
+        'camdrift_http_request_duration_seconds_bucket{le="+Inf",method="POST",'
+        'route="/drift-jobs"} 1.0'
     ) in text
+    assert "_created" not in text
     assert "# TYPE camdrift_http_request_duration_seconds histogram" in text
     client.get("/no/such/route")
     assert 'route="unmatched",status="404"' in client.get("/metrics").text
+
+
+def test_each_app_has_its_own_registry_and_embedded_serves_the_worker(make_client) -> None:
+    from worker.runtime.metrics import TASKS
+
+    TASKS.labels("camdrift.plan_job", "ok").inc(0)  # the series exists in this process
+    embedded, other = make_client(), make_client()
+    embedded.get("/checkpoints/nope")
+    assert 'route="/checkpoints/{checkpoint_id}"' not in other.get("/metrics").text
+    text = embedded.get("/metrics").text
+    assert 'route="/checkpoints/{checkpoint_id}",status="404"} 1.0' in text
+    assert "camdrift_worker_tasks_total" in text  # its runner runs in this process
+    queued = make_client(broker_url="redis://127.0.0.1:1/0")
+    assert "camdrift_worker_tasks_total" not in queued.get("/metrics").text  # workers elsewhere
 
 
 def test_auth(make_client, checkpoint_files, caplog) -> None:

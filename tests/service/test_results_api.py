@@ -13,7 +13,8 @@ from sqlalchemy import update
 
 from tests.service.conftest import assert_problem
 from worker.render.overlay import canvas_size, display_size, panel_origin
-from worker.store.models import Job, Report, records_from_row, row_from_records
+from worker.store.models import Job, Report
+from worker.store.rows import records_from_row, row_from_records
 
 METRICS = ["iou_top20", "pearson", "iou_top10"]
 

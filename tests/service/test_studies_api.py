@@ -25,8 +25,8 @@ from worker.store.models import (
     Report,
     SampleMetric,
     SampleValue,
-    records_from_row,
 )
+from worker.store.rows import records_from_row
 from worker.store.settings import Settings
 
 

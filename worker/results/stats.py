@@ -1,4 +1,5 @@
-"""Summary statistics and tests for per-sample drift values (DESIGN §6).
+"""Summary statistics and tests for per-sample drift values
+(docs/architecture.md, "Samples and statistics").
 
 Every function returns plain Python numbers (JSON-serialisable); a value that cannot be
 computed is ``None``, never NaN. Non-finite inputs (NaN from degenerate maps, inf) are counted

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from worker.runtime import jobs
+from worker.runtime import metrics as worker_metrics
 from worker.runtime.sweeper import SweepPolicy, safe_sweep
 from worker.store import Settings, session_scope, state
 
@@ -83,19 +84,24 @@ class EmbeddedRunner:
                 break
             name, args = item
             try:
-                self._run(bodies[name], args)
+                self._run(name, bodies[name], args)
             finally:
                 self._queue.task_done()
 
-    def _run(self, body, args: list[Any]) -> None:
+    def _run(self, name: str, body, args: list[Any]) -> None:
         """One task; whatever happens, the runner thread lives on for the next job."""
+        outcome = "ok"
         try:
             try:
                 body(self.ctx, *args)
             except jobs.JobFailed as exc:
+                outcome = "failed"
                 jobs.fail_job(self.ctx, args[0], str(exc))
             except Exception as exc:
+                outcome = "crashed"
                 log.exception("task crashed task=%s args=%s", body.__name__, args)
                 jobs.fail_job(self.ctx, args[0], f"{type(exc).__name__}: {exc}")
         except Exception:  # e.g. the database itself is gone: log, keep the thread
             log.exception("could not record the task's failure args=%s", args)
+        finally:
+            worker_metrics.TASKS.labels(name, outcome).inc()

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.catalog import ACTIVE_STATUSES, JobStatus, ShardStatus
+from worker.runtime import metrics as worker_metrics
 from worker.store import ArtifactStore, Settings, make_engine, session_factory, session_scope, state
 from worker.store import rows as stored_rows
 from worker.store.models import Checkpoint, Dataset, Job, JobShard, Report
@@ -268,7 +269,8 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
             state.add_progress(s2, job_id, n)
 
     limit = ctx.settings.shard_time_limit_s
-    deadline = _clock() + limit
+    began = _clock()
+    deadline = began + limit
     timed_out = False
 
     def should_stop() -> bool:  # checked between batches: the cooperative time limit
@@ -290,7 +292,10 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
         return
     except ValueError as exc:
         raise JobFailed(str(exc)) from exc
-    if _store_shard(ctx, job_id, shard_no, start, stop, rows):
+    last = _store_shard(ctx, job_id, shard_no, start, stop, rows)
+    worker_metrics.SAMPLES.inc(len(rows))
+    worker_metrics.SHARD_SECONDS.observe(_clock() - began)
+    if last:
         ctx.enqueue(FINALIZE, [job_id])
 
 

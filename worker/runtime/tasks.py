@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from training.logs import configure_logging
 from worker.runtime import jobs
+from worker.runtime import metrics as worker_metrics
 from worker.runtime.celery_app import make_celery
 from worker.runtime.sweeper import SweepPolicy, safe_sweep
 from worker.store import get_settings
@@ -44,6 +45,15 @@ def context() -> jobs.WorkerContext:
 
 
 @worker_ready.connect
+def serve_metrics(**_: Any) -> None:
+    """The worker's Prometheus counters on ``CAMDRIFT_WORKER_METRICS_PORT``, when set."""
+    port = get_settings().worker_metrics_port
+    if port:
+        worker_metrics.serve(port)
+        log.info("worker metrics served port=%d", port)
+
+
+@worker_ready.connect
 def start_sweeper(**_: Any) -> None:
     """A daemon thread per worker that re-enqueues stuck jobs (see ``worker.runtime.sweeper``)."""
     settings = get_settings()
@@ -65,23 +75,32 @@ def start_sweeper(**_: Any) -> None:
 
 
 def _run(task: Any, job_id: str, body: Callable[[], None]) -> None:
+    outcome = "ok"
     try:
         body()
     except jobs.JobFailed as exc:
+        outcome = "failed"
         jobs.fail_job(context(), job_id, str(exc))
     except SoftTimeLimitExceeded:
+        outcome = "failed"
         jobs.fail_job(context(), job_id, f"{task.name} exceeded its time limit")
     except TRANSIENT as exc:
         if task.request.retries >= task.max_retries:
+            outcome = "failed"
             jobs.fail_job(context(), job_id, f"gave up after retries: {exc}")
             return
+        outcome = "retried"
         log.warning("transient error task=%s job=%s error=%r", task.name, job_id, str(exc))
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 30)) from None
     except DBAPIError as exc:
+        outcome = "failed"
         jobs.fail_job(context(), job_id, f"database error: {exc.orig}")
     except Exception as exc:  # a bug or bad input: fail the job, keep the worker alive
+        outcome = "crashed"
         log.exception("task crashed task=%s job=%s", task.name, job_id)
         jobs.fail_job(context(), job_id, f"{type(exc).__name__}: {exc}")
+    finally:
+        worker_metrics.TASKS.labels(task.name, outcome).inc()
 
 
 @app.task(name=jobs.PLAN, bind=True, max_retries=5)

@@ -361,3 +361,48 @@ def sorted_indices(
         .offset(offset)
     )
     return list(session.scalars(query))
+
+
+def records_from_row(job_id: str, row: dict[str, Any]) -> list[JobSample | SampleMetric]:
+    """The SQL records of one audit row (an audit row dict): a sample + its methods, each
+    method with its values (``entries``). :func:`write_rows` writes the same rows in bulk."""
+    sample = JobSample(job_id=job_id, **sample_fields(row))
+    records: list[JobSample | SampleMetric] = [sample]
+    for method, flags in method_flags(row).items():
+        records.append(
+            SampleMetric(
+                job_id=job_id,
+                index=sample.index,
+                method=method,
+                degenerate_baseline=flags[0],
+                degenerate_candidate=flags[1],
+                entries=[
+                    SampleValue(
+                        job_id=job_id,
+                        index=sample.index,
+                        method=method,
+                        series=series,
+                        step=step,
+                        metric=metric,
+                        value=value,
+                    )
+                    for series, step, metric, value in method_values(row, method)
+                ],
+            )
+        )
+    return records
+
+
+def row_from_records(
+    sample: JobSample, metrics: list[SampleMetric], names: list[str] | None = None
+) -> dict[str, Any]:
+    """The inverse of :func:`records_from_row`: the audit row dict the report is built from.
+
+    ``names`` (the job's metric names) keeps only those metrics, in that order.
+    """
+    return assemble(
+        {c: getattr(sample, c) for c in SAMPLE_COLUMNS},
+        {m.method: [m.degenerate_baseline, m.degenerate_candidate] for m in metrics},
+        [(m.method, v.series, v.step, v.metric, v.value) for m in metrics for v in m.entries],
+        names,
+    )

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="checkpoints a worker keeps loaded between shards (LRU)",
     )
     log_level: str = Field(default="info", description="log level of a worker")
+    worker_metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="port a Celery worker serves its Prometheus counters on; unset: none",
+    )
     visibility_timeout_s: int | None = Field(
         default=None,
         description=(

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select, text
 
 from service.problems import TYPE_PREFIX, Problem, problem_response, problem_responses
+from service.prometheus import CONTENT_TYPE
 from service.schemas import Health, Ready
 from worker.catalog import JobStatus
 from worker.store.models import Job
@@ -80,14 +81,19 @@ def _check_broker(url: str) -> str:
     },
 )
 def metrics(request: Request) -> PlainTextResponse:
+    body = request.app.state.http_metrics.render()
+    return PlainTextResponse(body, media_type=CONTENT_TYPE)
+
+
+def job_counts(sessions) -> dict[str, int] | None:
+    """Jobs by status (every status, zeros included); None when the database is down."""
     counts = dict.fromkeys([s.value for s in JobStatus], 0)
     try:
-        with request.app.state.sessions() as session:
+        with sessions() as session:
             for status, count in session.execute(
                 select(Job.status, func.count()).group_by(Job.status)
             ):
                 counts[status] = int(count)
     except Exception:
-        counts = {}
-    body = request.app.state.http_metrics.render(counts or None)
-    return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        return None
+    return counts

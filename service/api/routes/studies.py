@@ -1,4 +1,5 @@
-"""``/drift-studies``: several succeeded jobs on one dataset, ranked together (DESIGN §6).
+"""``/drift-studies``: several succeeded jobs on one dataset, ranked together
+(docs/architecture.md, "Samples and statistics").
 
 The study row only names its jobs; the report is built on request by
 ``worker.results.study`` from the jobs' stored reports and per-sample rows, so it always

@@ -1,4 +1,5 @@
-"""The gate (DESIGN §8): a policy of rules over a drift report -> pass / fail / inconclusive.
+"""The gate (docs/architecture.md, "Gate"): a policy of rules over a drift report -> pass /
+fail / inconclusive.
 
 Torch-free: the API process validates policies with these models, the worker evaluates them,
 and ``camdrift gate`` loads, evaluates and renders them (JUnit XML here, markdown in
