@@ -21,13 +21,15 @@ from torch.utils.data import DataLoader, Subset
 
 from training.checkpoint_format import CheckpointError
 from training.checkpoints import load_checkpoint
-from training.datasets import DatasetIndex, ImageDataset, discover
+from training.datasets import DatasetIndex, discover
+from training.image_dataset import ImageDataset
 from training.protocol import resolve_device
 from training.zoo import ZooModel, named_module
 from worker.engine.attribution import attribute_batch
 from worker.engine.metrics import drift_metrics
 from worker.engine.selection import choose_targets
 from worker.job_config import JobConfig
+from worker.results.rows import SampleRow
 
 log = logging.getLogger("camdrift.audit")
 ROLES = ("baseline", "candidate")
@@ -237,7 +239,9 @@ class Audit:
                 keep,
                 cfg.methods,
             )
-        return _rows(self, rows, labels, preds, results, chosen, values, floor, replica, steps)
+        return _rows(
+            self, BatchOutputs(rows, labels, preds, results, chosen, values, floor, replica, steps)
+        )
 
     def _trajectory(
         self,
@@ -344,63 +348,82 @@ def stacked_metrics(
     return out
 
 
-def _rows(
-    audit: Audit, rows, labels, preds, results, chosen, values, floor=None, replica=None, steps=None
-) -> list[dict]:
-    probs = [torch.softmax(r.logits, 1).cpu().numpy() for r in results]
-    keep = chosen.included.cpu().numpy()
+Values = dict[str, dict[str, np.ndarray]]  # method -> metric -> values of the kept samples
+
+
+@dataclass
+class BatchOutputs:
+    """What one batch's rows are built from."""
+
+    rows: list[int]  # the evaluated rows of the batch, in order
+    labels: torch.Tensor
+    preds: list[torch.Tensor]  # baseline's, candidate's predicted classes
+    results: list  # baseline's, candidate's attribution results (logits, targets, degenerate)
+    chosen: Any  # the sample filter's choice (``included``: which samples are kept)
+    values: Values  # drift between the two models' maps
+    floor: Values | None = None  # baseline vs a perturbed baseline
+    replica: Values | None = None  # baseline vs its replica
+    steps: Trajectory | None = None
+
+
+def _rows(audit: Audit, batch: BatchOutputs) -> list[dict]:
+    """The batch's per-sample rows, as :class:`SampleRow` dicts."""
+    probs = [torch.softmax(r.logits, 1).cpu().numpy() for r in batch.results]
+    keep = batch.chosen.included.cpu().numpy()
     kept_rank = np.cumsum(keep) - 1
+    results, steps = batch.results, batch.steps
+
+    def at(named: Values, k: int) -> dict[str, dict[str, float | None]]:
+        return {m: {name: _finite(v[k]) for name, v in per.items()} for m, per in named.items()}
+
     out = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(batch.rows):
         sample = audit.index.samples[audit.positions[row]]
-        record: dict[str, Any] = {
-            "index": row,
-            "path": _relative(sample.path, audit.index.root),
-            "label": int(labels[i]),
-            "pred_baseline": int(preds[0][i]),
-            "pred_candidate": int(preds[1][i]),
-            "probs_baseline": [round(float(p), 6) for p in probs[0][i]],
-            "probs_candidate": [round(float(p), 6) for p in probs[1][i]],
-            "target_baseline": int(results[0].targets[i]),
-            "target_candidate": int(results[1].targets[i]),
-            "included": bool(keep[i]),
-            "metrics": {},
-            "degenerate": {},
-        }
+        extra: dict[str, Any] = {}
         if steps is not None:
-            record["probs_trajectory"] = [[round(float(p), 6) for p in s[i]] for s in steps.probs]
+            extra["probs_trajectory"] = tuple(
+                tuple(round(float(p), 6) for p in s[i]) for s in steps.probs
+            )
+        metrics: dict[str, dict[str, float | None]] = {}
+        degenerate: dict[str, tuple[bool, bool]] = {}
         if keep[i]:
             k = kept_rank[i]
-            for m, named in values.items():
-                record["metrics"][m] = {name: _finite(v[k]) for name, v in named.items()}
-                record["degenerate"][m] = [
-                    bool(results[0].degenerate[m][i]),
-                    bool(results[1].degenerate[m][i]),
-                ]
-            if replica is not None:
-                record["replica_floor"] = {
-                    m: {name: _finite(v[k]) for name, v in named.items()}
-                    for m, named in replica.items()
-                }
+            metrics = at(batch.values, k)
+            degenerate = {
+                m: (bool(results[0].degenerate[m][i]), bool(results[1].degenerate[m][i]))
+                for m in batch.values
+            }
+            if batch.replica is not None:
+                extra["replica_floor"] = at(batch.replica, k)
             if steps is not None:
-                record["trajectory"] = {
+                extra["trajectory"] = {
                     m: {
-                        kind: [
-                            {name: _finite(v[k]) for name, v in step[m].items()} for step in series
-                        ]
+                        kind: tuple(at({m: step[m]}, k)[m] for step in series)
                         for kind, series in (
                             ("from_first", steps.from_first),
                             ("consecutive", steps.consecutive),
                         )
                     }
-                    for m in values
+                    for m in batch.values
                 }
-            if floor is not None:
-                record["floor"] = {
-                    m: {name: _finite(v[k]) for name, v in named.items()}
-                    for m, named in floor.items()
-                }
-        out.append(record)
+            if batch.floor is not None:
+                extra["floor"] = at(batch.floor, k)
+        record = SampleRow(
+            index=row,
+            path=_relative(sample.path, audit.index.root),
+            label=int(batch.labels[i]),
+            pred_baseline=int(batch.preds[0][i]),
+            pred_candidate=int(batch.preds[1][i]),
+            probs_baseline=tuple(round(float(p), 6) for p in probs[0][i]),
+            probs_candidate=tuple(round(float(p), 6) for p in probs[1][i]),
+            target_baseline=int(results[0].targets[i]),
+            target_candidate=int(results[1].targets[i]),
+            included=bool(keep[i]),
+            metrics=metrics,
+            degenerate=degenerate,
+            **extra,
+        )
+        out.append(record.to_dict())
     return out
 
 

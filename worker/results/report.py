@@ -15,6 +15,7 @@ import numpy as np
 import training
 from training.evaluation import classification_metrics
 from worker.catalog import metric_info
+from worker.results.rows import RowTable
 from worker.results.stats import paired_test, summarize, summarize_groups
 from worker.results.trajectory import trajectory_section
 
@@ -23,7 +24,7 @@ REPORT_KIND = "camdrift.drift-report"
 
 
 def build_report(
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | RowTable,
     *,
     models: dict[str, dict[str, Any]],
     dataset: dict[str, Any],
@@ -31,22 +32,23 @@ def build_report(
     samples_location: str | None,
     trajectory: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report from ``rows`` (any order) and the audit's description.
+    """Assemble the report from ``rows`` (any order, or a :class:`RowTable`) and the audit's
+    description.
 
     ``trajectory``: descriptions of the checkpoints between baseline and candidate, in order,
     when the audit followed a sequence (their drift is in the rows).
     """
-    rows = sorted(rows, key=lambda r: r["index"])
+    table = RowTable.from_rows(rows)
     class_names = list(dataset["class_names"])
     methods, metrics = list(config["methods"]), list(config["metrics"])
     seed, n_boot = int(config.get("seed", 0)), int(config.get("n_boot", 2000))
-    included = [r for r in rows if r["included"]]
-    groups = np.asarray([r["label"] for r in included], dtype=np.int64)
+    included = table.take(table.included)
+    groups = included.label
     summaries: dict[str, dict[str, Any]] = {}
     for method in methods:
         summaries[method] = {
             metric: summarize_groups(
-                _column(included, method, metric), groups, class_names, n_boot=n_boot, seed=seed
+                included.values(method, metric), groups, class_names, n_boot=n_boot, seed=seed
             )
             for metric in metrics
         }
@@ -58,14 +60,14 @@ def build_report(
         "models": models,
         "dataset": dataset,
         "config": config,
-        "subsets": subset_counts(rows, class_names),
+        "subsets": subset_counts(table, class_names),
         "performance": {
-            role: _performance(rows, role, class_names) for role in ("baseline", "candidate")
+            role: _performance(table, role, class_names) for role in ("baseline", "candidate")
         },
         "summaries": summaries,
         "method_comparisons": _comparisons(included, methods, metrics),
         "degenerate": _degenerate_counts(included, methods),
-        "samples": {"location": samples_location, "count": len(rows), "included": len(included)},
+        "samples": {"location": samples_location, "count": len(table), "included": len(included)},
         "noise_floor": noise_floor(
             included, methods, metrics, class_names, n_boot=n_boot, seed=seed
         ),
@@ -79,7 +81,7 @@ def build_report(
             key="replica_floor",
         ),
         "trajectory": trajectory_section(
-            rows,
+            table,
             methods,
             metrics,
             class_names,
@@ -92,7 +94,7 @@ def build_report(
 
 
 def noise_floor(
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | RowTable,
     methods: list[str],
     metrics: list[str],
     class_names: list[str],
@@ -107,16 +109,17 @@ def noise_floor(
 
     ``key="floor"``: baseline vs a perturbed baseline; ``key="replica_floor"``: baseline vs a
     replica trained with another seed (the job's ``baseline_replica``)."""
-    floored = [r for r in rows if r.get(key)]
-    if not floored:
+    table = RowTable.from_rows(rows)
+    if not table.has(key):
         return None
-    labels = np.asarray([r["label"] for r in floored], dtype=np.int64)
+    floored = table.present[key]
+    labels = table.label[floored]
     out: dict[str, Any] = {}
     for method in methods:
         out[method] = {}
         for metric in metrics:
-            floor = _column(floored, method, metric, key=key)
-            drift = _column(floored, method, metric)
+            floor = table.values(method, metric, series=key, mask=floored)
+            drift = table.values(method, metric, mask=floored)
             worse = metric_info(metric).worse
             finite = floor[np.isfinite(floor)]
             threshold = beyond = None
@@ -143,24 +146,16 @@ def _share(hit: np.ndarray, valid: np.ndarray) -> float | None:
     return float(hit[valid].mean()) if valid.any() else None
 
 
-def _column(
-    rows: list[dict[str, Any]], method: str, metric: str, key: str = "metrics"
-) -> np.ndarray:
-    values = [(r.get(key) or {}).get(method, {}).get(metric) for r in rows]
-    return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-
-
-def subset_counts(rows: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any]:
-    label = np.asarray([r["label"] for r in rows], dtype=np.int64)
-    pa = np.asarray([r["pred_baseline"] for r in rows], dtype=np.int64)
-    pb = np.asarray([r["pred_candidate"] for r in rows], dtype=np.int64)
-    inc = np.asarray([r["included"] for r in rows], dtype=bool)
+def subset_counts(rows: list[dict[str, Any]] | RowTable, class_names: list[str]) -> dict[str, Any]:
+    table = RowTable.from_rows(rows)
+    label, inc = table.label, table.included
+    pa, pb = table.pred_baseline, table.pred_candidate
     per_class = {
         name: {"evaluated": int((label == k).sum()), "included": int(((label == k) & inc).sum())}
         for k, name in enumerate(class_names)
     }
     return {
-        "evaluated": len(rows),
+        "evaluated": len(table),
         "included": int(inc.sum()),
         "true_positive": int(((label == pa) & (label == pb)).sum()),
         "baseline_correct": int((label == pa).sum()),
@@ -170,30 +165,32 @@ def subset_counts(rows: list[dict[str, Any]], class_names: list[str]) -> dict[st
     }
 
 
-def _performance(rows: list[dict[str, Any]], role: str, class_names: list[str]) -> dict:
-    if not rows:
+def _performance(rows: list[dict[str, Any]] | RowTable, role: str, class_names: list[str]) -> dict:
+    table = RowTable.from_rows(rows)
+    if not len(table):
         return classification_metrics(
             np.zeros(0, np.int64), np.zeros((0, len(class_names))), class_names
         )
-    labels = np.asarray([r["label"] for r in rows], dtype=np.int64)
-    probs = np.asarray([r[f"probs_{role}"] for r in rows], dtype=np.float64)
-    return classification_metrics(labels, probs, class_names)
+    return classification_metrics(table.label, getattr(table, f"probs_{role}"), class_names)
 
 
-def _comparisons(rows: list[dict[str, Any]], methods: list[str], metrics: list[str]) -> list:
+def _comparisons(
+    rows: list[dict[str, Any]] | RowTable, methods: list[str], metrics: list[str]
+) -> list:
     """Wilcoxon signed-rank between every pair of methods, per metric, on the same samples."""
+    table = RowTable.from_rows(rows)
     out = []
     for metric in metrics:
         for first, second in itertools.combinations(methods, 2):
-            test = paired_test(_column(rows, first, metric), _column(rows, second, metric))
+            test = paired_test(table.values(first, metric), table.values(second, metric))
             out.append({"metric": metric, "method_a": first, "method_b": second, **test})
     return out
 
 
-def _degenerate_counts(rows: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+def _degenerate_counts(rows: list[dict[str, Any]] | RowTable, methods: list[str]) -> dict:
+    table = RowTable.from_rows(rows)
     counts = {}
     for m in methods:
-        flags = np.asarray([r["degenerate"].get(m, [False, False]) for r in rows], dtype=bool)
-        flags = flags.reshape(-1, 2)
+        flags = table.flags(m)
         counts[m] = {"baseline": int(flags[:, 0].sum()), "candidate": int(flags[:, 1].sum())}
     return counts

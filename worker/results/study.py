@@ -39,6 +39,7 @@ import numpy as np
 from scipy import stats as sps
 
 from worker.catalog import metric_info
+from worker.results.rows import RowTable
 
 STUDY_SCHEMA_VERSION = "1.0"
 STUDY_KIND = "camdrift.study-report"
@@ -120,20 +121,21 @@ def study_report(
     per_entry = [_report_methods_metrics(e["report"]) for e in entries]
     methods = [m for m in per_entry[0][0] if all(m in p[0] for p in per_entry)]
     metrics = [m for m in per_entry[0][1] if all(m in p[1] for p in per_entry)]
-    by_index = [{int(r["index"]): r for r in e["rows"]} for e in entries]
-    common = sorted(i for i in by_index[0] if all(rows[i].get("included") for rows in by_index))
-    n = len(common)
+    # one row per index (the last one given, as a dict by index keeps it), sorted by index:
+    # check_entries made every entry's index set the same, so the tables line up row by row
+    tables = [
+        RowTable.from_rows(list({int(r["index"]): r for r in e["rows"]}.values()), ["drift"])
+        for e in entries
+    ]
+    common = np.logical_and.reduce([t.included for t in tables])
+    n = int(common.sum())
 
     # stability scores (higher = more stable) per method x metric: entries x common samples
     scores: dict[tuple[str, str], np.ndarray] = {}
     values: dict[tuple[str, str], np.ndarray] = {}
     for method, metric in itertools.product(methods, metrics):
-        raw = np.full((len(entries), n), np.nan)
-        for e, rows in enumerate(by_index):
-            for k, i in enumerate(common):
-                v = _float(((rows[i].get("metrics") or {}).get(method) or {}).get(metric))
-                if v is not None:
-                    raw[e, k] = v
+        raw = np.stack([t.values(method, metric, mask=common) for t in tables])
+        raw[~np.isfinite(raw)] = np.nan
         direction = stability_direction(metric)
         shown = np.abs(raw) if direction == "abs" else raw
         values[method, metric] = shown
@@ -212,7 +214,7 @@ def study_report(
         "kind": STUDY_KIND,
         "dataset": {
             "fingerprint": dataset.get("fingerprint"),
-            "num_evaluated": len(by_index[0]),
+            "num_evaluated": len(tables[0]),
         },
         "entries": [_entry_meta(e) for e in entries],
         "methods": methods,

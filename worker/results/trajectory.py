@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import PurePath
 from typing import Any
 
-import numpy as np
-
 from training.evaluation import classification_metrics
 from worker.catalog import Direction, metric_info
+from worker.results.rows import RowTable
 from worker.results.stats import summarize
 
 KINDS = ("from_first", "consecutive")
@@ -31,7 +30,7 @@ def checkpoint_label(model: dict[str, Any], position: int) -> str:
 
 
 def trajectory_section(
-    rows: list[dict[str, Any]],
+    rows: list[dict[str, Any]] | RowTable,
     methods: list[str],
     metrics: list[str],
     class_names: list[str],
@@ -45,14 +44,15 @@ def trajectory_section(
 
     ``checkpoints``: descriptions of the whole sequence, baseline first, candidate last.
     """
-    traced = [r for r in rows if r["included"] and r.get("trajectory")]
-    measured = [len(r["probs_trajectory"]) for r in rows if "probs_trajectory" in r]
+    table = RowTable.from_rows(rows)
+    traced = table.included & table.present["trajectory"]
+    measured = set(table.trajectory_lengths[table.trajectory_lengths >= 0].tolist())
     if not measured:
         return None
     steps = len(checkpoints) - 1
-    if set(measured) != {steps - 1}:
+    if measured != {steps - 1}:
         raise ValueError(
-            f"the rows hold {sorted(set(measured))} intermediate checkpoints, "
+            f"the rows hold {sorted(measured)} intermediate checkpoints, "
             f"the description names {steps - 1}"
         )
     boot = {"n_boot": n_boot, "seed": seed}
@@ -62,7 +62,7 @@ def trajectory_section(
         for metric in metrics:
             entry: dict[str, Any] = {
                 kind: [
-                    summarize(_step_column(traced, method, kind, k, metric), **boot)
+                    summarize(table.values(method, metric, kind, k, traced), **boot)
                     for k in range(steps)
                 ]
                 for kind in KINDS
@@ -74,8 +74,8 @@ def trajectory_section(
             {**model, "label": checkpoint_label(model, i)} for i, model in enumerate(checkpoints)
         ],
         "steps": steps,
-        "samples": len(traced),
-        "performance": _performance(rows, class_names, steps),
+        "samples": int(traced.sum()),
+        "performance": _performance(table, class_names, steps),
         "series": series,
     }
 
@@ -92,31 +92,19 @@ def sharpest_step(metric: str, consecutive: list[dict[str, Any]]) -> int | None:
     return max(scored, key=lambda km: key(km[1]))[0]
 
 
-def _step_column(
-    rows: list[dict[str, Any]], method: str, kind: str, step: int, metric: str
-) -> np.ndarray:
-    values = []
-    for r in rows:
-        seq = r["trajectory"].get(method, {}).get(kind) or []
-        value = seq[step].get(metric) if step < len(seq) else None
-        values.append(np.nan if value is None else value)
-    return np.asarray(values, dtype=np.float64)
-
-
-def _performance(
-    rows: list[dict[str, Any]], class_names: list[str], steps: int
-) -> list[dict[str, Any]]:
+def _performance(table: RowTable, class_names: list[str], steps: int) -> list[dict[str, Any]]:
     """Accuracy and macro AUC of every checkpoint of the sequence on all evaluated samples."""
-    labels = np.asarray([r["label"] for r in rows], dtype=np.int64)
+    if steps > 1 and table.probs_trajectory is None:
+        raise ValueError("every row must hold the intermediate checkpoints' probabilities")
     out = []
     for k in range(steps + 1):
         if k == 0:
-            probs = [r["probs_baseline"] for r in rows]
+            probs = table.probs_baseline
         elif k == steps:
-            probs = [r["probs_candidate"] for r in rows]
+            probs = table.probs_candidate
         else:
-            probs = [r["probs_trajectory"][k - 1] for r in rows]
-        shaped = np.asarray(probs, dtype=np.float64).reshape(len(rows), len(class_names))
-        scores = classification_metrics(labels, shaped, class_names)
+            probs = table.probs_trajectory[k - 1]
+        shaped = probs.reshape(len(table), len(class_names))
+        scores = classification_metrics(table.label, shaped, class_names)
         out.append({"accuracy": scores["accuracy"], "macro_auc": scores["macro_auc"]})
     return out
