@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +139,7 @@ def make_inputs(folder: Path) -> tuple[Path, Path, bytes]:
     """Two tinycnn checkpoints and a zipped 40-image phantom dataset (needs torch)."""
     import torch
 
+    from service.client import zip_folder
     from training.checkpoints import model_metadata, save_checkpoint
     from training.phantoms import CLASSES, generate_dataset
     from training.zoo import create_model
@@ -155,10 +155,7 @@ def make_inputs(folder: Path) -> tuple[Path, Path, bytes]:
         save_checkpoint(path, model, meta)
         paths.append(path)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for file in sorted(data.rglob("*")):
-            if file.is_file():
-                zf.write(file, file.relative_to(data).as_posix())
+    zip_folder(data, buffer)
     return paths[0], paths[1], buffer.getvalue()
 
 

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from training.checkpoint_format import sha256_file
 from training.datasets import content_digest
@@ -278,7 +278,7 @@ def _reason(exc: Exception) -> str:
     return text[:1].lower() + text[1:]
 
 
-def zip_folder(folder: Path, archive: Path) -> int:
+def zip_folder(folder: Path, archive: Path | IO[bytes]) -> int:
     """Zip every file under ``folder`` (paths relative to it) into ``archive``; file count."""
     count = 0
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:

@@ -471,3 +471,23 @@ def check_images(
             if len(bad) >= report:
                 break
     return bad
+
+
+def upload_body(description: str, json_schema: str | None = None) -> dict[str, Any]:
+    """The OpenAPI request body of an upload route: multipart ``file`` (+ optional ``name``),
+    and, for routes that also take JSON, that schema (a component name)."""
+    content: dict[str, Any] = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary", "description": description},
+                    "name": {"type": "string", "maxLength": 255},
+                },
+            }
+        }
+    }
+    if json_schema is not None:
+        content["application/json"] = {"schema": {"$ref": f"#/components/schemas/{json_schema}"}}
+    return {"requestBody": {"required": True, "content": content}}

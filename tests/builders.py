@@ -93,3 +93,40 @@ def disagreeing_audit_inputs(
         meta_phase = model_metadata(model, list(CLASSES), phase=phase, input_size=[size, size])
         save_checkpoint(root / f"{phase}.safetensors", model, meta_phase)
     return expected
+
+
+def seeded_model(arch: str, seed: int):
+    """A zoo model with seeded random weights, in eval mode (5 classes)."""
+    import torch
+
+    from training.zoo import create_model
+
+    torch.manual_seed(seed)
+    return create_model(arch, num_classes=5).eval()
+
+
+def random_batch(seed: int, n: int, h: int, w: int):
+    """(images [n, 3, h, w], targets [n]) from a seeded generator."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, h, w, generator=gen)
+    targets = torch.randint(0, 5, (n,), generator=gen)
+    return images, targets
+
+
+EVERY_SAMPLE = ("--sample-filter", "all", "--split", "all")  # drift options: audit everything
+
+
+def drift_args(root: Path, *extra: str) -> list[str]:
+    """``camdrift drift`` arguments auditing a :func:`tiny_audit_inputs` world's TL vs FT."""
+    return [
+        "drift",
+        "--baseline",
+        str(root / "tl.safetensors"),
+        "--candidate",
+        str(root / "ft.safetensors"),
+        "--data",
+        str(root / "data"),
+        *extra,
+    ]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.builders import random_batch, seeded_model
 from tests.ci import require_module
-from training.zoo import create_model
 from worker.catalog import ONE_PASS_METHODS as METHODS
 from worker.engine.attribution import attribute, attribute_batch
 
@@ -58,29 +58,17 @@ def _check(model, images, targets, target_layer=None, reshape=None) -> None:
         assert diff < TOL, f"{name}: max abs diff {diff:.2e}"
 
 
-def _model(arch: str, seed: int):
-    torch.manual_seed(seed)
-    return create_model(arch, num_classes=5).eval()
-
-
-def _batch(seed: int, n: int, h: int, w: int):
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 3, h, w, generator=gen)
-    targets = torch.randint(0, 5, (n,), generator=gen)
-    return images, targets
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_resnet18_default_path_matches_oracle(seed: int) -> None:
-    model = _model("resnet18", seed)
-    images, targets = _batch(seed, 4, 128, 128)
+    model = seeded_model("resnet18", seed)
+    images, targets = random_batch(seed, 4, 128, 128)
     _check(model, images, targets)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_resnet18_named_module_path_matches_oracle(seed: int) -> None:
-    model = _model("resnet18", seed)
-    images, targets = _batch(seed + 10, 3, 128, 128)
+    model = seeded_model("resnet18", seed)
+    images, targets = random_batch(seed + 10, 3, 128, 128)
     _check(model, images, targets, target_layer="net.layer3")
     _check(model, images, targets, target_layer="net.layer4.1.conv2")
 
@@ -88,33 +76,33 @@ def test_resnet18_named_module_path_matches_oracle(seed: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_densenet201_matches_oracle_on_both_paths(seed: int) -> None:
-    model = _model("densenet201", seed)
-    images, targets = _batch(seed, 3, 96, 96)
+    model = seeded_model("densenet201", seed)
+    images, targets = random_batch(seed, 3, 96, 96)
     _check(model, images, targets)
     _check(model, images, targets, target_layer="net.features.denseblock4")
 
 
 def test_non_square_input_matches_oracle() -> None:
-    model = _model("resnet18", 3)
-    images, targets = _batch(3, 3, 96, 160)
+    model = seeded_model("resnet18", 3)
+    images, targets = random_batch(3, 3, 96, 160)
     _check(model, images, targets)
     _check(model, images, targets, target_layer="net.layer3")
 
 
 def test_frozen_backbone_tl_model_matches_oracle() -> None:
     """A TL checkpoint: backbone requires_grad=False. The oracle needs grads; we do not."""
-    model = _model("resnet18", 4)
+    model = seeded_model("resnet18", 4)
     for p in model.backbone_parameters():
         p.requires_grad_(False)
-    images, targets = _batch(4, 3, 128, 128)
+    images, targets = random_batch(4, 3, 128, 128)
     _check(model, images, targets)
     _check(model, images, targets, target_layer="net.layer3")
     assert all(not p.requires_grad for p in model.backbone_parameters())
 
 
 def test_named_default_layer_equals_default_path() -> None:
-    model = _model("resnet18", 5)
-    images, targets = _batch(5, 2, 96, 96)
+    model = seeded_model("resnet18", 5)
+    images, targets = random_batch(5, 2, 96, 96)
     a = attribute(model, images, targets, METHODS)
     b = attribute(model, images, targets, METHODS, target_layer="net.layer4.1")
     for name in METHODS:
@@ -122,8 +110,8 @@ def test_named_default_layer_equals_default_path() -> None:
 
 
 def test_works_inside_a_callers_no_grad_block() -> None:
-    model = _model("tinycnn", 9)
-    images, targets = _batch(9, 2, 64, 64)
+    model = seeded_model("tinycnn", 9)
+    images, targets = random_batch(9, 2, 64, 64)
     expected = attribute(model, images, targets, METHODS)
     with torch.no_grad():
         got = attribute(model, images, targets, METHODS)
@@ -134,15 +122,15 @@ def test_works_inside_a_callers_no_grad_block() -> None:
 
 
 def test_targets_none_explains_each_prediction() -> None:
-    model = _model("tinycnn", 6)
-    images, _ = _batch(6, 4, 64, 64)
+    model = seeded_model("tinycnn", 6)
+    images, _ = random_batch(6, 4, 64, 64)
     result = attribute_batch(model, images, None, ["gradcam"])
     assert torch.equal(result.targets, result.logits.argmax(1))
 
 
 def test_maps_range_and_degenerate_flag() -> None:
-    model = _model("tinycnn", 7)
-    images, targets = _batch(7, 4, 64, 64)
+    model = seeded_model("tinycnn", 7)
+    images, targets = random_batch(7, 4, 64, 64)
     result = attribute_batch(model, images, targets, METHODS)
     for name in METHODS:
         m = result.maps[name]
@@ -167,8 +155,8 @@ def test_maps_range_and_degenerate_flag() -> None:
     ],
 )
 def test_bad_arguments_are_named(kwargs, message) -> None:
-    model = _model("tinycnn", 8)
-    images, targets = _batch(8, 2, 64, 64)
+    model = seeded_model("tinycnn", 8)
+    images, targets = random_batch(8, 2, 64, 64)
     args = {"targets": targets, "methods": METHODS} | kwargs
     with pytest.raises(ValueError, match=message):
         attribute(model, images, **args)
@@ -188,8 +176,8 @@ def _vit_tokens_to_grid(model):
 @pytest.mark.slow
 def test_vit_tokens_as_a_grid_match_oracle() -> None:
     """ViT: the tokens entering the last block, class token dropped, as a 14 x 14 grid."""
-    model = _model("vit_small_patch16_224", 0)
-    images, targets = _batch(0, 2, 224, 224)
+    model = seeded_model("vit_small_patch16_224", 0)
+    images, targets = random_batch(0, 2, 224, 224)
     layer = model.spec.feature_layer
     reshape = _vit_tokens_to_grid(model)
     expected = oracle_maps(model, images, targets, layer, reshape=reshape)

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.builders import tiny_audit_inputs
+from tests.builders import EVERY_SAMPLE, drift_args, tiny_audit_inputs
 from training.checkpoints import model_metadata, save_checkpoint
 from training.phantoms import CLASSES
 from training.zoo import create_model
@@ -26,16 +26,10 @@ def world(tmp_path_factory):
 def _drift(world, *extra: str):
     return runner.invoke(
         app,
-        [
-            "drift",
-            "--baseline",
-            str(world / "tl.safetensors"),
-            "--candidate",
-            str(world / "ft.safetensors"),
-            "--data",
-            str(world / "data"),
+        drift_args(
+            world,
             *extra,
-        ],
+        ),
     )
 
 
@@ -45,10 +39,7 @@ def test_report_validates_with_counts_aucs_and_cis(world) -> None:
         world,
         "--out",
         str(out),
-        "--sample-filter",
-        "all",
-        "--split",
-        "all",
+        *EVERY_SAMPLE,
         "--methods",
         "layercam,gradcam++,gradcam",
     )

@@ -18,7 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.builders import tiny_audit_inputs
+from tests.builders import EVERY_SAMPLE, drift_args, tiny_audit_inputs
 from tests.ci import skip_or_fail
 from worker.render.html_report import (
     SECTIONS,
@@ -311,23 +311,14 @@ def local_page(tmp_path_factory) -> tuple[Path, Path]:
     out, page = root / "report.json", root / "report.html"
     result = CliRunner().invoke(
         app,
-        [
-            "drift",
-            "--baseline",
-            str(root / "tl.safetensors"),
-            "--candidate",
-            str(root / "ft.safetensors"),
-            "--data",
-            str(root / "data"),
+        drift_args(
+            root,
             "--out",
             str(out),
-            "--sample-filter",
-            "all",
-            "--split",
-            "all",
+            *EVERY_SAMPLE,
             "--html",
             str(page),
-        ],
+        ),
     )
     assert result.exit_code == 0, result.output
     return out, page

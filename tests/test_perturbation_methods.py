@@ -15,26 +15,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.builders import tiny_audit_inputs
+from tests.builders import drift_args, random_batch, seeded_model, tiny_audit_inputs
 from tests.ci import require_module
-from training.zoo import create_model
 from worker.engine.attribution import attribute, attribute_batch
 from worker.engine.perturbation import integrated_gradients
 from worker.results.report_schema import validate_report
 
 TOL = 1e-4
-
-
-def _model(arch: str, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return create_model(arch, num_classes=5).eval()
-
-
-def _batch(seed: int, n: int, h: int, w: int):
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randn(n, 3, h, w, generator=gen)
-    targets = torch.randint(0, 5, (n,), generator=gen)
-    return images, targets
 
 
 def _oracle_scorecam(model, images, targets, layer_path: str) -> np.ndarray:
@@ -61,8 +48,8 @@ def _check_scorecam(model, images, targets, target_layer=None, chunk=40) -> None
 
 
 def test_scorecam_matches_oracle_tinycnn_default_and_named_paths() -> None:
-    model = _model("tinycnn", 0)
-    images, targets = _batch(0, 3, 48, 64)
+    model = seeded_model("tinycnn", 0)
+    images, targets = random_batch(0, 3, 48, 64)
     assert len(set(targets.tolist())) > 1  # mixed targets
     _check_scorecam(model, images, targets)
     _check_scorecam(model, images, targets, target_layer="net.features.14")
@@ -70,14 +57,14 @@ def test_scorecam_matches_oracle_tinycnn_default_and_named_paths() -> None:
 
 def test_scorecam_matches_oracle_resnet18() -> None:
     """512 channels: 2 x 512 masked forwards per side, so small inputs (a 2 x 2 feature map)."""
-    model = _model("resnet18", 1)
-    images, _ = _batch(1, 2, 34, 34)
+    model = seeded_model("resnet18", 1)
+    images, _ = random_batch(1, 2, 34, 34)
     _check_scorecam(model, images, torch.tensor([0, 3]), chunk=200)
 
 
 def test_scorecam_chunking_only_changes_rounding() -> None:
-    model = _model("tinycnn", 2)
-    images, targets = _batch(2, 2, 48, 48)
+    model = seeded_model("tinycnn", 2)
+    images, targets = random_batch(2, 2, 48, 48)
     a = attribute_batch(model, images, targets, ["scorecam"], chunk=7).raw["scorecam"]
     b = attribute_batch(model, images, targets, ["scorecam"], chunk=256).raw["scorecam"]
     assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
@@ -109,7 +96,7 @@ def _smooth(seed: int) -> nn.Module:
 
 def test_ig_completeness_at_64_steps() -> None:
     model = _smooth(0)
-    images, targets = _batch(3, 4, 16, 16)
+    images, targets = random_batch(3, 4, 16, 16)
     attr = integrated_gradients(model, images, targets, steps=64, chunk=50)
     with torch.no_grad():
         logits_x = model(images).gather(1, targets[:, None])[:, 0]
@@ -139,12 +126,12 @@ def _ig_loop(model, images, targets, steps: int) -> torch.Tensor:
 
 def test_ig_equals_a_per_sample_per_step_loop() -> None:
     model = _smooth(1)
-    images, targets = _batch(4, 3, 16, 16)
+    images, targets = random_batch(4, 3, 16, 16)
     expected = _ig_loop(model, images, targets, steps=8)
     got = integrated_gradients(model, images, targets, steps=8, chunk=5)  # chunks span samples
     assert (got - expected).abs().max() < 1e-5
-    tiny = _model("tinycnn", 5)
-    images, targets = _batch(5, 2, 32, 32)
+    tiny = seeded_model("tinycnn", 5)
+    images, targets = random_batch(5, 2, 32, 32)
     expected = _ig_loop(tiny, images, targets, steps=6)
     result = attribute_batch(tiny, images, targets, ["ig"], ig_steps=6, chunk=4)
     raw = expected.abs().sum(dim=1)
@@ -154,8 +141,8 @@ def test_ig_equals_a_per_sample_per_step_loop() -> None:
 
 
 def test_all_families_in_one_call() -> None:
-    model = _model("tinycnn", 6)
-    images, targets = _batch(6, 2, 48, 48)
+    model = seeded_model("tinycnn", 6)
+    images, targets = random_batch(6, 2, 48, 48)
     both = attribute_batch(model, images, targets, ["layercam", "scorecam", "ig"])
     assert list(both.maps) == ["layercam", "scorecam", "ig"]
     alone = attribute_batch(model, images, targets, ["layercam"])
@@ -174,14 +161,8 @@ def test_drift_cli_with_scorecam_and_ig(tmp_path) -> None:
     out = tmp_path / "report.json"
     result = CliRunner().invoke(
         app,
-        [
-            "drift",
-            "--baseline",
-            str(world / "tl.safetensors"),
-            "--candidate",
-            str(world / "ft.safetensors"),
-            "--data",
-            str(world / "data"),
+        drift_args(
+            world,
             "--out",
             str(out),
             "--methods",
@@ -196,7 +177,7 @@ def test_drift_cli_with_scorecam_and_ig(tmp_path) -> None:
             "cpu",
             "--html",
             str(tmp_path / "report.html"),
-        ],
+        ),
     )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())

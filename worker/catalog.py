@@ -266,11 +266,14 @@ def check_method(name: str) -> str:
     return name
 
 
+def metric_choices() -> str:
+    """What a user may name as a metric, for error messages."""
+    return f"{', '.join(METRICS)} or iou_topQ with Q in 1..99"
+
+
 def check_metric(name: str) -> str:
     if not is_metric(name):
-        raise ValueError(
-            f"unknown metric {name!r}; choose from {', '.join(METRICS)} or iou_topQ with Q in 1..99"
-        )
+        raise ValueError(f"unknown metric {name!r}; choose from {metric_choices()}")
     return name
 
 
@@ -298,10 +301,7 @@ def validate_metrics(metrics: Sequence[str] | str) -> list[str]:
         raise ValueError("metrics: give at least one of " + ", ".join(METRICS))
     for name in names:
         if not is_metric(name):
-            raise ValueError(
-                f"metrics: unknown {name!r}; choose from {', '.join(METRICS)} "
-                "or iou_topQ with Q in 1..99"
-            )
+            raise ValueError(f"metrics: unknown {name!r}; choose from {metric_choices()}")
     return unique(names)
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.problems import not_found
 from worker.store.artifacts import ArtifactStore
+from worker.store.models import is_id
 from worker.store.settings import Settings
+
+T = TypeVar("T")
 
 
 def settings_of(request: Request) -> Settings:
@@ -57,3 +61,26 @@ def newest_first(
         query.order_by(model.created_at.desc(), model.id).limit(limit).offset(offset)
     ).all()
     return rows, total
+
+
+def record_or_404(session: Session, model: type[T], ident: str, what: str) -> T:
+    """The record ``ident`` of ``model``, or a 404 problem naming ``what`` (a malformed id
+    cannot exist and is never sent to SQL)."""
+    record = session.get(model, ident) if is_id(ident) else None
+    if record is None:
+        raise not_found(what, ident)
+    return record
+
+
+def page_of(
+    session: Session,
+    model: Any,
+    out: Callable[[Any], Any],
+    page: Any,
+    where: ColumnElement[bool] | None,
+    limit: int,
+    offset: int,
+) -> Any:
+    """One ``page`` of ``model`` rows, newest first, each turned into its response by ``out``."""
+    rows, total = newest_first(session, model, where, limit, offset)
+    return page(items=[out(r) for r in rows], total=total, limit=limit, offset=offset)

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.client import zip_folder
 from training.checkpoints import model_metadata, save_checkpoint
 from training.phantoms import CLASSES, generate_dataset
 from training.zoo import create_model
@@ -98,10 +98,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
         )
         paths.append(path)
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as zf:
-        for file in sorted(data.rglob("*")):
-            if file.is_file():
-                zf.write(file, file.relative_to(data).as_posix())
+    zip_folder(data, buffer)
     return Inputs(data, paths[0], paths[1], buffer.getvalue(), paths[2])
 
 
@@ -207,27 +204,38 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
-def run_job_over_http(
-    base: str, inputs: Inputs, body: dict[str, Any], timeout: float = 240.0
-) -> tuple[httpx.Client, dict[str, Any]]:
-    """Upload both checkpoints and the zipped dataset, create a job, poll it to the end."""
-    client = httpx.Client(base_url=base, timeout=60)
+def upload_inputs(client: httpx.Client, inputs: Inputs, replica: bool = False) -> dict[str, str]:
+    """Upload both checkpoints (and the replica) and the zipped dataset: the job body's ids."""
+    paths = (inputs.baseline, inputs.candidate, *([inputs.replica] if replica else []))
     ids = []
-    body = dict(body)
-    with_replica = body.pop("with_replica", False)
-    with_trajectory = body.pop("with_trajectory", False)
-    for path in (inputs.baseline, inputs.candidate, inputs.replica):
+    for path in paths:
         with open(path, "rb") as fh:
             r = client.post("/checkpoints", files={"file": (path.name, fh)})
         assert r.status_code in (200, 201), r.text
         ids.append(r.json()["id"])
     r = client.post("/datasets", files={"file": ("data.zip", inputs.zip_bytes, "application/zip")})
     assert r.status_code == 201, r.text
-    job_body = {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"], **body}
+    out = {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"]}
+    if replica:
+        out["replica_id"] = ids[2]
+    return out
+
+
+def run_job_over_http(
+    base: str, inputs: Inputs, body: dict[str, Any], timeout: float = 240.0
+) -> tuple[httpx.Client, dict[str, Any]]:
+    """Upload both checkpoints and the zipped dataset, create a job, poll it to the end."""
+    client = httpx.Client(base_url=base, timeout=60)
+    body = dict(body)
+    with_replica = body.pop("with_replica", False)
+    with_trajectory = body.pop("with_trajectory", False)
+    ids = upload_inputs(client, inputs, with_replica or with_trajectory)
+    replica = ids.pop("replica_id", None)
+    job_body = {**ids, **body}
     if with_replica:
-        job_body["baseline_replica_id"] = ids[2]
+        job_body["baseline_replica_id"] = replica
     if with_trajectory:
-        job_body["trajectory_ids"] = [ids[2]]
+        job_body["trajectory_ids"] = [replica]
     r = client.post("/drift-jobs", json=job_body)
     assert r.status_code == 202, r.text
     location = r.headers["location"]

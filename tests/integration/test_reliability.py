@@ -32,6 +32,7 @@ from tests.integration.conftest import (
     camdrift_command,
     free_port,
     local_audit,
+    upload_inputs,
 )
 from tests.integration.test_job_runner import counts, ctx, job_row, make_job
 from tests.service.conftest import fresh_postgres_database
@@ -248,18 +249,6 @@ def _migrate(env: dict[str, str]) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def _upload(client: httpx.Client, inputs: Inputs) -> dict[str, str]:
-    ids = []
-    for path in (inputs.baseline, inputs.candidate):
-        with open(path, "rb") as fh:
-            r = client.post("/checkpoints", files={"file": (path.name, fh)})
-        assert r.status_code in (200, 201), r.text
-        ids.append(r.json()["id"])
-    r = client.post("/datasets", files={"file": ("data.zip", inputs.zip_bytes, "application/zip")})
-    assert r.status_code == 201, r.text
-    return {"baseline_id": ids[0], "candidate_id": ids[1], "dataset_id": r.json()["id"]}
-
-
 @pytest.mark.services
 def test_broker_outage_503_readyz_and_the_sweeper_requeues_lost_jobs(
     inputs, processes, private_redis, tmp_path
@@ -272,7 +261,7 @@ def test_broker_outage_503_readyz_and_the_sweeper_requeues_lost_jobs(
     _migrate(env)
     client = httpx.Client(base_url=processes.api(env), timeout=60)
     assert client.get("/readyz").json()["checks"] == {"database": "ok", "broker": "ok"}
-    body = {**_upload(client, inputs), **JOB}
+    body = {**upload_inputs(client, inputs), **JOB}
     private_redis.stop()
     ready = client.get("/readyz")
     assert ready.status_code == 503
@@ -340,7 +329,7 @@ def _deployment(processes, private_redis, tmp_path, db_url, name, conn):
 
 
 def _submit(client: httpx.Client, inputs: Inputs) -> str:
-    r = client.post("/drift-jobs", json={**_upload(client, inputs), **JOB})
+    r = client.post("/drift-jobs", json={**upload_inputs(client, inputs), **JOB})
     assert r.status_code == 202, r.text
     return r.headers["location"].rsplit("/", 1)[1]
 

@@ -15,6 +15,7 @@ from sqlalchemy import inspect
 
 from service import migrate
 from tests.service.conftest import fresh_postgres_database
+from worker.results.rows import SAMPLE_FIELDS
 from worker.store.db import make_engine, session_factory
 from worker.store.models import Base
 from worker.store.settings import Settings
@@ -95,16 +96,19 @@ def test_migrate_works_from_any_directory(tmp_path, monkeypatch) -> None:
 
 # --------------------------------------------------------------------------- 0005: data moves
 
-OLD_COLUMNS = (  # sample_metrics' metric columns at 0004
-    "displacement",
-    "peak_displacement",
-    "iou_top20",
-    "iou_t50",
-    "pearson",
-    "spearman",
-    "concentration_change",
-    "entropy_change",
-)
+
+def _migration(stem: str):
+    """A migration module by file name (the versions folder is not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "migrations" / "versions" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(f"camdrift_migration_{stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+OLD_COLUMNS = _migration("0005_sample_values").COLUMNS  # sample_metrics' metric columns at 0004
 OLD_FLOOR_KEYS = {"__floor__": "floor", "__replica__": "replica_floor"}
 JOB_METHODS = ["layercam", "gradcam++"]
 JOB_METRICS = ["iou_top20", "pearson", "iou_top10", "displacement"]  # iou_top10: in ``extra``
@@ -309,21 +313,7 @@ def read_old_schema(url: str, job_id: str, names: list[str]) -> list[dict[str, A
                 select(samples).where(samples.c.job_id == job_id).order_by(samples.c.index)
             ):
                 row: dict[str, Any] = {
-                    **{
-                        k: s._mapping[k]
-                        for k in (
-                            "index",
-                            "path",
-                            "label",
-                            "pred_baseline",
-                            "pred_candidate",
-                            "probs_baseline",
-                            "probs_candidate",
-                            "target_baseline",
-                            "target_candidate",
-                            "included",
-                        )
-                    },
+                    **{k: s._mapping[k] for k in SAMPLE_FIELDS},
                     "metrics": {},
                     "degenerate": {},
                 }

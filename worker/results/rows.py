@@ -25,7 +25,8 @@ import numpy as np
 
 Values = dict[str, dict[str, Any]]  # method -> metric -> float | None
 
-REQUIRED = (
+# a sample's own fields (what ``job_samples`` stores besides the optional trajectory probs)
+SAMPLE_FIELDS: tuple[str, ...] = (
     "index",
     "path",
     "label",
@@ -36,9 +37,8 @@ REQUIRED = (
     "target_baseline",
     "target_candidate",
     "included",
-    "metrics",
-    "degenerate",
 )
+REQUIRED = (*SAMPLE_FIELDS, "metrics", "degenerate")
 # the optional keys, in the order an audit writes them
 OPTIONAL = ("probs_trajectory", "replica_floor", "trajectory", "floor")
 FLOOR_SERIES = ("floor", "replica_floor")

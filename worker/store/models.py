@@ -39,16 +39,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-METRIC_COLUMNS: tuple[str, ...] = (  # the metric columns ``sample_metrics`` had until 0005
-    "displacement",
-    "peak_displacement",
-    "iou_top20",
-    "iou_t50",
-    "pearson",
-    "spearman",
-    "concentration_change",
-    "entropy_change",
-)
 
 
 class Series(StrEnum):

@@ -23,6 +23,7 @@ from sqlalchemy import and_, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from worker.catalog import METRICS, topq
+from worker.results.rows import SAMPLE_FIELDS
 from worker.store.models import (
     FLOOR_SERIES,
     TRAJECTORY_SERIES,
@@ -32,19 +33,7 @@ from worker.store.models import (
     Series,
 )
 
-SAMPLE_COLUMNS: tuple[str, ...] = (
-    "index",
-    "path",
-    "label",
-    "pred_baseline",
-    "pred_candidate",
-    "probs_baseline",
-    "probs_candidate",
-    "target_baseline",
-    "target_candidate",
-    "included",
-    "probs_trajectory",
-)
+SAMPLE_COLUMNS: tuple[str, ...] = (*SAMPLE_FIELDS, "probs_trajectory")
 SAMPLE_SORTS: tuple[str, ...] = ("index", "label")  # sample columns the samples page sorts by
 INSERT_CHUNK = 5000  # value records per INSERT statement
 _CATALOG_ORDER = {name: i for i, name in enumerate(METRICS)}

@@ -13,41 +13,22 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import (
     SessionDep,
-    newest_first,
+    page_of,
+    record_or_404,
     sessions_of,
     settings_of,
     store_of,
 )
-from service.problems import invalid, not_found, problem_responses
+from service.problems import invalid, problem_responses
 from service.schemas import MAX_INT, CheckpointOut, CheckpointPage
-from service.uploads import Upload, clean_name, receive_upload
+from service.uploads import Upload, clean_name, receive_upload, upload_body
 from training.checkpoint_format import CheckpointError, metadata_from_header, read_header
 from worker.store.artifacts import ArtifactStore
-from worker.store.models import Checkpoint, is_id
+from worker.store.models import Checkpoint
 
 router = APIRouter(tags=["checkpoints"])
 
-UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "a camdrift .safetensors checkpoint",
-                        },
-                        "name": {"type": "string", "maxLength": 255},
-                    },
-                }
-            }
-        },
-    }
-}
+UPLOAD_BODY = upload_body("a camdrift .safetensors checkpoint")
 
 
 @router.post(
@@ -144,9 +125,9 @@ def list_checkpoints(
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> CheckpointPage:
     where = Checkpoint.sha256 == sha256.lower() if sha256 is not None else None
-    rows, total = newest_first(session, Checkpoint, where, limit, offset)
-    items = [CheckpointOut.model_validate(r) for r in rows]
-    return CheckpointPage(items=items, total=total, limit=limit, offset=offset)
+    return page_of(
+        session, Checkpoint, CheckpointOut.model_validate, CheckpointPage, where, limit, offset
+    )
 
 
 @router.get(
@@ -156,7 +137,6 @@ def list_checkpoints(
     responses=problem_responses(404),
 )
 def get_checkpoint(checkpoint_id: str, session: SessionDep) -> CheckpointOut:
-    record = session.get(Checkpoint, checkpoint_id) if is_id(checkpoint_id) else None
-    if record is None:
-        raise not_found("checkpoint", checkpoint_id)
-    return CheckpointOut.model_validate(record)
+    return CheckpointOut.model_validate(
+        record_or_404(session, Checkpoint, checkpoint_id, "checkpoint")
+    )

@@ -17,12 +17,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import (
     SessionDep,
-    newest_first,
+    page_of,
+    record_or_404,
     sessions_of,
     settings_of,
     store_of,
 )
-from service.problems import ProblemError, invalid, not_found, problem_responses
+from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import MAX_INT, DatasetOut, DatasetPage, DatasetPathIn
 from service.uploads import (
     Upload,
@@ -33,37 +34,19 @@ from service.uploads import (
     read_json_body,
     receive_upload,
     remove_tree,
+    upload_body,
 )
 from training.datasets import DatasetError, DatasetIndex, content_digest, discover
 from worker.store.artifacts import ArtifactStore
-from worker.store.models import Dataset, is_id, new_id
+from worker.store.models import Dataset, new_id
 from worker.store.settings import Settings
 
 router = APIRouter(tags=["datasets"])
 
-CREATE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "zip of an ImageFolder tree or images + "
-                            "manifest.csv (path,label); one wrapping folder is fine",
-                        },
-                        "name": {"type": "string", "maxLength": 255},
-                    },
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/DatasetPathIn"}},
-        },
-    }
-}
+CREATE_BODY = upload_body(
+    "zip of an ImageFolder tree or images + manifest.csv (path,label); one wrapping folder is fine",
+    json_schema="DatasetPathIn",
+)
 
 
 @router.post(
@@ -257,9 +240,7 @@ def list_datasets(
 ) -> DatasetPage:
     digest = content_sha256.lower() if content_sha256 is not None else None
     where = Dataset.content_sha256 == digest if digest is not None else None
-    rows, total = newest_first(session, Dataset, where, limit, offset)
-    items = [DatasetOut.model_validate(r) for r in rows]
-    return DatasetPage(items=items, total=total, limit=limit, offset=offset)
+    return page_of(session, Dataset, DatasetOut.model_validate, DatasetPage, where, limit, offset)
 
 
 @router.get(
@@ -269,7 +250,4 @@ def list_datasets(
     responses=problem_responses(404),
 )
 def get_dataset(dataset_id: str, session: SessionDep) -> DatasetOut:
-    record = session.get(Dataset, dataset_id) if is_id(dataset_id) else None
-    if record is None:
-        raise not_found("dataset", dataset_id)
-    return DatasetOut.model_validate(record)
+    return DatasetOut.model_validate(record_or_404(session, Dataset, dataset_id, "dataset"))

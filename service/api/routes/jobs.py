@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import dispatch
-from service.api.deps import SessionDep, newest_first, settings_of
-from service.problems import ProblemError, not_found, problem_responses
+from service.api.deps import SessionDep, page_of, record_or_404, settings_of
+from service.problems import ProblemError, problem_responses
 from service.schemas import (
     MAX_INT,
     JobIn,
@@ -263,15 +263,11 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> JobPage:
     where = Job.status == status if status is not None else None
-    rows, total = newest_first(session, Job, where, limit, offset)
-    return JobPage(items=[job_out(j) for j in rows], total=total, limit=limit, offset=offset)
+    return page_of(session, Job, job_out, JobPage, where, limit, offset)
 
 
 def get_job_or_404(session: Session, job_id: str) -> Job:
-    job = session.get(Job, job_id) if is_id(job_id) else None
-    if job is None:
-        raise not_found("drift job", job_id)
-    return job
+    return record_or_404(session, Job, job_id, "drift job")
 
 
 @router.get(

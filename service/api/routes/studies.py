@@ -13,8 +13,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 from sqlalchemy.orm import Session
 
-from service.api.deps import SessionDep
-from service.problems import ProblemError, invalid, not_found, problem_responses
+from service.api.deps import SessionDep, record_or_404
+from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import Links, StudyIn, StudyOut, StudyReport
 from worker.catalog import JobStatus
 from worker.results.study import study_report
@@ -36,10 +36,7 @@ def study_out(study: Study) -> StudyOut:
 
 
 def get_study_or_404(session: Session, study_id: str) -> Study:
-    study = session.get(Study, study_id) if is_id(study_id) else None
-    if study is None:
-        raise not_found("drift study", study_id)
-    return study
+    return record_or_404(session, Study, study_id, "drift study")
 
 
 def _fingerprint(session: Session, job: Job) -> str | None:

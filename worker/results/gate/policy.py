@@ -33,7 +33,7 @@ from pydantic import (
     model_serializer,
 )
 
-from worker.catalog import GATE_OPS, GATE_STATS, METHODS, METRICS, is_metric
+from worker.catalog import GATE_OPS, GATE_STATS, METHODS, is_metric, metric_choices
 from worker.results.gate.positions import (
     Loc,
     json_lines,
@@ -59,10 +59,7 @@ def _check_rule_method(name: str) -> str:
 
 def _check_rule_metric(name: str) -> str:
     if not is_metric(name):
-        raise ValueError(
-            f"metric {name!r} is unknown; choose from {', '.join(METRICS)} "
-            "or iou_topQ with Q in 1..99"
-        )
+        raise ValueError(f"metric {name!r} is unknown; choose from {metric_choices()}")
     return name
 
 
