@@ -1,4 +1,4 @@
-"""Classification metrics for a checkpoint on an evaluated set, numpy only
+"""Classification metrics for a checkpoint on an evaluated set, numpy and scipy
 (docs/architecture.md, "Samples and statistics").
 
 The report gives both checkpoints' accuracy, macro one-vs-rest AUC and per-class recall; this
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def classification_metrics(
@@ -75,19 +76,5 @@ def ovr_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
     n_neg = positive.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return None
-    rank_sum = average_ranks(scores)[positive].sum()
+    rank_sum = rankdata(scores)[positive].sum()  # average ranks for ties
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks with ties sharing their mean rank (scipy's ``rankdata`` "average")."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    first = np.ones(values.size, dtype=bool)
-    first[1:] = ordered[1:] != ordered[:-1]
-    starts = np.flatnonzero(first)
-    ends = np.append(starts[1:], values.size)  # exclusive
-    run_rank = (starts + ends + 1) / 2.0  # mean of starts+1 .. ends
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat(run_rank, ends - starts)
-    return ranks

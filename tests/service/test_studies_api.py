@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from service import migrate
 from service.app import create_app
+from tests.results.test_study import METHODS, METRICS, make_entry, scipy_means
 from tests.service.conftest import assert_problem, fresh_postgres_database, upload_checkpoint
-from tests.test_study import METHODS, METRICS, make_entry, scipy_means
 from worker.results.study import stability_direction, study_report
 from worker.store.models import (
     Job,

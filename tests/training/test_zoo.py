@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.ci import require_module
 from training.checkpoints import model_metadata, save_checkpoint
 from training.zoo import ARCHS, create_model, list_archs
 
@@ -93,12 +94,13 @@ def test_small_family_member_has_no_imagenet_weights(arch: str) -> None:
 def test_small_family_member_attribution_matches_oracle(arch: str) -> None:
     """The engine's five gradient CAMs at the default layer equal pytorch-grad-cam's, and
     ``attribute_batch`` gives one [0, 1] map per image at the input size."""
-    pytest.importorskip("pytorch_grad_cam")
-    from tests.test_attribution_oracle import _batch, _check, _model
+    require_module("pytorch_grad_cam")
+    from tests.builders import random_batch, seeded_model
+    from tests.engine.test_attribution_oracle import _check
     from worker.engine.attribution import attribute_batch
 
-    model = _model(arch, 0)
-    images, targets = _batch(0, 3, *model.input_size)
+    model = seeded_model(arch, 0)
+    images, targets = random_batch(0, 3, *model.input_size)
     _check(model, images, targets)
     result = attribute_batch(model, images, targets, ["layercam", "gradcam++"])
     for name, maps in result.maps.items():

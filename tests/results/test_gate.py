@@ -110,7 +110,7 @@ def test_default_policy_ships_with_the_package() -> None:
         ("displacement", "mean", "<=", 0.20),
     }
     assert all(r.method == "*" and r.class_ == "*" and r.name for r in policy.rule)
-    shipped = Path(__file__).parents[1] / "worker/results/gate/policies/default.toml"
+    shipped = Path(__file__).parents[2] / "worker/results/gate/policies/default.toml"
     text = shipped.read_text()
     assert text.count("[[rule]]") == 3 and text.count("#") > 10  # every rule is explained
 

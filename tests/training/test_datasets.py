@@ -302,7 +302,7 @@ def test_image_dataset_pickles_for_spawned_workers(tmp_path: Path) -> None:
 
 def test_datasets_module_import_is_torch_free() -> None:
     code = "import sys, training.datasets; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
 def test_content_digest_sees_every_byte_and_path_but_not_write_order(tmp_path: Path) -> None:

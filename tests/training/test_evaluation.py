@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from scipy import stats as sps
 from sklearn.metrics import confusion_matrix, recall_score, roc_auc_score
 
-from training.evaluation import average_ranks, classification_metrics, ovr_auc
+from training.evaluation import classification_metrics, ovr_auc
 
 NAMES = ["normal", "pneumonia", "covid", "tuberculosis", "effusion"]
 
@@ -78,8 +77,3 @@ def test_rejects_bad_inputs() -> None:
 def test_auc_ties_count_half() -> None:
     assert ovr_auc(np.array([True, False]), np.array([0.5, 0.5])) == 0.5
     assert ovr_auc(np.array([True, False, False]), np.array([0.9, 0.9, 0.1])) == 0.75
-
-
-def test_average_ranks_matches_scipy() -> None:
-    values = np.random.default_rng(0).integers(0, 6, 200).astype(float)
-    np.testing.assert_array_equal(average_ranks(values), sps.rankdata(values))

@@ -30,7 +30,7 @@ from worker.render.html_report import (
 from worker.render.overlay import OverlayUnavailable, render_overlay
 from worker.results.report import build_report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 OPTIONAL = ("floor", "trajectory")  # shown only when the audit measured them
 SECTION_IDS = [sid for sid, _ in SECTIONS if sid not in OPTIONAL]

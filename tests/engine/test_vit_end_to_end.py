@@ -178,7 +178,7 @@ def test_attribution_on_the_4x4_grid_matches_the_oracle(loaded: dict[str, Loaded
     require_module("pytorch_grad_cam")
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from tests.test_attribution_oracle import ORACLES
+    from tests.engine.test_attribution_oracle import ORACLES
 
     model = loaded["ft"].model
     gen = torch.Generator().manual_seed(5)
