@@ -32,30 +32,31 @@ def _changed(result: Any) -> bool:
     return result.rowcount == 1
 
 
+def _move(session: Session, job_id: str, *conditions: Any, **values: Any) -> bool:
+    """One conditional UPDATE of the job: True when this call changed its row."""
+    return _changed(
+        session.execute(update(Job).where(Job.id == job_id, *conditions).values(**values))
+    )
+
+
 # --------------------------------------------------------------------------- job transitions
 
 
 def start(session: Session, job_id: str, *, total: int, bounds: Sequence[tuple[int, int]]) -> bool:
     """queued -> running with ``total`` samples in shards ``bounds`` (``[start, stop)`` each),
     unless a cancel came meanwhile; creates the shard rows. True when it started."""
-    started = _changed(
-        session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                Job.status == JobStatus.QUEUED,
-                Job.cancel_requested.is_(False),
-            )
-            .values(
-                status=JobStatus.RUNNING,
-                started_at=utcnow(),
-                progress_total=total,
-                progress_done=0,
-                shards_total=len(bounds),
-                shards_done=0,
-                attempts=Job.attempts + 1,
-            )
-        )
+    started = _move(
+        session,
+        job_id,
+        Job.status == JobStatus.QUEUED,
+        Job.cancel_requested.is_(False),
+        status=JobStatus.RUNNING,
+        started_at=utcnow(),
+        progress_total=total,
+        progress_done=0,
+        shards_total=len(bounds),
+        shards_done=0,
+        attempts=Job.attempts + 1,
     )
     if started:
         for no, (lo, hi) in enumerate(bounds):
@@ -67,28 +68,26 @@ def start(session: Session, job_id: str, *, total: int, bounds: Sequence[tuple[i
 
 def succeed(session: Session, job_id: str, *, verdict: dict[str, Any] | None, total: int) -> bool:
     """running -> succeeded (once), with the gate verdict and the final progress."""
-    return _changed(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-            .values(
-                status=JobStatus.SUCCEEDED,
-                finished_at=utcnow(),
-                verdict=verdict,
-                progress_done=total,
-            )
-        )
+    return _move(
+        session,
+        job_id,
+        Job.status == JobStatus.RUNNING,
+        status=JobStatus.SUCCEEDED,
+        finished_at=utcnow(),
+        verdict=verdict,
+        progress_done=total,
     )
 
 
 def fail(session: Session, job_id: str, error: str) -> bool:
     """An active job -> failed with ``error``; a finished job keeps its outcome (False)."""
-    return _changed(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-            .values(status=JobStatus.FAILED, error=error[:MAX_ERROR_CHARS], finished_at=utcnow())
-        )
+    return _move(
+        session,
+        job_id,
+        Job.status.in_(ACTIVE_STATUSES),
+        status=JobStatus.FAILED,
+        error=error[:MAX_ERROR_CHARS],
+        finished_at=utcnow(),
     )
 
 
@@ -96,29 +95,26 @@ def submit_failed(session: Session, job_id: str, error: str = "broker unavailabl
     """queued -> failed because the job could not be handed to a runner; frees its
     Idempotency-Key so a retry with the same key makes a new job."""
     now = utcnow()
-    return _changed(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-            .values(
-                status=JobStatus.FAILED,
-                error=error[:MAX_ERROR_CHARS],
-                finished_at=now,
-                updated_at=now,
-                idempotency_key=None,
-            )
-        )
+    return _move(
+        session,
+        job_id,
+        Job.status == JobStatus.QUEUED,
+        status=JobStatus.FAILED,
+        error=error[:MAX_ERROR_CHARS],
+        finished_at=now,
+        updated_at=now,
+        idempotency_key=None,
     )
 
 
 def cancel(session: Session, job_id: str) -> bool:
     """An active job -> cancelled (a worker saw the request)."""
-    return _changed(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_(ACTIVE_STATUSES))
-            .values(status=JobStatus.CANCELLED, finished_at=utcnow())
-        )
+    return _move(
+        session,
+        job_id,
+        Job.status.in_(ACTIVE_STATUSES),
+        status=JobStatus.CANCELLED,
+        finished_at=utcnow(),
     )
 
 
@@ -127,22 +123,18 @@ def request_cancel(session: Session, job_id: str) -> JobStatus | None:
     one is flagged for its worker, which stops between batches (returns ``RUNNING``); a
     finished one is left alone (None)."""
     now = utcnow()
-    if _changed(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-            .values(
-                status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now
-            )
-        )
+    if _move(
+        session,
+        job_id,
+        Job.status == JobStatus.QUEUED,
+        status=JobStatus.CANCELLED,
+        cancel_requested=True,
+        finished_at=now,
+        updated_at=now,
     ):
         return JobStatus.CANCELLED
-    if _changed(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.RUNNING)
-            .values(cancel_requested=True, updated_at=now)
-        )
+    if _move(
+        session, job_id, Job.status == JobStatus.RUNNING, cancel_requested=True, updated_at=now
     ):
         return JobStatus.RUNNING
     return None
@@ -151,12 +143,8 @@ def request_cancel(session: Session, job_id: str) -> JobStatus | None:
 def claim_stuck(session: Session, job_id: str, status: JobStatus, cutoff: datetime) -> bool:
     """Touch a job stuck in ``status`` since before ``cutoff`` if nobody did meanwhile: True
     for the one sweeper that wins (it re-sends the job's messages)."""
-    return _changed(
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == status, Job.updated_at < cutoff)
-            .values(updated_at=utcnow())
-        )
+    return _move(
+        session, job_id, Job.status == status, Job.updated_at < cutoff, updated_at=utcnow()
     )
 
 
