@@ -8,15 +8,25 @@ reports a database that does not answer.
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine
 from sqlalchemy.pool import QueuePool
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import training
@@ -32,12 +42,17 @@ from service.problems import (
 )
 from service.prometheus import HttpMetrics, RequestObserver
 from service.schemas import DatasetPathIn
+from service.staging import StagingOwner, sweep_interval, sweep_staging
 from service.uploads import BodyLimitMiddleware, Rejected
 from worker.store.artifacts import ArtifactStore
 from worker.store.db import make_engine, session_factory
 from worker.store.settings import Settings, get_settings
 
+log = logging.getLogger("camdrift.api")
+
 UPLOAD_PATHS = frozenset({"/checkpoints", "/datasets"})
+DOCS_ASSETS = "/docs/assets"  # Swagger UI's and ReDoc's files (fastapi-offline)
+DOCS_REDIRECT = "/docs/oauth2-redirect"
 # Requests handled at once (others wait their turn on the event loop, which costs nothing). The
 # SQL pool holds more connections than this, so a route never waits for a connection: FastAPI
 # serialises a sync route's response on the shared thread pool *before* the request's session
@@ -58,21 +73,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     engine = _make_engine(settings.database_url)
 
+    store = ArtifactStore(settings.storage).ensure()
+    staging = StagingOwner(store.tmp_dir)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        yield
-        engine.dispose()
+        await run_in_threadpool(sweep_staging, store.tmp_dir, settings.tmp_max_age_s)
+        sweeper = asyncio.create_task(_sweep_forever(store.tmp_dir, settings.tmp_max_age_s))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            staging.release()
+            engine.dispose()
 
     app = FastAPI(
         title="camdrift",
         version=training.__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # both served by _install_docs from local files
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
-    app.state.store = ArtifactStore(settings.storage).ensure()
+    app.state.store = store
+    app.state.staging = staging
     app.state.http_metrics = HttpMetrics(job_counts=lambda: job_counts(app.state.sessions))
     if not settings.broker_url:  # the embedded runner's tasks run in this process
         from worker.runtime.metrics import REGISTRY as WORKER_REGISTRY
@@ -84,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (checkpoints, datasets, jobs, results, health):
         app.include_router(module.router)
     app.include_router(studies_api.router)
+    _install_docs(app)
 
     # Added last = outermost: observer -> auth -> body limit -> concurrency limit -> routes.
     app.add_middleware(ConcurrencyLimitMiddleware, limit=MAX_CONCURRENT_REQUESTS, exempt=OPEN_PATHS)
@@ -95,6 +123,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = lambda: _openapi(app, secured=bool(settings.api_tokens))  # type: ignore[method-assign]
     return app
+
+
+async def _sweep_forever(tmp_dir: Path, max_age_s: float) -> None:
+    """Sweep ``store/tmp`` for orphaned uploads while the app runs (service/staging.py)."""
+    while True:
+        await asyncio.sleep(sweep_interval(max_age_s))
+        try:
+            await run_in_threadpool(sweep_staging, tmp_dir, max_age_s)
+        except Exception:  # a sweep that fails must not stop the next one
+            log.exception("staging_sweep_failed")
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` and ReDoc at ``/redoc`` from the files the ``fastapi-offline``
+    package ships (Swagger UI 5, which renders OpenAPI 3.1), never from a CDN: an offline
+    hospital network saw a blank page."""
+    try:
+        assets = importlib.resources.files("fastapi_offline") / "static"
+    except ModuleNotFoundError:
+        log.warning("docs_disabled reason='fastapi-offline is not installed'")
+        return
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(assets)), name="docs-assets")
+
+    def urls(request: Request) -> tuple[str, str]:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return f"{root}{app.openapi_url}", f"{root}{DOCS_ASSETS}"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger(request: Request) -> HTMLResponse:
+        openapi_url, static = urls(request)
+        return get_swagger_ui_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} API",
+            swagger_js_url=f"{static}/swagger-ui-bundle.js",
+            swagger_css_url=f"{static}/swagger-ui.css",
+            swagger_favicon_url=f"{static}/favicon.png",
+            oauth2_redirect_url=DOCS_REDIRECT,
+        )
+
+    @app.get(DOCS_REDIRECT, include_in_schema=False)
+    def swagger_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        openapi_url, static = urls(request)
+        return get_redoc_html(
+            openapi_url=openapi_url,
+            title=f"{app.title} API",
+            redoc_js_url=f"{static}/redoc.standalone.js",
+            redoc_favicon_url=f"{static}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _make_engine(url: str) -> Engine:

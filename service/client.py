@@ -22,7 +22,7 @@ from typing import IO, Any
 from training.checkpoint_format import sha256_file
 from training.datasets import content_digest
 from worker.catalog import ACTIVE_STATUSES
-from worker.results.gate import Policy
+from worker.results.gate import Policy, audit_options
 
 ACTIVE = tuple(str(status) for status in ACTIVE_STATUSES)  # "queued", "running"
 Say = Callable[[str], None]
@@ -253,8 +253,10 @@ class Client:
         """Upload what the server lacks and submit the gated job; the job (:meth:`wait` for
         it, then fetch its :meth:`report`).
 
-        ``options`` are job-body fields; None values are left to the server, split ``all``
-        is sent as null (every sample)."""
+        ``options`` are job-body fields, completed with what the policy reads
+        (:func:`~worker.results.gate.audit_options`: the noise floor for ``beyond_floor``, the
+        metrics its rules name; ``camdrift gate --local`` derives the same); None values are
+        left to the server, split ``all`` is sent as null (every sample)."""
         body: dict[str, Any] = {
             "baseline_id": self.checkpoint_id(baseline, "baseline"),
             "candidate_id": self.checkpoint_id(candidate, "candidate"),
@@ -265,11 +267,9 @@ class Client:
             body["trajectory_ids"] = [
                 self.checkpoint_id(path, f"via[{i}]") for i, path in enumerate(trajectory)
             ]
-        for key, value in options.items():
+        for key, value in audit_options(policy, options).items():
             if value is not None:
                 body[key] = None if (key == "split" and value == "all") else value
-        if any(rule.stat == "beyond_floor" for rule in policy.rule):
-            body["noise_floor"] = True
         return self.submit(body)
 
 

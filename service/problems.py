@@ -15,10 +15,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:camdrift:problem:"
+DATABASE_RETRY_AFTER_S = 5  # what a 503 for an unavailable database tells clients to wait
 
 log = logging.getLogger("camdrift.api")
 
@@ -155,6 +158,34 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return problem_response(validation_problem(exc.errors()))
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached (down, restarting, pool exhausted,
+    connection lost) rather than that a query is wrong."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """503 + ``Retry-After`` while the database is unavailable (as ``/readyz`` says); any
+    other database error goes on to the 500 handler."""
+    if not database_unavailable(exc):
+        raise exc
+    log.warning(
+        "database_unavailable method=%s path=%s error=%s",
+        request.method,
+        request.url.path,
+        type(getattr(exc, "orig", None) or exc).__name__,
+    )
+    problem = Problem(
+        type=TYPE_PREFIX + "database-unavailable",
+        title="Service Unavailable",
+        status=503,
+        detail="the database is unavailable; retry later",
+    )
+    return problem_response(problem, {"Retry-After": str(DATABASE_RETRY_AFTER_S)})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled_error method=%s path=%s", request.method, request.url.path)
     problem = Problem(
@@ -170,6 +201,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeoutError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 

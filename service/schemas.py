@@ -11,7 +11,6 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from worker.catalog import (
     DEFAULT_METHODS,
-    DEFAULT_METRICS,
     SAMPLE_FILTERS,
     SPLITS,
     JobStatus,
@@ -124,7 +123,8 @@ class DatasetPage(BaseModel):
 
 class PolicyRule(GateRule):
     """One gate rule (docs/architecture.md, "Gate"): ``stat`` of ``metric`` under ``method`` for
-    ``class`` (``overall``, ``*`` = each class with samples, or a class name) against ``value``."""
+    ``class`` (``overall``, ``*`` = each class of the checkpoints, or a class name) against
+    ``value``."""
 
 
 class Policy(GatePolicy):
@@ -133,9 +133,17 @@ class Policy(GatePolicy):
     rule: list[PolicyRule] = Field(min_length=1, max_length=1000)
 
 
+# JobConfig options a REST client does not choose: the service computes in float32 (no
+# autocast; a verdict must not depend on which GPU a shard landed on) with the default
+# bootstrap size. Every other JobConfig option is a JobIn field with the same default
+# (tests/service/test_job_body.py holds the two together).
+SERVER_CHOSEN: tuple[str, ...] = ("autocast", "n_boot")
+
+
 class JobIn(_In):
     """The body of ``POST /drift-jobs`` (docs/architecture.md, "REST API"): the job
-    configuration (``worker.job_config.JobConfig``, with its defaults) plus ids."""
+    configuration (``worker.job_config.JobConfig`` less :data:`SERVER_CHOSEN`, with its
+    defaults) plus ids, the replica, trajectory checkpoints and the gate policy."""
 
     baseline_id: Ident
     candidate_id: Ident
@@ -144,7 +152,11 @@ class JobIn(_In):
         default_factory=lambda: list(DEFAULT_METHODS), min_length=1, max_length=16
     )
     metrics: list[MetricName] | None = Field(
-        default=None, min_length=1, max_length=128, description="null: every metric"
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="null: the default metrics the data can measure (region metrics only where "
+        "the dataset brings their masks)",
     )
     sample_filter: Literal[tuple(SAMPLE_FILTERS)] = DEFAULT_SAMPLE_FILTER  # type: ignore[valid-type]
     max_samples: int | None = Field(default=None, ge=1, le=MAX_INT)
@@ -168,7 +180,9 @@ class JobIn(_In):
         """Defaults filled in, names de-duplicated: the job's stored config."""
         doc = self.model_dump(mode="json")
         doc["methods"] = unique(self.methods)
-        doc["metrics"] = unique(self.metrics) if self.metrics else list(DEFAULT_METRICS)
+        # None: the catalog's defaults for the data, resolved once by the audit (its report's
+        # config lists what was computed)
+        doc["metrics"] = unique(self.metrics) if self.metrics else None
         if not self.trajectory_ids:  # absent, as before trajectories existed: same request hash
             del doc["trajectory_ids"]
         return doc

@@ -23,12 +23,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.problems import ProblemError, problem_response
 from training.datasets import MANIFEST_NAME
-from training.imageio import DICOM_SUFFIXES, PIL_SUFFIXES
+from training.imageio import DICOM_SUFFIXES, PIL_SUFFIXES, ImageReadError, read_image
+from worker.store.settings import Settings
 
 JSON_BODY_LIMIT = 1 << 20  # every non-upload body
 MULTIPART_OVERHEAD = 1 << 20  # headers and boundaries around the file part
 TEXT_FIELD_LIMIT = 4096
 COPY_CHUNK = 1 << 20
+DECODE_THREADS = 4  # images decoded at once while a dataset is checked
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _IGNORED_TOP = "__MACOSX"
 
@@ -278,12 +280,47 @@ def _entry_name(info: zipfile.ZipInfo) -> PurePosixPath | None:
     return path
 
 
-def extract_zip(archive: Path, dest: Path, max_entries: int, max_bytes: int) -> int:
+@dataclass(frozen=True)
+class ZipLimits:
+    """What one dataset zip may extract to: entries, bytes (the smaller of ``max_bytes`` and
+    ``max_ratio`` x the zip's size) and the free space the store keeps (``min_free_bytes``)."""
+
+    max_entries: int
+    max_bytes: int
+    max_ratio: float | None = None
+    min_free_bytes: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> ZipLimits:
+        return cls(
+            settings.max_zip_entries,
+            settings.max_unzipped_bytes,
+            settings.max_zip_ratio,
+            settings.min_free_disk_bytes,
+        )
+
+    def bound(self, archive_bytes: int) -> tuple[int, str]:
+        """(most bytes to extract, why: the words a refusal uses)."""
+        cap = (self.max_bytes, f"the limit of {self.max_bytes} bytes")
+        if self.max_ratio is None:
+            return cap
+        by_ratio = int(self.max_ratio * max(archive_bytes, 1))
+        if by_ratio >= self.max_bytes:
+            return cap
+        return by_ratio, (
+            f"a compression ratio over {self.max_ratio:g} for the {archive_bytes}-byte zip"
+        )
+
+
+def extract_zip(archive: Path, dest: Path, limits: ZipLimits) -> int:
     """Safely extract ``archive`` into the (existing, empty) folder ``dest``; returns bytes.
 
     Refuses zip slip (absolute, drive, '..'), symlinks, encrypted entries, more than
-    ``max_entries`` entries, and more than ``max_bytes`` uncompressed -- declared sizes are
-    checked first and real bytes are counted while extracting (declared sizes can lie).
+    ``max_entries`` entries, and more than the byte bound -- declared sizes are added up
+    first, member by member, so a bomb is refused at the first member over the bound before a
+    byte is written, and real bytes are counted while streaming (declared sizes can lie).
+    Keeps ``min_free_bytes`` free on the store's disk (507). On any refusal, what was written
+    is removed.
     """
     try:
         zf = zipfile.ZipFile(archive)
@@ -291,41 +328,77 @@ def extract_zip(archive: Path, dest: Path, max_entries: int, max_bytes: int) -> 
         raise Rejected(f"not a zip archive ({exc})") from None
     with zf:
         infos = zf.infolist()
-        if len(infos) > max_entries:
-            raise Rejected(f"zip has {len(infos)} entries, more than the limit {max_entries}")
-        declared = sum(i.file_size for i in infos)
-        if declared > max_bytes:
+        if len(infos) > limits.max_entries:
             raise Rejected(
-                f"zip declares {declared} bytes uncompressed, more than the limit {max_bytes}"
+                f"zip has {len(infos)} entries, more than the limit {limits.max_entries}"
             )
-        planned: dict[str, tuple[zipfile.ZipInfo, PurePosixPath]] = {}
-        for info in infos:
-            path = _entry_name(info)
-            if path is None:
+        bound, why = limits.bound(archive.stat().st_size)
+        planned = _plan(infos, bound, why)
+        declared = sum(info.file_size for info, _ in planned)
+        _check_free(dest, declared, limits.min_free_bytes)
+        try:
+            return _extract(zf, planned, dest.resolve(), bound, why, limits.min_free_bytes)
+        except BaseException:
+            _empty(dest)
+            raise
+
+
+def _plan(
+    infos: list[zipfile.ZipInfo], bound: int, why: str
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """The entries to extract, each checked, refusing at the first whose declared size takes
+    the total over ``bound``."""
+    planned: dict[str, tuple[zipfile.ZipInfo, PurePosixPath]] = {}
+    declared = 0
+    for info in infos:
+        declared += info.file_size
+        if declared > bound:
+            raise Rejected(
+                f"zip entry {info.filename!r}: the zip declares more than {bound} bytes "
+                f"uncompressed ({why})"
+            )
+        path = _entry_name(info)
+        if path is None:
+            continue
+        key = path.as_posix().rstrip("/")
+        if key in planned and not info.is_dir():
+            raise Rejected(f"zip entry {info.filename!r} appears twice")
+        planned[key] = (info, path)
+    return list(planned.values())
+
+
+def _extract(
+    zf: zipfile.ZipFile,
+    planned: list[tuple[zipfile.ZipInfo, PurePosixPath]],
+    root: Path,
+    bound: int,
+    why: str,
+    min_free: int,
+) -> int:
+    total = 0
+    for info, path in planned:
+        target = root.joinpath(*path.parts)
+        if not target.resolve().is_relative_to(root):
+            raise Rejected(f"zip entry {info.filename!r}: escapes the archive root")
+        try:
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
                 continue
-            key = path.as_posix().rstrip("/")
-            if key in planned and not info.is_dir():
-                raise Rejected(f"zip entry {info.filename!r} appears twice")
-            planned[key] = (info, path)
-        root = dest.resolve()
-        total = 0
-        for info, path in planned.values():
-            target = root.joinpath(*path.parts)
-            if not target.resolve().is_relative_to(root):
-                raise Rejected(f"zip entry {info.filename!r}: escapes the archive root")
-            try:
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise Rejected(f"zip entry {info.filename!r}: conflicting paths ({exc})") from None
-            total = _copy_entry(zf, info, target, total, max_bytes)
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Rejected(f"zip entry {info.filename!r}: conflicting paths ({exc})") from None
+        total = _copy_entry(zf, info, target, total, bound, why, min_free)
     return total
 
 
 def _copy_entry(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, total: int, max_bytes: int
+    zf: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    target: Path,
+    total: int,
+    bound: int,
+    why: str,
+    min_free: int,
 ) -> int:
     written = 0
     try:
@@ -335,8 +408,11 @@ def _copy_entry(
                 total += len(block)
                 if written > info.file_size:
                     raise Rejected(f"zip entry {info.filename!r}: larger than it declares")
-                if total > max_bytes:
-                    raise Rejected(f"zip expands beyond the limit of {max_bytes} bytes")
+                if total > bound:
+                    raise Rejected(
+                        f"zip entry {info.filename!r}: the zip expands beyond {bound} bytes ({why})"
+                    )
+                _check_free(target.parent, len(block), min_free)
                 out.write(block)
     except (
         zipfile.BadZipFile,
@@ -351,6 +427,29 @@ def _copy_entry(
             raise
         raise Rejected(f"zip entry {info.filename!r}: cannot be extracted ({exc})") from None
     return total
+
+
+def _check_free(folder: Path, more: int, min_free: int) -> None:
+    """507 when writing ``more`` bytes under ``folder`` would leave less than ``min_free``."""
+    if min_free <= 0:
+        return
+    free = shutil.disk_usage(folder).free
+    if free - more < min_free:
+        raise ProblemError(
+            507,
+            f"the server's store has {free} bytes free and keeps {min_free}: the upload "
+            f"needs {more} more; retry later or ask the operator to free space",
+            slug="insufficient-storage",
+        )
+
+
+def _empty(folder: Path) -> None:
+    """Remove everything under ``folder`` (a refused extraction's partial output)."""
+    for child in folder.iterdir() if folder.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def find_dataset_root(folder: Path) -> Path:
@@ -388,10 +487,26 @@ def remove_tree(path: Path) -> None:
 
 
 def check_image(path: Path, max_pixels: int) -> str | None:
-    """Why ``path`` is not a usable image (not an image, corrupt header, too large), or None.
+    """Why ``path`` is not a usable image (not an image, corrupt header, too large, pixels
+    that do not decode), or None.
 
-    Cheap: headers only (PNG chunk CRCs are verified), no pixels decoded.
+    The header is checked first (PNG chunk CRCs, the pixel count against ``max_pixels``), so a
+    bomb is refused before a pixel is decoded; then the image is decoded in full by the reader
+    the workers use, so a valid header over corrupt pixels fails here, not in a job.
     """
+    reason = _check_header(path, max_pixels)
+    if reason is not None:
+        return reason
+    try:
+        read_image(path)
+    except ImageReadError as exc:
+        return f"corrupt image: {exc.reason}"
+    except MemoryError:
+        return "image too large to decode"
+    return None
+
+
+def _check_header(path: Path, max_pixels: int) -> str | None:
     try:
         with open(path, "rb") as fh:
             fh.seek(128)
@@ -455,9 +570,13 @@ def _bomb(width: int, height: int, limit: int) -> str:
 
 
 def check_images(
-    paths: list[Path], root: Path, max_pixels: int, threads: int = 8, report: int = 10
+    paths: list[Path], root: Path, max_pixels: int, threads: int = DECODE_THREADS, report: int = 10
 ) -> list[tuple[str, str]]:
-    """(relative path, reason) for the first ``report`` bad images, in path order."""
+    """(relative path, reason) for the first ``report`` bad images, in path order.
+
+    ``threads`` images are decoded at once (Pillow and pydicom release the GIL), which also
+    bounds the memory: at most ``threads`` decoded images of ``max_pixels`` each.
+    """
     with ThreadPoolExecutor(max_workers=threads) as pool:
         reasons = list(pool.map(lambda p: check_image(p, max_pixels), paths))
     bad = []

@@ -24,22 +24,103 @@ def test_the_engine_registers_only_catalogued_methods() -> None:
         attribution.one_pass("nosuchcam")(lambda a, g: a.sum(1))
 
 
-@pytest.mark.parametrize("name", list(catalog.METRICS))
+def _regions(n: int, h: int, w: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A non-empty random mask per catalogued region."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in catalog.REGIONS:
+        mask = torch.rand(n, h, w, generator=gen) < 0.3
+        mask[:, 0, 0] = True
+        out[name] = mask
+    return out
+
+
+PAIR_METRICS = [n for n, i in catalog.METRICS.items() if i.stage == "pair"]
+
+
+@pytest.mark.parametrize("name", PAIR_METRICS)
 def test_every_metric_is_computed_and_unchanged_on_identical_maps(name: str) -> None:
     maps = torch.rand(3, 8, 8)
     info = catalog.metric_info(name)
-    same = metrics.drift_metrics(maps, maps.clone(), [name])[name]
-    assert torch.allclose(same.double(), torch.full((3,), float(info.unchanged)).double())
+    regions = _regions(3, 8, 8) if info.requires else None
+    same = metrics.drift_metrics(maps, maps.clone(), [name], regions)[name]
+    if info.model is None:  # a drift: two identical maps read "unchanged"
+        assert torch.allclose(same.double(), torch.full((3,), float(info.unchanged)).double())
+    else:  # a level: its model's map alone decides it, whatever the other map
+        pair = (maps, torch.rand(3, 8, 8))
+        if info.model == "candidate":
+            pair = pair[::-1]
+        assert torch.equal(same, metrics.drift_metrics(*pair, [name], regions)[name])
+        assert info.unchanged in info.bounds  # its ideal is an end of its range
     lo, hi = info.bounds
-    moved = metrics.drift_metrics(maps, torch.rand(3, 8, 8), [name])[name]
+    moved = metrics.drift_metrics(maps, torch.rand(3, 8, 8), [name], regions)[name]
     assert bool(((moved >= lo - 1e-6) & (moved <= hi + 1e-6)).all())
+
+
+def test_region_metrics_name_a_region_the_datasets_bring() -> None:
+    from training.datasets import REGION_COLUMNS, REGION_DIRS
+
+    assert list(catalog.REGIONS) == list(REGION_COLUMNS) == list(REGION_DIRS)
+    needing = {n: i for n, i in catalog.METRICS.items() if i.requires is not None}
+    assert needing and all(i.requires in catalog.REGIONS for i in needing.values())
+    # a level without a region: only the audit-stage consistency across samples
+    assert not any(
+        i.model for i in catalog.METRICS.values() if i.requires is None and i.stage == "pair"
+    )
+    for name, info in needing.items():  # each concept: both models' levels and their change
+        stem = name.rsplit("_", 1)[0]
+        trio = [catalog.METRICS[f"{stem}_{end}"] for end in ("tl", "ft", "change")]
+        assert [i.model for i in trio] == ["baseline", "candidate", None]
+        assert {(i.requires, i.worse) for i in trio} == {(info.requires, info.worse)}
+
+
+def test_defaults_add_region_metrics_only_for_the_regions_given() -> None:
+    assert catalog.default_metrics() == list(catalog.DEFAULT_METRICS)
+    assert not any(catalog.METRICS[m].requires for m in catalog.DEFAULT_METRICS)
+    lung = catalog.default_metrics(["lung"])
+    assert lung[: len(catalog.DEFAULT_METRICS)] == list(catalog.DEFAULT_METRICS)
+    assert lung[len(catalog.DEFAULT_METRICS) :] == [
+        "outside_lung_tl",
+        "outside_lung_ft",
+        "outside_lung_change",
+    ]
+    every = catalog.default_metrics(catalog.REGIONS)
+    assert "ssim" not in every and "pointing_change" in every and "shortcut_mass_ft" in every
+    assert catalog.required_regions(["pearson", "iou_top7"]) == []
+    assert catalog.required_regions(["outside_lung_ft", "pointing_tl", "pearson"]) == [
+        "lesion",
+        "lung",
+    ]
 
 
 def test_the_engine_registers_only_catalogued_metrics() -> None:
     registered = set(metrics.REGISTRY) | {n for n in catalog.METRICS if catalog.topq(n)}
-    assert registered == set(catalog.METRICS)
+    assert registered == set(PAIR_METRICS)
     with pytest.raises(ValueError, match="no line"):
         metrics.metric("nosuchmetric", None)(lambda ctx: ctx)
+    with pytest.raises(ValueError, match="audit-stage"):
+        metrics.metric("consistency_change", None)(lambda ctx: ctx)
+
+
+def test_audit_stage_metrics_are_the_consistency_trio_and_defaults() -> None:
+    """Computed across samples after the audit (worker.results.consistency): catalogued with
+    the names that module writes, both models' levels and their change, and default."""
+    from worker.results import consistency
+
+    assert catalog.AUDIT_METRICS == consistency.NAMES
+    trio = [catalog.METRICS[n] for n in consistency.NAMES]
+    assert [i.model for i in trio] == ["baseline", "candidate", None]
+    assert all(i.default and i.requires is None and i.stage == "audit" for i in trio)
+    assert {i.worse for i in trio} == {catalog.Direction.HIGHER}
+    assert trio[2].bounds == (-2, 2) and trio[2].unchanged == 0
+    assert all(m in catalog.DEFAULT_METRICS for m in consistency.NAMES)
+    assert set(consistency.NAMES) <= set(catalog.default_metrics(catalog.REGIONS))
+    assert catalog.pair_metrics(["pearson", "consistency_ft", "iou_top7"]) == [
+        "pearson",
+        "iou_top7",
+    ]
+    assert catalog.audit_metrics(["consistency_change", "pearson"]) == ["consistency_change"]
+    assert catalog.validate_metrics(["consistency_change"]) == ["consistency_change"]
 
 
 @pytest.mark.parametrize("name", ["iou_top1", "iou_top10", "iou_top99"])

@@ -1,7 +1,9 @@
 """Dataset discovery and splits, torch-free (the pixels: :mod:`training.image_dataset`).
 
 A dataset is a directory: either images listed in ``manifest.csv`` (``path,label`` plus
-optional ``split``, ``mask``, ``marker``) or an ImageFolder tree ``root/<class>/**/<image>``.
+optional ``split``, ``mask``, ``lung_mask``, ``shortcut_mask``, ``bbox``, ``marker``) or an
+ImageFolder tree ``root/<class>/**/<image>`` (masks under ``masks/``, ``lung_masks/``,
+``shortcut_masks/`` at the image's relative path).
 :func:`discover` turns it into a :class:`DatasetIndex` (no pixels read) whose
 :meth:`~DatasetIndex.fingerprint` identifies the data in checkpoints and job records.
 
@@ -29,6 +31,12 @@ from training.imageio import IMAGE_SUFFIXES
 
 MANIFEST_NAME = "manifest.csv"
 MASKS_DIR = "masks"
+# the reference regions a sample can bring (worker.catalog.REGIONS names the same three): the
+# manifest column of its mask PNG and, in an ImageFolder tree, the folder mirroring the images
+REGION_COLUMNS = {"lesion": "mask", "lung": "lung_mask", "shortcut": "shortcut_mask"}
+REGION_DIRS = {"lesion": MASKS_DIR, "lung": "lung_masks", "shortcut": "shortcut_masks"}
+BBOX_COLUMN = "bbox"  # lesion boxes "x0 y0 x1 y1" in image pixels; several joined by ";"
+Box = tuple[float, float, float, float]
 SPLITS = ("train", "val", "test")
 ON_ERROR = ("raise", "skip")
 _SPLIT_ALIASES = {
@@ -49,13 +57,34 @@ class DatasetError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: absolute path, class index, and optional manifest metadata."""
+    """One image: absolute path, class index, and optional manifest metadata.
+
+    ``mask`` is the lesion mask; ``bbox`` the lesion boxes (x0, y0, x1, y1) in the image's
+    pixels, edges included at x0/y0 and excluded at x1/y1, used where there is no mask.
+    """
 
     path: Path
     label: int
     split: str | None = None
     mask: Path | None = None
     marker: int | None = None
+    lung_mask: Path | None = None
+    shortcut_mask: Path | None = None
+    bbox: tuple[Box, ...] | None = None
+
+    @property
+    def regions(self) -> tuple[str, ...]:
+        """The reference regions this sample brings, in :data:`REGION_COLUMNS` order."""
+        have = {
+            "lesion": self.mask is not None or bool(self.bbox),
+            "lung": self.lung_mask is not None,
+            "shortcut": self.shortcut_mask is not None,
+        }
+        return tuple(kind for kind in REGION_COLUMNS if have[kind])
+
+    def region_mask(self, kind: str) -> Path | None:
+        """The mask file of region ``kind`` (None: none, or the lesion is given by boxes)."""
+        return {"lesion": self.mask, "lung": self.lung_mask, "shortcut": self.shortcut_mask}[kind]
 
 
 @dataclass
@@ -94,6 +123,12 @@ class DatasetIndex:
             raise DatasetError(f"{self.root}: no splits assigned; call assign_splits() first")
         chosen = [s for s in self.samples if s.split == name]
         return DatasetIndex(self.root, list(self.class_names), chosen, [])
+
+    def regions(self, positions: Sequence[int] | None = None) -> list[str]:
+        """The reference regions at least one sample (of ``positions``) brings."""
+        chosen = self.samples if positions is None else [self.samples[i] for i in positions]
+        have = {kind for s in chosen for kind in s.regions}
+        return [kind for kind in REGION_COLUMNS if kind in have]
 
     def counts(self) -> dict[str, int]:
         """Samples per class name, every class listed (zero included), in class order."""
@@ -201,6 +236,9 @@ class _Row:
     split: str | None
     mask: Path | None
     marker: int | None
+    lung_mask: Path | None = None
+    shortcut_mask: Path | None = None
+    bbox: tuple[Box, ...] | None = None
 
 
 def _from_manifest(
@@ -224,13 +262,30 @@ def _from_manifest(
             skipped.append((_relative(root, row.path), f"line {row.line}: {problem}"))
             continue
         label = position[row.label]
-        samples.append(Sample(row.path, label, row.split, row.mask, row.marker))
+        samples.append(
+            Sample(
+                row.path,
+                label,
+                row.split,
+                row.mask,
+                row.marker,
+                row.lung_mask,
+                row.shortcut_mask,
+                row.bbox,
+            )
+        )
     return DatasetIndex(root, list(names), samples, skipped)
 
 
 def _missing_file_problem(root: Path, row: _Row) -> str | None:
-    """Why a row's image or mask cannot be used, or None; these are the skippable errors."""
-    for what, path in (("", row.path), ("mask ", row.mask)):
+    """Why a row's image or a mask cannot be used, or None; these are the skippable errors."""
+    files = (
+        ("", row.path),
+        ("mask ", row.mask),
+        ("lung_mask ", row.lung_mask),
+        ("shortcut_mask ", row.shortcut_mask),
+    )
+    for what, path in files:
         if path is None:
             continue
         rel = _relative(root, path)
@@ -290,9 +345,23 @@ def _parse_row(root: Path, line: int, raw: dict[str, Any], columns: dict[str, st
         split = _normalise_split(cell("split"))
         if split is None:
             raise DatasetError(f"{where}: unknown split {cell('split')!r}; use {SPLITS}")
-    mask = _safe_path(root, cell("mask"), where) if cell("mask") else None
+    masks = {
+        kind: _safe_path(root, cell(column), f"{where}, column {column}") if cell(column) else None
+        for kind, column in REGION_COLUMNS.items()
+    }
+    bbox = _parse_boxes(cell(BBOX_COLUMN), where) if cell(BBOX_COLUMN) else None
     marker = _parse_marker(cell("marker"), where) if cell("marker") else None
-    return _Row(line, _safe_path(root, path, where), label, split, mask, marker)
+    return _Row(
+        line,
+        _safe_path(root, path, where),
+        label,
+        split,
+        masks["lesion"],
+        marker,
+        masks["lung"],
+        masks["shortcut"],
+        bbox,
+    )
 
 
 def _safe_path(root: Path, text: str, where: str) -> Path:
@@ -310,6 +379,30 @@ def _safe_path(root: Path, text: str, where: str) -> Path:
 
 def _normalise_split(value: str) -> str | None:
     return _SPLIT_ALIASES.get(value.strip().lower())
+
+
+def _parse_boxes(text: str, where: str) -> tuple[Box, ...]:
+    """``x0 y0 x1 y1`` (pixels of the image, spaces between), several boxes joined by ``;``."""
+    boxes = []
+    for part in text.split(";"):
+        fields = part.split()
+        try:
+            numbers = [float(f) for f in fields]
+        except ValueError:
+            numbers = []
+        if len(numbers) != 4 or not all(math.isfinite(v) for v in numbers):
+            raise DatasetError(
+                f"{where}, column {BBOX_COLUMN}: {part.strip()!r} is not a box 'x0 y0 x1 y1' "
+                "(four numbers in image pixels; several boxes joined by ';')"
+            )
+        x0, y0, x1, y1 = numbers
+        if min(numbers) < 0 or x1 <= x0 or y1 <= y0:
+            raise DatasetError(
+                f"{where}, column {BBOX_COLUMN}: {part.strip()!r} needs 0 <= x0 < x1 and "
+                "0 <= y0 < y1 (x0 y0 = top-left, x1 y1 = bottom-right, in image pixels)"
+            )
+        boxes.append((x0, y0, x1, y1))
+    return tuple(boxes)
 
 
 def _parse_marker(text: str, where: str) -> int:
@@ -338,7 +431,14 @@ def _from_folders(root: Path, class_names: list[str] | None, on_error: str) -> D
     }
     names = class_names if class_names is not None else _non_empty(root, images, on_error, skipped)
     samples = [
-        Sample(path, label, None, _mask_for(root, path))
+        Sample(
+            path,
+            label,
+            None,
+            _mask_for(root, path, REGION_DIRS["lesion"]),
+            lung_mask=_mask_for(root, path, REGION_DIRS["lung"]),
+            shortcut_mask=_mask_for(root, path, REGION_DIRS["shortcut"]),
+        )
         for label, name in enumerate(names)
         for path in images.get(name, [])
     ]
@@ -361,13 +461,14 @@ def _non_empty(
 
 
 def _class_folders(root: Path, skipped: list[tuple[str, str]]) -> dict[str, Path]:
-    """Visible top-level directories except masks/; loose top-level images are noted."""
+    """Visible top-level directories except the mask folders; loose top-level images are
+    noted."""
     folders: dict[str, Path] = {}
     for entry in sorted(root.iterdir()):
         if _is_hidden(entry.name):
             continue
         if entry.is_dir():
-            if entry.name != MASKS_DIR:
+            if entry.name not in REGION_DIRS.values():
                 folders[entry.name] = entry
         elif entry.suffix.lower() in IMAGE_SUFFIXES:
             skipped.append((entry.name, "image outside any class folder"))
@@ -397,10 +498,10 @@ def _folder_images(
                 yield path
 
 
-def _mask_for(root: Path, image: Path) -> Path | None:
-    """masks/<same relative path> (or the same name as .png) when present."""
+def _mask_for(root: Path, image: Path, folder: str = MASKS_DIR) -> Path | None:
+    """<folder>/<same relative path> (or the same name as .png) when present."""
     rel = image.relative_to(root)
-    for candidate in (root / MASKS_DIR / rel, (root / MASKS_DIR / rel).with_suffix(".png")):
+    for candidate in (root / folder / rel, (root / folder / rel).with_suffix(".png")):
         if candidate.is_file() and _inside(root, candidate):
             return candidate
     return None

@@ -1,5 +1,6 @@
 """The training/evaluation ``ImageDataset``: decoded, resized, normalised images of a
-:class:`~training.datasets.DatasetIndex` (torch; discovery and splits are torch-free)."""
+:class:`~training.datasets.DatasetIndex` (torch; discovery and splits are torch-free), and, when
+asked, each image's reference-region masks at the same size (what localisation metrics need)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from training.datasets import DatasetIndex, Sample, _check_on_error
+from training.datasets import (
+    REGION_COLUMNS,
+    Box,
+    DatasetError,
+    DatasetIndex,
+    Sample,
+    _check_on_error,
+)
 from training.imageio import ImageReadError, read_image
+
+Decoded = tuple[torch.Tensor, tuple[int, int]]  # image at input_size, its size on disk (H, W)
 
 
 class ImageDataset(Dataset):
@@ -33,6 +43,11 @@ class ImageDataset(Dataset):
 
     ``cache=True`` keeps decoded, resized float16 images (before augmentation) in memory,
     filled eagerly in the constructor so that forked DataLoader workers share it.
+
+    ``regions`` (names of :data:`training.datasets.REGION_COLUMNS`): ``__getitem__`` also
+    returns a bool ``[len(regions), H, W]`` tensor, each sample's masks at input_size (all
+    False where it has none); nothing is read for them otherwise. Use it without ``augment``:
+    the masks follow the image on disk, not an augmented copy.
     """
 
     def __init__(
@@ -47,8 +62,14 @@ class ImageDataset(Dataset):
         on_error: str = "raise",
         cache: bool = False,
         num_threads: int | None = None,
+        regions: Sequence[str] = (),
     ) -> None:
         _check_on_error(on_error)
+        unknown = [r for r in regions if r not in REGION_COLUMNS]
+        if unknown:
+            raise ValueError(f"regions: unknown {unknown}; choose from {list(REGION_COLUMNS)}")
+        if regions and augment:
+            raise ValueError("regions: masks do not follow augmentation; use augment=False")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         height, width = (int(v) for v in input_size)
@@ -60,12 +81,14 @@ class ImageDataset(Dataset):
         self.augment = augment
         self.on_error = on_error
         self.num_threads = num_threads
+        self.regions = tuple(dict.fromkeys(regions))
         self.mean = _stat_tensor(mean, channels, "mean")
         self.std = _stat_tensor(std, channels, "std")
         if bool((self.std <= 0).any()):
             raise ValueError(f"std must be positive, got {list(std)}")
         self.read_failures: list[tuple[str, str]] = []
         self._cache: list[torch.Tensor] | None = None
+        self._cache_sizes: list[tuple[int, int]] = []
         if on_error == "skip" or cache:
             self._preload(keep=cache)
 
@@ -76,17 +99,40 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, i: int) -> tuple:
+        """``(image, label, i)``; with ``regions``, ``(image, label, i, masks)``."""
         try:
-            base = self._base(i)
+            base, size = self._base(i)
         except ImageReadError as exc:
             if self.on_error == "raise":
                 raise
-            i, base = self._substitute(i, exc)
+            i, (base, size) = self._substitute(i, exc)
         if self.augment:
             base = _augment(base)
         image = base.expand(self.channels, -1, -1) if base.shape[0] != self.channels else base
-        return (image - self.mean) / self.std, self.index.samples[i].label, i
+        item = ((image - self.mean) / self.std, self.index.samples[i].label, i)
+        if self.regions:
+            return (*item, self.region_masks(i, size))
+        return item
+
+    def region_masks(self, i: int, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Bool ``[len(regions), H, W]`` at input_size: each region's mask file resized
+        (nearest, centre-sampled), the lesion's boxes where it has no mask file, all False
+        where the sample has neither. ``image_size``: the image's (H, W) on disk, which boxes
+        and the mask-shape check need (read from the image when not given)."""
+        sample = self.index.samples[i]
+        out = torch.zeros(len(self.regions), *self.input_size, dtype=torch.bool)
+        for k, kind in enumerate(self.regions):
+            path = sample.region_mask(kind)
+            if path is None and not (kind == "lesion" and sample.bbox):
+                continue
+            if image_size is None:
+                image_size = self._base(i)[1]
+            if path is not None:
+                out[k] = read_mask(path, image_size, self.input_size)
+            else:
+                out[k] = box_mask(sample.bbox or (), image_size, self.input_size, sample.path)
+        return out
 
     def validate(self) -> list[tuple[str, str]]:
         """Decode every file once, drop unreadable ones, record and return them."""
@@ -94,19 +140,21 @@ class ImageDataset(Dataset):
 
     def load(self, i: int) -> torch.Tensor:
         """The sample's image resized to input_size in [0, 1], before augmentation."""
-        return self._base(i).float().expand(self.channels, -1, -1).clone()
+        return self._base(i)[0].float().expand(self.channels, -1, -1).clone()
 
     # -- internals
 
-    def _base(self, i: int) -> torch.Tensor:
+    def _base(self, i: int) -> Decoded:
         if self._cache is not None:
-            return self._cache[i].float()
+            return self._cache[i].float(), self._cache_sizes[i]
         return self._decode(self.index.samples[i].path)
 
-    def _decode(self, path: Path) -> torch.Tensor:
-        """read_image -> [1 or channels, H, W] float32 at input_size (antialiased bilinear)."""
+    def _decode(self, path: Path) -> Decoded:
+        """read_image -> [1 or channels, H, W] float32 at input_size (antialiased bilinear),
+        and the image's size on disk."""
 
         image = torch.from_numpy(read_image(path))
+        size = (int(image.shape[-2]), int(image.shape[-1]))
         if image.shape[0] == 3 and self.channels == 1:
             image = image.mean(dim=0, keepdim=True)
         if tuple(image.shape[-2:]) != self.input_size:
@@ -117,7 +165,7 @@ class ImageDataset(Dataset):
                 antialias=True,
                 align_corners=False,
             )[0]
-        return image.contiguous()
+        return image.contiguous(), size
 
     def _preload(self, *, keep: bool) -> list[tuple[str, str]]:
         """Threaded decode of all samples (PIL and zlib release the GIL)."""
@@ -133,16 +181,17 @@ class ImageDataset(Dataset):
         self.index.skipped.extend(failures)
         self.read_failures.extend(failures)
         if keep:
-            self._cache = [results[i][0].half() for i in good]  # type: ignore[union-attr]
+            self._cache = [results[i][0][0].half() for i in good]  # type: ignore[index]
+            self._cache_sizes = [results[i][0][1] for i in good]  # type: ignore[index]
         return failures
 
-    def _try_decode(self, path: Path) -> tuple[torch.Tensor | None, str | None]:
+    def _try_decode(self, path: Path) -> tuple[Decoded | None, str | None]:
         try:
             return self._decode(path), None
         except ImageReadError as exc:
             return None, exc.reason or str(exc)
 
-    def _substitute(self, i: int, exc: ImageReadError) -> tuple[int, torch.Tensor]:
+    def _substitute(self, i: int, exc: ImageReadError) -> tuple[int, Decoded]:
         """Skip mode after validation: the next readable sample stands in for a broken one."""
         self.read_failures.append((str(exc.path), exc.reason or str(exc)))
         warnings.warn(f"skipping unreadable image: {exc}", stacklevel=3)
@@ -154,6 +203,48 @@ class ImageDataset(Dataset):
             except ImageReadError as other:
                 self.read_failures.append((str(other.path), other.reason or str(other)))
         raise exc
+
+
+def read_mask(path: Path, image_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """A mask file (any image format; non-zero in any channel = inside) as bool ``size``,
+    nearest-neighbour resized with centre sampling (``nearest-exact``: no half-pixel shift).
+
+    Any resolution is accepted, but it must cover the image's field of view: a mask whose
+    aspect ratio differs from the image's by more than a pixel is refused.
+    """
+    inside = torch.from_numpy(read_image(path) > 0).any(dim=0)
+    mh, mw = inside.shape
+    ih, iw = image_size
+    if abs(mh * iw - mw * ih) > max(ih, iw):
+        raise DatasetError(
+            f"{path}: mask is {mw}x{mh} px, its image {iw}x{ih} px: not the same field of view"
+        )
+    if (mh, mw) == tuple(size):
+        return inside
+    scaled = F.interpolate(inside[None, None].float(), size=size, mode="nearest-exact")
+    return scaled[0, 0] > 0.5
+
+
+def box_mask(
+    boxes: Sequence[Box], image_size: tuple[int, int], size: tuple[int, int], image: Path
+) -> torch.Tensor:
+    """Bool ``size``: the pixels whose centre, in the image's pixel coordinates, lies in a box
+    (x0 <= x < x1, y0 <= y < y1): the box drawn at the image's size, then resized as a mask."""
+    ih, iw = image_size
+    h, w = size
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5) * (ih / h)
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5) * (iw / w)
+    out = torch.zeros(h, w, dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes:
+        if x1 > iw or y1 > ih:
+            raise DatasetError(
+                f"{image}: bbox '{x0:g} {y0:g} {x1:g} {y1:g}' reaches beyond the "
+                f"{iw}x{ih} px image (x1 <= width, y1 <= height)"
+            )
+        rows = (ys >= y0) & (ys < y1)
+        cols = (xs >= x0) & (xs < x1)
+        out |= rows[:, None] & cols[None, :]
+    return out
 
 
 def _stat_tensor(values: Sequence[float] | float, channels: int, what: str) -> torch.Tensor:

@@ -3,7 +3,9 @@
 Real chest X-ray data has no pixel truth for "where the evidence is", so camdrift cannot tell a
 drift that follows the lesion from one that follows an artefact. These phantoms give both: a
 radiograph-like image (body, lungs, ribs, spine, heart, diaphragm, texture), a lesion mask per
-image, and an optional *shortcut* marker correlated with one class only in the training split.
+image, its lung fields, and an optional *shortcut* tied to one class in the training split: a
+corner marker, a laterality letter, a collimation frame or a scanner texture, with the pixels it
+owns recorded so that "the evidence sits on the shortcut" can be measured.
 
 Every image comes from its own generator seeded by (seed, task, class, index), so a dataset is
 byte-identical for a seed whatever order (or process) renders it.
@@ -11,13 +13,15 @@ byte-identical for a seed whatever order (or process) renders it.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -32,13 +36,27 @@ SOURCE_CLASSES: tuple[str, ...] = (
     "ring_shadow",
 )
 TASKS: dict[str, tuple[str, ...]] = {"target": CLASSES, "source": SOURCE_CLASSES}
-SHORTCUT_EVAL_MODES: tuple[str, ...] = ("correlated", "random", "absent")
+SHORTCUT_KINDS: tuple[str, ...] = ("corner", "letter", "frame", "scanner")
+POSITIONAL_KINDS: tuple[str, ...] = ("corner", "letter")  # can be drawn elsewhere: "moved"
+GLOBAL_KINDS: tuple[str, ...] = ("scanner",)  # no region: shortcut_mask stays empty
+PLACEMENTS: tuple[str, ...] = ("usual", "moved")
+SHORTCUT_EVAL_MODES: tuple[str, ...] = ("correlated", "random", "absent", "moved")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-MANIFEST_HEADER: tuple[str, ...] = ("path", "label", "split", "mask", "marker")
+MANIFEST_HEADER: tuple[str, ...] = (
+    "path",
+    "label",
+    "split",
+    "mask",
+    "marker",
+    "lung_mask",
+    "shortcut_mask",
+)
 PARAMS_FILE = "phantoms.json"
 MANIFEST_FILE = "manifest.csv"
 MASKS_DIR = "masks"
-VERSION = 1
+LUNGS_DIR = "lungs"  # masks/lungs/<class>/<file>.png
+SHORTCUT_DIR = "shortcut"  # masks/shortcut/<class>/<file>.png
+VERSION = 2  # 2: shortcut kinds, lung and shortcut masks
 RANDOM_MARKER_RATE = 0.2
 
 _TASK_IDS = {"target": 0, "source": 1}
@@ -54,6 +72,7 @@ _AIR_DEPTH = 0.42
 _ABDOMEN_EXTRA = 0.05
 _RIB = 0.11
 _SPINE = 0.16
+_LUNG_THRESHOLD = 0.1  # air fraction that counts as lung field (every lesion mask lies above)
 
 
 # --------------------------------------------------------------------------- geometry
@@ -470,34 +489,139 @@ def _compose(
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def _draw_marker(img: np.ndarray, rng: np.random.Generator) -> None:
-    """A bright square token (laterality-marker-like) near the top-left corner, jittered a bit."""
+# --------------------------------------------------------------------------- shortcuts
+# Each drawer paints on the finished image with the image's own generator (drawn last, so the
+# anatomy and the lesion never depend on it) and returns the pixels it owns, or None for a
+# global kind. ``moved`` puts a positional token somewhere training never showed it.
+
+
+def _box(size: int, r0: int, c0: int, height: int, width: int) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[r0 : r0 + height, c0 : c0 + width] = True
+    return mask
+
+
+def _draw_corner(img: np.ndarray, rng: np.random.Generator, moved: bool) -> np.ndarray:
+    """A bright square token near the top-left corner, jittered a bit (moved: top-right)."""
     size = img.shape[0]
     side = max(3, round(size / 12))
     jitter = max(1, size // 32)
     r0 = round(0.04 * size) + int(rng.integers(0, jitter + 1))
     c0 = round(0.04 * size) + int(rng.integers(0, jitter + 1))
+    if moved:
+        c0 = size - c0 - side  # mirrored: the other dark upper corner
     img[r0 : r0 + side, c0 : c0 + side] = rng.uniform(0.92, 1.0)
+    return _box(size, r0, c0, side, side)
 
 
-def render_phantom(
+_GLYPHS: dict[str, np.ndarray] = {
+    letter: np.array([[c == "#" for c in row] for row in rows], dtype=bool)
+    for letter, rows in {
+        "L": ("#....", "#....", "#....", "#....", "#....", "#....", "#####"),
+        "R": ("####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#"),
+    }.items()
+}
+
+
+def _draw_letter(img: np.ndarray, rng: np.random.Generator, moved: bool) -> np.ndarray:
+    """A laterality-style "L" or "R" burned in near the top or upper side borders (moved: the
+    bottom or lower side borders, the same offsets mirrored top to bottom). The mask is the
+    token's box, the region a reader would circle."""
+    size = img.shape[0]
+    glyph = _GLYPHS["LR"[int(rng.integers(2))]]
+    scale = max(1, round(size / 40))
+    bitmap = np.kron(glyph, np.ones((scale, scale), dtype=bool))
+    height, width = bitmap.shape
+    margin, band = max(1, round(0.03 * size)), max(1, size // 16)
+    edge = int(rng.integers(3))  # 0 top, 1 left, 2 right
+    if edge == 0:
+        r0 = margin + int(rng.integers(0, band + 1))
+        c0 = int(rng.integers(margin, size - margin - width + 1))
+    else:
+        r0 = int(rng.integers(margin, size // 2 - height + 1))
+        c0 = margin + int(rng.integers(0, band + 1))
+        if edge == 2:
+            c0 = size - c0 - width
+    if moved:
+        r0 = size - r0 - height
+    region = img[r0 : r0 + height, c0 : c0 + width]
+    region[bitmap] = rng.uniform(0.92, 1.0)
+    return _box(size, r0, c0, height, width)
+
+
+def _draw_frame(img: np.ndarray, rng: np.random.Generator, moved: bool) -> np.ndarray:
+    """Collimation: bright, nearly flat bands of jittered width along all four borders."""
+    if moved:
+        raise ValueError("a frame sits on the border by definition; it cannot be moved")
+    size = img.shape[0]
+    top, bottom, left, right = (max(2, round(size * rng.uniform(0.04, 0.08))) for _ in range(4))
+    mask = np.zeros((size, size), dtype=bool)
+    mask[:top], mask[size - bottom :] = True, True
+    mask[:, :left], mask[:, size - right :] = True, True
+    value = rng.uniform(0.86, 0.96)
+    img[mask] = np.clip(value + rng.normal(0.0, 0.01, size=int(mask.sum())), 0.0, 1.0)
+    return mask
+
+
+def _draw_scanner(img: np.ndarray, rng: np.random.Generator, moved: bool) -> None:
+    """Another detector: a fixed line pattern (2 rows up, 2 down) and extra grain everywhere."""
+    if moved:
+        raise ValueError("a scanner texture covers the whole image; it cannot be moved")
+    size = img.shape[0]
+    phase = int(rng.integers(4))
+    amplitude = rng.uniform(0.03, 0.045)
+    rows = np.where((np.arange(size) + phase) % 4 < 2, amplitude, -amplitude)
+    grain = rng.normal(0.0, 0.015, size=img.shape)
+    img[:] = np.clip(img + rows[:, None] + grain, 0.0, 1.0)
+
+
+_ShortcutFn = Callable[[np.ndarray, np.random.Generator, bool], np.ndarray | None]
+_SHORTCUTS: dict[str, _ShortcutFn] = {
+    "corner": _draw_corner,
+    "letter": _draw_letter,
+    "frame": _draw_frame,
+    "scanner": _draw_scanner,
+}
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """One rendered phantom and its regions (all [size, size]; masks bool)."""
+
+    image: np.ndarray  # float32 in [0, 1]
+    lesion: np.ndarray  # the finding; empty for the finding-free class
+    lungs: np.ndarray  # the aerated lung fields (heart and hila excluded)
+    shortcut: np.ndarray | None  # pixels the shortcut owns; None: none drawn, or a global kind
+    placement: str | None  # None (no shortcut), "usual" or "moved"
+
+
+def render_variants(
     label: str,
     size: int,
     rng: np.random.Generator,
     *,
-    shortcut: bool = False,
+    placements: Sequence[str | None] = (None,),
+    kind: str = "corner",
     task: str = "target",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render one phantom -> (image float32 [size, size] in [0, 1], lesion mask bool).
+) -> list[Phantom]:
+    """One anatomy and lesion drawn once, then one phantom per shortcut ``placement``.
 
-    The mask marks where the finding is (never the shortcut marker); it is empty for the
-    finding-free class. The marker is drawn last so it never changes the anatomy's draws.
+    Each variant draws its shortcut with its own copy of the generator as it stands after the
+    anatomy, so variant k is bit-identical to a single render with that placement: the probe
+    removes or moves a shortcut on exactly the images a model was tested on.
     """
     classes = _classes_for(task)
     if label not in classes:
         raise ValueError(f"unknown {task} label {label!r}; expected one of {classes}")
     if size < 32:
         raise ValueError(f"size must be >= 32 px, got {size}")
+    if kind not in SHORTCUT_KINDS:
+        raise ValueError(f"unknown shortcut_kind {kind!r}; expected one of {SHORTCUT_KINDS}")
+    for placement in placements:
+        if placement is not None and placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}; expected None or {PLACEMENTS}")
+        if placement == "moved" and kind not in POSITIONAL_KINDS:
+            raise ValueError(f"a {kind} shortcut cannot be moved; movable: {POSITIONAL_KINDS}")
     frame = _pose(size, rng)
     anat = _anatomy(frame, rng)
     lesion_fn = _LESIONS[label]
@@ -510,13 +634,210 @@ def render_phantom(
         mask = seen >= _MASK_THRESHOLD.get(label, 0.3)
         if not mask.any() and seen.max() > 0:  # clipped by the lung edge: keep its core
             mask = seen >= seen.max() * 0.9
-    img = _compose(frame, anat, opacity, rng)
-    if shortcut:
-        _draw_marker(img, rng)
-    return img, mask
+    base = _compose(frame, anat, opacity, rng)
+    lungs = anat.lung_field >= _LUNG_THRESHOLD
+    out = []
+    for k, placement in enumerate(placements):
+        img = base if k == len(placements) - 1 else base.copy()
+        own = rng if k == len(placements) - 1 else copy.deepcopy(rng)
+        region = None
+        if placement is not None:
+            region = _SHORTCUTS[kind](img, own, placement == "moved")
+        out.append(Phantom(img, mask, lungs, region, placement))
+    return out
 
 
-# --------------------------------------------------------------------------- dataset
+def render_phantom(
+    label: str,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    shortcut: bool = False,
+    task: str = "target",
+    kind: str = "corner",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one phantom -> (image float32 [size, size] in [0, 1], lesion mask bool).
+
+    The mask marks where the finding is (never the shortcut); it is empty for the
+    finding-free class. The shortcut is drawn last so it never changes the anatomy's draws.
+    """
+    (phantom,) = render_variants(
+        label, size, rng, placements=("usual" if shortcut else None,), kind=kind, task=task
+    )
+    return phantom.image, phantom.lesion
+
+
+# --------------------------------------------------------------------------- dataset plan
+
+
+@dataclass(frozen=True)
+class PhantomParams:
+    """A dataset's generation options: what ``phantoms.json`` records, and all the probe needs
+    to render the same images again."""
+
+    per_class: int
+    size: int = 96
+    seed: int = 0
+    shortcut: str | None = None
+    shortcut_kind: str = "corner"
+    shortcut_eval: str = "correlated"
+    shortcut_confound: float = 0.0
+    task: str = "target"
+    splits: tuple[float, float, float] = (0.7, 0.15, 0.15)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return _classes_for(self.task)
+
+    def validate(self) -> None:
+        """Every bad option -> ValueError naming the field."""
+        classes = self.classes
+        for name in ("per_class", "size", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if self.per_class < 1:
+            raise ValueError(f"per_class must be an integer >= 1, got {self.per_class!r}")
+        if self.size < 32:
+            raise ValueError(f"size must be an integer >= 32 px, got {self.size!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.shortcut is not None and self.shortcut not in classes:
+            raise ValueError(f"unknown shortcut class {self.shortcut!r}; expected one of {classes}")
+        if self.shortcut_kind not in SHORTCUT_KINDS:
+            raise ValueError(
+                f"shortcut_kind must be one of {SHORTCUT_KINDS}, got {self.shortcut_kind!r}"
+            )
+        if self.shortcut is None and self.shortcut_kind != "corner":
+            raise ValueError(
+                f"shortcut_kind {self.shortcut_kind!r} needs a shortcut class (the class "
+                "that carries it)"
+            )
+        if self.shortcut_eval not in SHORTCUT_EVAL_MODES:
+            raise ValueError(
+                f"shortcut_eval must be one of {SHORTCUT_EVAL_MODES}, got {self.shortcut_eval!r}"
+            )
+        if self.shortcut_eval == "moved" and self.shortcut_kind not in POSITIONAL_KINDS:
+            raise ValueError(
+                f"shortcut_eval 'moved' needs a positional shortcut_kind {POSITIONAL_KINDS}; "
+                f"a {self.shortcut_kind} shortcut has no other place to go"
+            )
+        if not 0.0 <= self.shortcut_confound < 1.0:
+            raise ValueError(f"shortcut_confound must lie in [0, 1), got {self.shortcut_confound}")
+        s = self.splits
+        if len(s) != 3 or min(s) < 0 or s[0] <= 0 or abs(sum(s) - 1.0) > 1e-6:
+            raise ValueError(
+                f"splits must be 3 non-negative fractions summing to 1 (train > 0): {s}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "task": self.task,
+            "classes": list(self.classes),
+            "per_class": self.per_class,
+            "size": self.size,
+            "seed": self.seed,
+            "shortcut": self.shortcut,
+            "shortcut_kind": self.shortcut_kind if self.shortcut else None,
+            "shortcut_eval": self.shortcut_eval,
+            "shortcut_confound": self.shortcut_confound if self.shortcut else 0.0,
+            "random_marker_rate": RANDOM_MARKER_RATE,
+            "splits": list(self.splits),
+        }
+
+
+def read_params(folder: Path) -> PhantomParams:
+    """The options a phantom folder was generated with (``phantoms.json``), checked.
+
+    Version-1 files predate shortcut kinds: their shortcut is the corner marker.
+    """
+    path = Path(folder) / PARAMS_FILE
+    if not path.is_file():
+        raise ValueError(f"data {folder}: no {PARAMS_FILE}; not a `camdrift phantoms` folder")
+    try:
+        raw = json.loads(path.read_text())
+        if not isinstance(raw, dict):
+            raise TypeError("not a JSON object")
+        version = raw.get("version")
+        if not isinstance(version, int) or not 1 <= version <= VERSION:
+            raise ValueError(f"version {version!r} (this camdrift reads 1..{VERSION})")
+        params = PhantomParams(
+            per_class=raw["per_class"],
+            size=raw["size"],
+            seed=raw["seed"],
+            shortcut=raw.get("shortcut"),
+            shortcut_kind=raw.get("shortcut_kind") or "corner",
+            shortcut_eval=raw.get("shortcut_eval", "correlated"),
+            shortcut_confound=float(raw.get("shortcut_confound", 0.0)),
+            task=raw.get("task", "target"),
+            splits=tuple(float(s) for s in raw.get("splits", (0.7, 0.15, 0.15))),  # type: ignore[arg-type]
+        )
+        params.validate()
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        detail = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"data {folder}: bad {PARAMS_FILE}: {detail}") from None
+    return params
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One image of a dataset before it is rendered: where it goes and what it shows."""
+
+    label: str
+    class_index: int
+    index: int
+    split: str
+    placement: str | None  # the shortcut as this dataset shows it
+    confounded: bool  # a train image of the shortcut class showing another class's finding
+
+    @property
+    def relative(self) -> str:
+        return f"{self.label}/{self.label}_{self.index:05d}.png"
+
+
+def plan_dataset(params: PhantomParams) -> list[PlannedImage]:
+    """Every image of the dataset in rendering order, from the seeds alone (no pixels)."""
+    params.validate()
+    fractions = tuple(float(s) for s in params.splits)
+    task, seed = params.task, params.seed
+    planned = []
+    for ci, label in enumerate(params.classes):
+        split_of = _assign_splits(params.per_class, seed, task, ci, fractions)
+        placements: list[str | None] = [None] * params.per_class
+        if params.shortcut is not None:
+            placements = _assign_placements(
+                split_of, seed, task, ci, label == params.shortcut, params.shortcut_eval
+            )
+        confounded = set()
+        if label == params.shortcut:
+            confounded = _confounded(split_of, seed, task, ci, params.shortcut_confound)
+        for i, (split, placement) in enumerate(zip(split_of, placements, strict=True)):
+            planned.append(PlannedImage(label, ci, i, split, placement, i in confounded))
+    return planned
+
+
+def render_planned(
+    params: PhantomParams,
+    item: PlannedImage,
+    placements: Sequence[str | None] | None = None,
+) -> list[Phantom]:
+    """Render a planned image (as the dataset shows it, or under other ``placements``)."""
+    rng = np.random.default_rng(
+        _seed_sequence(params.seed, params.task, item.class_index, item.index)
+    )
+    shown = item.label
+    if item.confounded:
+        others = [c for c in params.classes if c != item.label and _LESIONS[c] is not None]
+        shown = others[int(rng.integers(len(others)))]
+    return render_variants(
+        shown,
+        params.size,
+        rng,
+        placements=(item.placement,) if placements is None else placements,
+        kind=params.shortcut_kind,
+        task=params.task,
+    )
 
 
 def _seed_sequence(seed: int, task: str, *keys: int) -> np.random.SeedSequence:
@@ -552,47 +873,39 @@ def _assign_splits(
     return split_of
 
 
-def _assign_markers(
+def _assign_placements(
     split_of: list[str], seed: int, task: str, class_index: int, marked: bool, shortcut_eval: str
-) -> list[bool]:
-    """Train: marker iff this is the shortcut class. Val/test: per ``shortcut_eval``."""
+) -> list[str | None]:
+    """Train: the shortcut (usual place) iff this is the shortcut class. Val/test: per
+    ``shortcut_eval`` -- correlated (as in train), moved (the shortcut class, elsewhere),
+    random (~20 % of every class, usual place) or absent."""
     is_train = [s == SPLITS[0] for s in split_of]
     if shortcut_eval == "correlated":
-        return [marked] * len(split_of)
-    markers = [marked and t for t in is_train]
+        return ["usual" if marked else None] * len(split_of)
+    placements: list[str | None] = ["usual" if marked and t else None for t in is_train]
     eval_idx = [i for i, t in enumerate(is_train) if not t]
+    if shortcut_eval == "moved" and marked:
+        for i in eval_idx:
+            placements[i] = "moved"
     if shortcut_eval == "random" and eval_idx:
         rng = np.random.default_rng(_seed_sequence(seed, task, class_index, _MARKER_STREAM))
         for i in rng.permutation(eval_idx)[: round(RANDOM_MARKER_RATE * len(eval_idx))]:
-            markers[int(i)] = True
-    return markers
+            placements[int(i)] = "usual"
+    return placements
 
 
-def _validate(
-    per_class: int,
-    size: int,
-    seed: int,
-    shortcut: str | None,
-    shortcut_eval: str,
-    classes: tuple[str, ...],
-    splits: tuple[float, ...],
-) -> None:
-    if not isinstance(per_class, int | np.integer) or per_class < 1:
-        raise ValueError(f"per_class must be an integer >= 1, got {per_class!r}")
-    if not isinstance(size, int | np.integer) or size < 32:
-        raise ValueError(f"size must be an integer >= 32 px, got {size!r}")
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if shortcut is not None and shortcut not in classes:
-        raise ValueError(f"unknown shortcut class {shortcut!r}; expected one of {classes}")
-    if shortcut_eval not in SHORTCUT_EVAL_MODES:
-        raise ValueError(
-            f"shortcut_eval must be one of {SHORTCUT_EVAL_MODES}, got {shortcut_eval!r}"
-        )
-    if len(splits) != 3 or min(splits) < 0 or splits[0] <= 0 or abs(sum(splits) - 1.0) > 1e-6:
-        raise ValueError(
-            f"splits must be 3 non-negative fractions summing to 1 (train > 0): {splits}"
-        )
+def _confounded(
+    split_of: list[str], seed: int, task: str, class_index: int, fraction: float
+) -> set[int]:
+    """Which train images of a class show another class's finding (seeded, exact count)."""
+    train = [i for i, s in enumerate(split_of) if s == SPLITS[0]]
+    if fraction <= 0 or not train:
+        return set()
+    rng = np.random.default_rng(_seed_sequence(seed, task, class_index, _CONFOUND_STREAM))
+    return {int(i) for i in rng.permutation(train)[: round(fraction * len(train))]}
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def _prepare_out(out: Path) -> None:
@@ -610,7 +923,8 @@ def _prepare_out(out: Path) -> None:
             f"refusing to write phantoms into {out}: it is a non-empty directory without "
             f"{PARAMS_FILE} (not a previous phantom output); choose an empty or new directory"
         )
-    for root in (out, out / MASKS_DIR):
+    masks = out / MASKS_DIR
+    for root in (masks / LUNGS_DIR, masks / SHORTCUT_DIR, masks, out):  # deepest first
         for class_dir in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
             for png in class_dir.glob("*.png"):
                 m = _OUR_FILE.match(png.name)
@@ -627,15 +941,9 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path, format="PNG")  # 2-D uint8 -> 8-bit grayscale
 
 
-def _confounded(
-    split_of: list[str], seed: int, task: str, class_index: int, fraction: float
-) -> set[int]:
-    """Which train images of a class show another class's finding (seeded, exact count)."""
-    train = [i for i, s in enumerate(split_of) if s == SPLITS[0]]
-    if fraction <= 0 or not train:
-        return set()
-    rng = np.random.default_rng(_seed_sequence(seed, task, class_index, _CONFOUND_STREAM))
-    return {int(i) for i in rng.permutation(train)[: round(fraction * len(train))]}
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """The 8-bit pixels a phantom is stored as (and that models therefore see)."""
+    return np.round(image * 255.0).astype(np.uint8)
 
 
 def generate_dataset(
@@ -645,6 +953,7 @@ def generate_dataset(
     seed: int = 0,
     *,
     shortcut: str | None = None,
+    shortcut_kind: str = "corner",
     shortcut_eval: str = "correlated",
     shortcut_confound: float = 0.0,
     task: str = "target",
@@ -653,55 +962,53 @@ def generate_dataset(
 ) -> Path:
     """Write an ImageFolder tree + masks + manifest.csv + phantoms.json; return the manifest.
 
-    The shortcut marker is on every train image of ``shortcut`` and no other train image; val
-    and test follow ``shortcut_eval`` (correlated / random ~20% of every class / absent).
+    The shortcut (``shortcut_kind``: corner marker, laterality letter, collimation frame or a
+    scanner texture) is on every train image of ``shortcut`` and no other train image; val
+    and test follow ``shortcut_eval`` (correlated / random ~20% of every class / absent /
+    moved: the shortcut class's token drawn where training never showed it).
     ``shortcut_confound``: the fraction of the shortcut class's *train* images that also show
-    another class's finding, so that the marker is the only cue that explains every training
+    another class's finding, so that the shortcut is the only cue that explains every training
     label — the situation in which real models learn a shortcut (a site token that predicts
     the label better than the anatomy does).
+
+    Masks: ``masks/<rel>`` the lesion, ``masks/lungs/<rel>`` the lung fields and, where an image
+    shows a local shortcut, ``masks/shortcut/<rel>`` its pixels (manifest columns ``mask``,
+    ``lung_mask``, ``shortcut_mask``; the last is empty without one or for ``scanner``).
     """
-    if not 0.0 <= shortcut_confound < 1.0:
-        raise ValueError(f"shortcut_confound must lie in [0, 1), got {shortcut_confound}")
-    classes = _classes_for(task)
-    fractions = tuple(float(s) for s in splits)
-    _validate(per_class, size, seed, shortcut, shortcut_eval, classes, fractions)
+    params = PhantomParams(
+        per_class=per_class,
+        size=size,
+        seed=seed,
+        shortcut=shortcut,
+        shortcut_kind=shortcut_kind,
+        shortcut_eval=shortcut_eval,
+        shortcut_confound=shortcut_confound,
+        task=task,
+        splits=tuple(float(s) for s in splits),  # type: ignore[arg-type]
+    )
+    _classes_for(task)
+    planned = plan_dataset(params)
     out = Path(out)
     _prepare_out(out)
-    params = {
-        "version": VERSION,
-        "task": task,
-        "classes": list(classes),
-        "per_class": per_class,
-        "size": size,
-        "seed": seed,
-        "shortcut": shortcut,
-        "shortcut_eval": shortcut_eval,
-        "shortcut_confound": shortcut_confound if shortcut else 0.0,
-        "splits": list(fractions),
-    }
-    (out / PARAMS_FILE).write_text(json.dumps(params, indent=2, sort_keys=True) + "\n")
-    rows: list[tuple[str, str, str, str, int]] = []
-    total, done = per_class * len(classes), 0
-    for ci, label in enumerate(classes):
-        split_of = _assign_splits(per_class, seed, task, ci, fractions)
-        markers = [False] * per_class
-        if shortcut is not None:
-            markers = _assign_markers(split_of, seed, task, ci, label == shortcut, shortcut_eval)
-        confounded = _confounded(split_of, seed, task, ci, shortcut_confound)
-        for i, (split, marker) in enumerate(zip(split_of, markers, strict=True)):
-            rng = np.random.default_rng(_seed_sequence(seed, task, ci, i))
-            shown = label
-            if label == shortcut and i in confounded:
-                others = [c for c in classes if c != label and _LESIONS[c] is not None]
-                shown = others[int(rng.integers(len(others)))]
-            img, mask = render_phantom(shown, size, rng, shortcut=marker, task=task)
-            rel = f"{label}/{label}_{i:05d}.png"
-            _save_png(out / rel, np.round(img * 255.0).astype(np.uint8))
-            _save_png(out / MASKS_DIR / rel, mask.astype(np.uint8) * 255)
-            rows.append((rel, label, split, f"{MASKS_DIR}/{rel}", int(marker)))
-            done += 1
-            if progress is not None:
-                progress(done, total)
+    (out / PARAMS_FILE).write_text(json.dumps(params.to_json(), indent=2, sort_keys=True) + "\n")
+    rows: list[tuple[str, str, str, str, int, str, str]] = []
+    for done, item in enumerate(planned, start=1):
+        (phantom,) = render_planned(params, item)
+        rel = item.relative
+        _save_png(out / rel, to_uint8(phantom.image))
+        _save_png(out / MASKS_DIR / rel, phantom.lesion.astype(np.uint8) * 255)
+        lungs = f"{MASKS_DIR}/{LUNGS_DIR}/{rel}"
+        _save_png(out / lungs, phantom.lungs.astype(np.uint8) * 255)
+        shortcut_mask = ""
+        if phantom.shortcut is not None:
+            shortcut_mask = f"{MASKS_DIR}/{SHORTCUT_DIR}/{rel}"
+            _save_png(out / shortcut_mask, phantom.shortcut.astype(np.uint8) * 255)
+        marker = int(item.placement is not None)
+        rows.append(
+            (rel, item.label, item.split, f"{MASKS_DIR}/{rel}", marker, lungs, shortcut_mask)
+        )
+        if progress is not None:
+            progress(done, len(planned))
     manifest = out / MANIFEST_FILE
     with manifest.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")

@@ -11,7 +11,7 @@ registered engine function plus one :data:`METRICS` line.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -82,16 +82,52 @@ DEFAULT_METHODS: tuple[str, ...] = ("layercam", "gradcam++")  # the paper's two
 
 
 @dataclass(frozen=True)
+class RegionInfo:
+    """A reference region a dataset can bring per image (a mask at the analysis size), which
+    the localisation metrics measure the maps against (docs/architecture.md, "Drift metrics")."""
+
+    name: str
+    source: str  # where a dataset brings it (training.datasets reads these columns / folders)
+    text: str
+
+
+REGIONS: dict[str, RegionInfo] = {
+    r.name: r
+    for r in (
+        RegionInfo(
+            "lesion",
+            "manifest `mask` (PNG) or `bbox` (x0 y0 x1 y1 in image pixels); masks/<image>",
+            "where the finding is",
+        ),
+        RegionInfo("lung", "manifest `lung_mask` (PNG); lung_masks/<image>", "the lung fields"),
+        RegionInfo(
+            "shortcut",
+            "manifest `shortcut_mask` (PNG); shortcut_masks/<image>",
+            "a known non-anatomical cue: marker, burned-in text, border",
+        ),
+    )
+}
+MetricModel = Literal["baseline", "candidate"]
+# ``pair``: the engine computes it per (baseline map, candidate map) batch; ``audit``: computed
+# after the audit across samples from the stored raw maps (``worker.results.consistency``)
+MetricStage = Literal["pair", "audit"]
+
+
+@dataclass(frozen=True)
 class MetricInfo:
-    """A per-sample drift metric between a baseline map and a candidate map."""
+    """A per-sample metric of a baseline map and a candidate map: a drift between the two, or
+    (``model`` set) one model's level, stored beside the drift so that its direction reads."""
 
     name: str
     label: str
     bounds: tuple[float, float]
-    unchanged: float  # the value of two identical maps
-    worse: Direction  # which way is more drift
+    unchanged: float  # the value of two identical maps (a level: its ideal value)
+    worse: Direction  # which way is more drift (a region metric: which way is worse)
     text: str  # one line: what it measures and what "unchanged" reads as
-    default: bool = True  # computed when a job names no metrics
+    default: bool = True  # computed when a job names no metrics (and its region exists)
+    requires: str | None = None  # the REGIONS entry each sample needs; NaN where it has none
+    model: MetricModel | None = None  # a level of this model's map, not a pair's drift
+    stage: MetricStage = "pair"  # ``audit``: no engine function; computed across samples
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -155,9 +191,208 @@ METRICS: dict[str, MetricInfo] = {
         MetricInfo(
             "ssim", "SSIM", (-1, 1), 1, Direction.LOWER, "structural similarity · 1 = same", False
         ),
+        # Map consistency across images (issue 13, item 3a; SpRAy, Lapuschkin et al. 2019):
+        # each sample's mean Pearson r with the other included maps of its class, per model,
+        # and the change FT − TL. A shortcut puts a class's evidence on one fixed place, so
+        # its maps of different images look alike: > 0 = the candidate's maps collapsed.
+        # Reference-free (no masks needed); computed after the audit from the stored raw
+        # maps, so no noise floor exists for them (the gate refuses ``beyond_floor``).
+        MetricInfo(
+            "consistency_tl",
+            "consistency (TL)",
+            (-1, 1),
+            0,
+            Direction.HIGHER,
+            "TL map's mean r with its class's other maps · 0 = image-dependent",
+            model="baseline",
+            stage="audit",
+        ),
+        MetricInfo(
+            "consistency_ft",
+            "consistency (FT)",
+            (-1, 1),
+            0,
+            Direction.HIGHER,
+            "FT map's mean r with its class's other maps · 0 = image-dependent",
+            model="candidate",
+            stage="audit",
+        ),
+        MetricInfo(
+            "consistency_change",
+            "Δ consistency",
+            (-2, 2),
+            0,
+            Direction.HIGHER,
+            "consistency FT − TL · > 0 = maps collapsed onto a common place",
+            stage="audit",
+        ),
+        # Reference-based localisation (issue 13), where the data brings the region: each
+        # model's level (``model``; ``unchanged`` = its ideal) and the change FT − TL, whose
+        # sign says whether the evidence moved toward the region or away from it.
+        # Relevance mass (Arras et al. 2022): the share of the map's mass inside the lesion.
+        MetricInfo(
+            "lesion_mass_tl",
+            "lesion mass (TL)",
+            (0, 1),
+            1,
+            Direction.LOWER,
+            "TL map's mass inside the lesion · 1 = all",
+            requires="lesion",
+            model="baseline",
+        ),
+        MetricInfo(
+            "lesion_mass_ft",
+            "lesion mass (FT)",
+            (0, 1),
+            1,
+            Direction.LOWER,
+            "FT map's mass inside the lesion · 1 = all",
+            requires="lesion",
+            model="candidate",
+        ),
+        MetricInfo(
+            "lesion_mass_change",
+            "Δ lesion mass",
+            (-1, 1),
+            0,
+            Direction.LOWER,
+            "lesion mass FT − TL · < 0 = moved off the pathology",
+            requires="lesion",
+        ),
+        # Pointing game (Zhang et al. 2016): is the map's peak (its first maximum, row-major,
+        # as peak_displacement's) inside the lesion; 1 or 0, no tolerance margin
+        MetricInfo(
+            "pointing_tl",
+            "pointing (TL)",
+            (0, 1),
+            1,
+            Direction.LOWER,
+            "TL map's peak inside the lesion · 1 = yes",
+            requires="lesion",
+            model="baseline",
+        ),
+        MetricInfo(
+            "pointing_ft",
+            "pointing (FT)",
+            (0, 1),
+            1,
+            Direction.LOWER,
+            "FT map's peak inside the lesion · 1 = yes",
+            requires="lesion",
+            model="candidate",
+        ),
+        MetricInfo(
+            "pointing_change",
+            "Δ pointing",
+            (-1, 1),
+            0,
+            Direction.LOWER,
+            "pointing FT − TL · −1 = the peak left the lesion",
+            requires="lesion",
+        ),
+        # A known shortcut cue (the phantoms' marker, a burned-in text box)
+        MetricInfo(
+            "shortcut_mass_tl",
+            "shortcut mass (TL)",
+            (0, 1),
+            0,
+            Direction.HIGHER,
+            "TL map's mass on the shortcut · 0 = none",
+            requires="shortcut",
+            model="baseline",
+        ),
+        MetricInfo(
+            "shortcut_mass_ft",
+            "shortcut mass (FT)",
+            (0, 1),
+            0,
+            Direction.HIGHER,
+            "FT map's mass on the shortcut · 0 = none",
+            requires="shortcut",
+            model="candidate",
+        ),
+        MetricInfo(
+            "shortcut_mass_change",
+            "Δ shortcut mass",
+            (-1, 1),
+            0,
+            Direction.HIGHER,
+            "shortcut mass FT − TL · > 0 = moved onto the cue",
+            requires="shortcut",
+        ),
+        # The anatomy prior (DeGrave et al. 2021): evidence on text, markers, borders, neck
+        MetricInfo(
+            "outside_lung_tl",
+            "outside lungs (TL)",
+            (0, 1),
+            0,
+            Direction.HIGHER,
+            "TL map's mass outside the lungs · 0 = none",
+            requires="lung",
+            model="baseline",
+        ),
+        MetricInfo(
+            "outside_lung_ft",
+            "outside lungs (FT)",
+            (0, 1),
+            0,
+            Direction.HIGHER,
+            "FT map's mass outside the lungs · 0 = none",
+            requires="lung",
+            model="candidate",
+        ),
+        MetricInfo(
+            "outside_lung_change",
+            "Δ outside lungs",
+            (-1, 1),
+            0,
+            Direction.HIGHER,
+            "outside lungs FT − TL · > 0 = moved off anatomy",
+            requires="lung",
+        ),
     )
 }
-DEFAULT_METRICS: tuple[str, ...] = tuple(m for m, info in METRICS.items() if info.default)
+DEFAULT_METRICS: tuple[str, ...] = tuple(
+    m for m, info in METRICS.items() if info.default and info.requires is None
+)  # what a job that names no metrics computes on a dataset without regions
+
+
+def default_metrics(regions: Iterable[str] = ()) -> list[str]:
+    """What a job that names no metrics computes on data that brings ``regions``: the default
+    pair metrics, then the default region metrics whose region every such job can measure."""
+    have = set(regions)
+    return [
+        m
+        for m, info in METRICS.items()
+        if info.default and (info.requires is None or info.requires in have)
+    ]
+
+
+AUDIT_METRICS: tuple[str, ...] = tuple(m for m, i in METRICS.items() if i.stage == "audit")
+
+
+def is_audit_metric(name: str) -> bool:
+    """Computed after the audit across samples, never by the engine per pair."""
+    return name in METRICS and METRICS[name].stage == "audit"
+
+
+def pair_metrics(names: Iterable[str]) -> list[str]:
+    """``names`` without the audit-stage ones: what the engine computes per map pair (and what
+    a noise floor or a trajectory step can measure)."""
+    return [m for m in names if not is_audit_metric(m)]
+
+
+def audit_metrics(names: Iterable[str]) -> list[str]:
+    """The audit-stage names of ``names``, in their order."""
+    return [m for m in names if is_audit_metric(m)]
+
+
+def required_regions(metrics: Iterable[str]) -> list[str]:
+    """The regions ``metrics`` need, in :data:`REGIONS` order (``iou_topQ`` needs none)."""
+    needed = {METRICS[m].requires for m in metrics if m in METRICS}
+    return [r for r in REGIONS if r in needed]
+
+
 # the family iou_topQ: any integer Q in 1..99, written without leading zeros (one name each)
 TOPQ = re.compile(r"iou_top([1-9][0-9]?)")
 

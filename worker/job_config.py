@@ -10,13 +10,16 @@ right), see :data:`GATE_SAMPLE_FILTER`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from worker.catalog import (
     DEFAULT_METHODS,
-    DEFAULT_METRICS,
+    METRICS,
+    REGIONS,
+    default_metrics,
     validate_filter,
     validate_methods,
     validate_metrics,
@@ -28,6 +31,11 @@ GATE_SAMPLE_FILTER = "all"  # camdrift gate's default
 DEFAULT_N_BOOT = 2000
 DEFAULT_SPLIT = "auto"  # the test split when the dataset has one, else every sample
 EXECUTION_ONLY: tuple[str, ...] = ("batch_size", "device", "workers")
+# ... of which the results still depend on, at float precision: the batch size picks the
+# convolution kernels, whose float32 sums then differ in the last bits (displacement 0.011164795
+# vs 0.011164755 at batch 1 vs 16; the metrics themselves are computed per sample), so the
+# report's ``config`` records it
+RECORDED_EXECUTION: tuple[str, ...] = ("batch_size",)
 
 
 class JobConfig(BaseModel):
@@ -36,7 +44,9 @@ class JobConfig(BaseModel):
     model_config = ConfigDict(validate_assignment=False)
 
     methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
-    metrics: list[str] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    # as the job names them; None: the catalog's defaults for the data (:func:`resolve_metrics`,
+    # which the audit calls once, so its report's config lists what was computed)
+    metrics: list[str] | None = None
     sample_filter: str = DEFAULT_SAMPLE_FILTER
     max_samples: int | None = None
     split: str | None = DEFAULT_SPLIT
@@ -53,8 +63,8 @@ class JobConfig(BaseModel):
 
     @field_validator("metrics", mode="before")
     @classmethod
-    def _metrics(cls, value: Any) -> list[str]:
-        return validate_metrics(value or list(DEFAULT_METRICS))
+    def _metrics(cls, value: Any) -> list[str] | None:
+        return validate_metrics(value) if value else None
 
     @field_validator("sample_filter")
     @classmethod
@@ -89,9 +99,32 @@ class JobConfig(BaseModel):
         return cls(**{k: v for k, v in (doc or {}).items() if k in cls.model_fields})
 
     def results_dict(self) -> dict[str, Any]:
-        """The report's ``config``: every option the results depend on, nothing else."""
+        """The report's ``config``: every option the results depend on, nothing else (the
+        batch size of an engine's ``AuditConfig`` included, see :data:`RECORDED_EXECUTION`)."""
         return {
             k: v
             for k, v in self.model_dump(mode="json").items()
-            if k in JobConfig.model_fields and k not in EXECUTION_ONLY
+            if (k in JobConfig.model_fields and k not in EXECUTION_ONLY) or k in RECORDED_EXECUTION
         }
+
+
+def resolve_metrics(metrics: Sequence[str] | None, regions: Iterable[str]) -> list[str]:
+    """The metrics an audit computes on data whose evaluated samples bring ``regions``: the
+    named ones, or (None) the catalog's defaults for that data, region metrics only where the
+    data has their region. A named region metric the data cannot measure is an error: it would
+    be NaN for every sample, a hole in a gate rather than a measurement. Audit-stage names
+    (``consistency_*``) stay in the list, so the report's config and summaries cover them; the
+    engine skips them per pair and the audit's finish computes them across samples
+    (:func:`worker.results.consistency.add_consistency`)."""
+    have = set(regions)
+    if not metrics:
+        return default_metrics(have)
+    names = validate_metrics(metrics)
+    for name in names:
+        region = METRICS[name].requires if name in METRICS else None
+        if region is not None and region not in have:
+            raise ValueError(
+                f"metrics: {name} needs a {region} region per image, and no evaluated sample "
+                f"has one; the dataset brings it as {REGIONS[region].source}"
+            )
+    return names

@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from service.cli import audit, demo, gate, serve, train
+from service.cli import audit, calibrate, demo, gate, probe, serve, train
 from training.logs import configure_logging
 
 app = typer.Typer(
@@ -48,6 +48,8 @@ app.command()(serve.config)
 app.command("report-schema")(audit.report_schema)
 app.command()(audit.study)
 app.command("gate")(gate.gate)
+app.command()(calibrate.calibrate)
+app.command()(probe.probe)
 app.add_typer(serve.db_app, name="db")
 
 __all__ = ["app"]

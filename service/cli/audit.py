@@ -31,9 +31,10 @@ from service.cli.options import (
     Via,
     csv,
 )
-from service.cli.output import console, print_report, print_study, user_errors
+from service.cli.output import console, print_report, print_study, print_verdict, user_errors
 from service.cli.sequence import expand_sequence
 from worker.job_config import DEFAULT_N_BOOT
+from worker.results.gate import PolicyError, PolicyMismatch, fit_policy, load_policy
 
 
 @user_errors
@@ -62,15 +63,37 @@ def drift(
         Path | None, typer.Option(help="A baseline replica (other seed): its drift floor")
     ] = None,
     via: Via = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also judge the report by this gate policy (.toml or .json): the verdict is "
+            "stored in the report and printed; the exit code stays 0 (use `camdrift gate` to "
+            "exit by the verdict)"
+        ),
+    ] = None,
 ) -> None:
     """Audit attribution drift between two checkpoints (or along a sequence), in this process."""
     from training.progress import progress
     from worker.engine.audit import AuditConfig
     from worker.runtime.local_run import run_audit
 
+    options = {
+        "methods": csv(methods) or [],
+        "metrics": csv(metrics) or [],
+        "noise_floor": noise_floor,
+    }
+    rules = None
+    if policy is not None:  # what it reads is computed, and it fits the job, before the audit
+        checkpoints = [("--baseline", baseline), ("--candidate", candidate)]
+        try:
+            rules = load_policy(policy)
+            options = fit_policy(rules, options, checkpoints)
+        except PolicyMismatch as exc:
+            raise ValueError(f"the policy does not fit this job: {exc}") from None
+        except PolicyError as exc:
+            raise ValueError(f"bad policy: {exc}") from None
     cfg = AuditConfig(
-        methods=csv(methods) or [],
-        metrics=csv(metrics) or [],
+        **options,
         sample_filter=sample_filter,
         max_samples=max_samples,
         split=None if split == "all" else split,
@@ -79,14 +102,23 @@ def drift(
         seed=seed,
         device=device,
         autocast="bf16" if bf16 else None,
-        noise_floor=noise_floor,
     )
     trajectory = expand_sequence(via or [])
     with progress("drift", unit="img") as bar:
         report = run_audit(
-            baseline, candidate, data, cfg, out, bar.update, replica=replica, trajectory=trajectory
+            baseline,
+            candidate,
+            data,
+            cfg,
+            out,
+            bar.update,
+            policy=rules,
+            replica=replica,
+            trajectory=trajectory,
         )
     print_report(report)
+    if report.get("verdict"):
+        print_verdict(report["verdict"])
     console.print(f"report: {out}")
     if html is not None:
         from worker.render.html_report import write_local_html

@@ -121,16 +121,33 @@ def run_demo(
             (reports / f"{name}.html").write_text(html)
             results[name] = report
 
-    console.rule("6/6 verdicts: TL -> clean FT, TL -> shortcut FT")
+    console.rule("6/6 verdicts: TL -> clean FT, TL -> shortcut FT, beside the ground truth")
     for name, expected in (("clean", "pass"), ("shortcut", "fail")):
         report = results[name]
-        console.print(f"\n[bold]{name} fine-tune[/] (ground truth: should {expected})")
+        console.print(f"\n[bold]{name} fine-tune[/] (recipe: should {expected})")
         print_report(report)
         print_verdict(report["verdict"])
+        console.print(_ground_truth(runs / name / "ft.safetensors", shortcut.parent))
         console.print(f"html report: {reports / (name + '.html')}")
     verdicts = {name: results[name]["verdict"]["verdict"] for name in results}
     console.print(f"\nverdicts {verdicts}; done in {time.perf_counter() - started:.0f} s")
     return results
+
+
+def _ground_truth(checkpoint: Path, data: Path) -> str:
+    """The behavioural ground truth (``camdrift probe``): does the fine-tune's recall on the
+    marker's class fall when the same test images are drawn without the marker?"""
+    from training.shortcut_probe import probe_checkpoint
+
+    probe = probe_checkpoint(checkpoint, data)
+    relies = "does not rely on it"
+    if probe.relies_on_shortcut:
+        relies = "[bold red]relies on the marker[/]"
+    return (
+        f"ground truth (camdrift probe): '{probe.shortcut_class}' recall "
+        f"{probe.recall_present:.2f} with the marker, {probe.recall_absent:.2f} without "
+        f"(p = {probe.p_value:.2g}, n = {probe.n_shortcut}): {relies}"
+    )
 
 
 class EmbeddedServer:

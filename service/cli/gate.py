@@ -4,7 +4,11 @@ Against a server (``--server``, default ``$CAMDRIFT_URL``) through :class:`servi
 checkpoints and the dataset are uploaded only when the server lacks them (or ``--dataset-id``
 names a dataset already there), the job is submitted with the policy, its progress is
 followed, and the report with its verdict is fetched. ``--local`` runs the same audit in this
-process.
+process. Both paths first fit the policy to the job (:func:`worker.results.gate.fit_policy`):
+what it reads is turned on (the noise floor for ``beyond_floor``, the metrics its rules name)
+and a rule the job could not decide (a class the checkpoints lack, a method not in
+``--methods``) is exit 2 before anything is uploaded or attributed — so both paths give the
+same verdict on the same inputs.
 
 Exit codes: 0 pass, 1 fail, 3 inconclusive, 2 usage or infrastructure error (one line that
 says what to do). Torch is imported only by ``--local``.
@@ -46,13 +50,15 @@ from service.cli.output import (
 )
 from service.cli.sequence import expand_sequence
 from service.client import Client, ClientError
-from worker.catalog import DEFAULT_METHODS, SPLITS, check_method, check_sample_filter
+from worker.catalog import SPLITS, check_method, check_sample_filter
 from worker.render.markdown import render_markdown
 from worker.results.gate import (
     Policy,
     PolicyError,
+    PolicyMismatch,
     default_policy,
     evaluate_policy,
+    fit_policy,
     junit_xml,
     load_policy,
 )
@@ -83,6 +89,7 @@ class GateArgs:
     junit: Path | None = None
     markdown: Path | None = None
     report: Path | None = None
+    html: Path | None = None
 
 
 def gate(
@@ -117,6 +124,7 @@ def gate(
         Path | None, typer.Option(help="Write a markdown summary (PR comment) here")
     ] = None,
     report: Annotated[Path | None, typer.Option(help="Also keep the report JSON here")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the HTML report page here")] = None,
     via: Via = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the job before giving up")
@@ -145,6 +153,7 @@ def gate(
         junit=junit,
         markdown=markdown,
         report=report,
+        html=html,
     )
     try:
         verdict = run_gate(args)
@@ -185,10 +194,10 @@ def run_gate(args: GateArgs) -> dict[str, Any]:
         trajectory = expand_sequence(args.via)
     except FileNotFoundError as exc:
         raise GateError(str(exc)) from None
-    options = _check_options(rules, args.audit)
+    if args.local and args.dataset_id is not None:
+        raise GateError("--local needs --data DIR; --dataset-id names a server's dataset")
+    options = _fit(rules, _check_options(args.audit), args)
     if args.local:
-        if args.dataset_id is not None:
-            raise GateError("--local needs --data DIR; --dataset-id names a server's dataset")
         assert args.data is not None
         doc = _run_local(args, rules, options, trajectory)
         job_id = None
@@ -205,6 +214,11 @@ def run_gate(args: GateArgs) -> dict[str, Any]:
                 args.timeout,
                 trajectory,
             )
+            if args.html is not None:
+                page = client.text(
+                    f"/drift-jobs/{job_id}/report", params={"format": "html"}, timeout=600
+                )
+                _write(args.html, page, "--html")
         if args.report is not None:
             _write(args.report, json.dumps(doc, indent=2) + "\n", "--report")
     verdict = doc.get("verdict")
@@ -251,7 +265,7 @@ def _load_policy(path: Path | None) -> Policy:
         raise GateError(f"bad policy: {exc}") from None
 
 
-def _check_options(rules: Policy, options: dict[str, Any]) -> dict[str, Any]:
+def _check_options(options: dict[str, Any]) -> dict[str, Any]:
     """The job options a server would reject, caught before anything is uploaded (the same
     in --local mode)."""
     try:
@@ -269,14 +283,23 @@ def _check_options(rules: Policy, options: dict[str, Any]) -> dict[str, Any]:
         raise GateError("--max-samples must be >= 1")
     if options["seed"] is not None and not 0 <= options["seed"] < 2**32:
         raise GateError("--seed must be in 0..2**32-1")
-    methods = options["methods"] or list(DEFAULT_METHODS)
-    for number, rule in enumerate(rules.rule, start=1):
-        if rule.method != "*" and rule.method not in methods:
-            raise GateError(
-                f"policy rule {number} ({rule.label()}) needs method {rule.method!r}, but the "
-                f"job computes {', '.join(methods)}; add it to --methods"
-            )
     return options
+
+
+def _fit(rules: Policy, options: dict[str, Any], args: GateArgs) -> dict[str, Any]:
+    """The job options the policy needs, or exit 2 naming each rule the job could not decide
+    (read from the checkpoints' headers: nothing is uploaded or attributed yet)."""
+    try:
+        return fit_policy(
+            rules, options, [("--baseline", args.baseline), ("--candidate", args.candidate)]
+        )
+    except PolicyMismatch as exc:
+        hint = "fix the policy"
+        if any(p.key == "method" for p in exc.problems):
+            hint += ", or add the method to --methods"
+        raise GateError(f"the policy does not fit this job: {exc} — {hint}") from None
+    except PolicyError as exc:
+        raise GateError(str(exc)) from None
 
 
 def _write(path: Path, text: str, option: str) -> None:
@@ -302,6 +325,12 @@ def _advice(verdict: dict[str, Any]) -> str:
             f"{reason} — evaluate more samples (a larger dataset, a higher --max-samples, "
             "--split all or --sample-filter all) or lower min_samples in the policy."
         )
+    if verdict.get("undecided_classes"):
+        return (
+            f"{reason} — evaluate more samples of those classes (a larger dataset, a higher "
+            "--max-samples, --split all or --sample-filter all), lower min_class_samples in "
+            "the policy, or name the classes to judge instead of '*'."
+        )
     return (
         f"{reason} — see the checks marked n/a: make the policy name methods, metrics and "
         "classes the job computes."
@@ -324,7 +353,7 @@ def _run_local(
         with tempfile.TemporaryDirectory(prefix="camdrift-gate-") as tmp:
             out = args.report if args.report is not None else Path(tmp) / "report.json"
             with progress("local audit", unit="img") as bar:
-                return run_audit(
+                doc = run_audit(
                     args.baseline,
                     args.candidate,
                     args.data,
@@ -334,5 +363,17 @@ def _run_local(
                     policy=rules,
                     trajectory=trajectory,
                 )
+            if args.html is not None:  # while the rows and maps next to the report exist
+                _write_local_html(out, args.html)
+            return doc
     except (ValueError, OSError) as exc:
         raise GateError(str(exc)) from None
+
+
+def _write_local_html(report: Path, html: Path) -> None:
+    from worker.render.html_report import write_local_html
+
+    try:
+        write_local_html(report, html)
+    except OSError as exc:
+        raise GateError(f"cannot write --html {html}: {exc.strerror or exc}") from None

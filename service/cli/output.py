@@ -227,8 +227,11 @@ def print_verdict(verdict: dict[str, Any]) -> None:
     )
     checks = list(verdict.get("rules") or [])
     groups = [_rule_of(c) for c in checks]
+    position = 0
     for i, check in enumerate(checks):
-        position = i - groups.index(groups[i])  # row within its rule (checks come in order)
+        # row within the current run of one rule's checks (failing checks come first, so one
+        # rule's checks may appear in several runs; each run is labelled)
+        position = position + 1 if i and groups[i - 1] == groups[i] else 0
         label = (
             escape(check["name"])
             if position == 0

@@ -47,7 +47,14 @@ def serve(
 
         resumed = embedded_runner(settings).resume_unfinished()
         console.print(f"embedded runner started (resumed {resumed} unfinished jobs)")
+    console.print(f"camdrift API on {listen_url(host, port)} (API docs at /docs); Ctrl+C stops")
     uvicorn.run(api, host=host, port=port, log_level="warning")
+
+
+def listen_url(host: str, port: int) -> str:
+    """The address ``serve`` listens on, as a browser takes it (IPv6 in brackets)."""
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{shown}:{port}"
 
 
 def run_worker(
@@ -55,7 +62,20 @@ def run_worker(
     queues: Annotated[str, typer.Option()] = "camdrift",
 ) -> None:
     """Run a Celery worker for drift jobs (needs CAMDRIFT_BROKER_URL)."""
-    from worker.runtime.tasks import app as celery_app
+    from worker.store import get_settings
+
+    if not get_settings().broker_url:
+        error(
+            "CAMDRIFT_BROKER_URL is not set: a worker takes its jobs from a broker (e.g. "
+            "redis://localhost:6379/0); without one, `camdrift serve` runs jobs itself",
+            line_err_console,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        from worker.runtime.tasks import app as celery_app
+    except ValueError as exc:  # a broker URL Celery cannot use
+        error(f"CAMDRIFT_BROKER_URL: {exc}", line_err_console)
+        raise typer.Exit(EXIT_USAGE) from None
 
     celery_app.worker_main(
         [

@@ -33,9 +33,20 @@ def phantoms(
     per_class: PerClass = PER_CLASS_DEFAULT,
     size: ImageSize = IMAGE_SIZE_DEFAULT,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes)")] = 0,
-    shortcut: Annotated[str | None, typer.Option(help="Class that carries the marker")] = None,
+    shortcut: Annotated[str | None, typer.Option(help="Class that carries the shortcut")] = None,
+    shortcut_kind: Annotated[
+        str,
+        typer.Option(
+            help="corner (marker), letter (L/R token near the border), frame (collimation "
+            "border) or scanner (global line texture)"
+        ),
+    ] = "corner",
     shortcut_eval: Annotated[
-        str, typer.Option(help="Marker in val/test: correlated, random or absent")
+        str,
+        typer.Option(
+            help="Shortcut in val/test: correlated, random, absent or moved (corner/letter "
+            "drawn where training never showed it)"
+        ),
     ] = "correlated",
     shortcut_confound: Annotated[
         float,
@@ -48,7 +59,8 @@ def phantoms(
         "target"
     ),
 ) -> None:
-    """Generate the phantom chest X-ray dataset (ImageFolder tree + masks + manifest.csv)."""
+    """Generate the phantom chest X-ray dataset (ImageFolder tree + lesion, lung and shortcut
+    masks + manifest.csv + phantoms.json)."""
     from training.phantoms import generate_dataset
     from training.progress import progress
 
@@ -59,6 +71,7 @@ def phantoms(
             size,
             seed,
             shortcut=shortcut,
+            shortcut_kind=shortcut_kind,
             shortcut_eval=shortcut_eval,
             shortcut_confound=shortcut_confound,
             task=task,

@@ -57,7 +57,9 @@ def test_report_validates_with_counts_aucs_and_cis(world) -> None:
             assert set(report["summaries"][method][metric]) == {"overall", *CLASSES}
     rows = (world / "report.samples.jsonl").read_text().splitlines()
     assert len(rows) == 30 and (world / "report.maps").is_dir()
-    assert len(report["method_comparisons"]) == 3 * len(METRICS)
+    computed = report["config"]["metrics"]  # the defaults, plus region metrics: masks exist
+    assert set(METRICS) <= set(computed) and len(computed) > len(METRICS)
+    assert len(report["method_comparisons"]) == 3 * len(computed)
     assert "attribution drift" in result.output
 
 
@@ -155,6 +157,75 @@ def test_via_that_names_nothing_exits_2(world, tmp_path, via) -> None:
     result = _drift(world, "--out", str(tmp_path / "r.json"), "--via", str(tmp_path / via))
     assert result.exit_code == 2 and "--via" in result.output
     assert not (tmp_path / "r.json").exists()
+
+
+# --------------------------------------------------------------------------- --policy
+
+# 6 samples a class: a class minimum of 6 decides. The beyond_floor rule needs the noise floor
+# (not asked for on the command line), the pearson rule cannot hold (r <= 1).
+POLICY = """\
+min_samples = 10
+min_class_samples = 6
+[[rule]]
+name = "within the noise"
+method = "layercam"
+metric = "pearson"
+stat = "beyond_floor"
+class = "*"
+op = "<="
+value = 1.0
+[[rule]]
+name = "impossible pattern"
+method = "*"
+metric = "pearson"
+stat = "mean"
+op = ">"
+value = 1.0
+"""
+
+
+def test_drift_with_a_policy_stores_and_prints_the_verdict(world, tmp_path) -> None:
+    policy, out, html = tmp_path / "p.toml", tmp_path / "r.json", tmp_path / "r.html"
+    policy.write_text(POLICY)
+    result = _drift(
+        world, "--out", str(out), *EVERY_SAMPLE, "--policy", str(policy), "--html", str(html)
+    )
+    assert result.exit_code == 0, result.output  # drift audits; `camdrift gate` exits by verdict
+    report = json.loads(out.read_text())
+    verdict = report["verdict"]
+    assert verdict["verdict"] == "fail" and report["config"]["noise_floor"] is True
+    assert [c["passed"] for c in verdict["rules"]] == [False] * 2 + [True] * len(CLASSES)
+    shares = report["noise_floor"]["layercam"]["pearson"]["beyond_floor_per_class"]
+    for check in verdict["rules"][2:]:
+        assert check["observed"] == pytest.approx(shares[check["class"]])
+    text = " ".join(result.output.split())
+    assert "camdrift gate: FAIL" in text and "2 of 7 checks failed" in text
+    assert "impossible pattern" in html.read_text()
+
+
+def test_drift_with_a_policy_that_does_not_fit_exits_2_before_the_audit(
+    world, tmp_path, monkeypatch
+) -> None:
+    import worker.runtime.local_run
+
+    def no_audit(*args, **kw):
+        raise AssertionError("the audit ran")
+
+    monkeypatch.setattr(worker.runtime.local_run, "run_audit", no_audit)
+    policy, out = tmp_path / "p.toml", tmp_path / "r.json"
+    policy.write_text(POLICY.replace('class = "*"', 'class = "Covid"'))
+    result = _drift(world, "--out", str(out), "--methods", "gradcam", "--policy", str(policy))
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "policy rule 1 (within the noise): method 'layercam' is not computed" in text
+    assert "class 'Covid' is not a class of the checkpoints (did you mean 'covid'?)" in text
+    assert not out.exists()
+    broken = tmp_path / "broken.toml"
+    broken.write_text("min_samples = -1\n[[rule]]\n")
+    result = _drift(world, "--out", str(out), "--policy", str(broken))
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "bad policy: " in text and "broken.toml line 1: min_samples -1" in text
 
 
 # --------------------------------------------------------------------------- options, config

@@ -29,6 +29,7 @@ TOKEN = "gate-test-token"
 # Similarities lie in [-1, 1] and displacements in [0, 1], so these thresholds decide alone.
 PASS_POLICY = """\
 min_samples = 10
+min_class_samples = 6
 [[rule]]
 name = "pattern exists"
 method = "*"
@@ -48,6 +49,29 @@ FAIL_POLICY = PASS_POLICY.replace("value = -1.0", "value = 1.5").replace(
     'name = "pattern exists"', 'name = "impossible overlap"'
 )
 INCONCLUSIVE_POLICY = PASS_POLICY.replace("min_samples = 10", "min_samples = 1000000")
+# 6 samples per class: a class minimum of 7 leaves every class check undecided
+UNDECIDED_POLICY = PASS_POLICY.replace("min_class_samples = 6", "min_class_samples = 7")
+# a noise-floor rule that holds whatever the drift (a share is <= 1): decided iff the floor
+# was measured
+FLOOR_POLICY = """\
+min_samples = 10
+min_class_samples = 6
+[[rule]]
+name = "beyond the floor"
+method = "layercam"
+metric = "pearson"
+stat = "beyond_floor"
+class = "*"
+op = "<="
+value = 1.0
+[[rule]]
+method = "layercam"
+metric = "ssim"
+stat = "mean"
+op = ">="
+value = -1.0
+"""
+TYPO_POLICY = PASS_POLICY.replace('class = "*"', 'class = "efusion"')
 FAST = ("--split", "all", "--sample-filter", "all", "--methods", "layercam")
 
 
@@ -58,6 +82,9 @@ def world(tmp_path_factory) -> Path:
         ("pass", PASS_POLICY),
         ("fail", FAIL_POLICY),
         ("inconclusive", INCONCLUSIVE_POLICY),
+        ("undecided", UNDECIDED_POLICY),
+        ("floor", FLOOR_POLICY),
+        ("typo", TYPO_POLICY),
     ):
         (root / f"{name}.toml").write_text(text)
     return root
@@ -140,12 +167,18 @@ def test_local_exit_codes_junit_and_markdown(world, tmp_path, verdict, code) -> 
 
 
 def test_local_with_the_default_policy(world, tmp_path) -> None:
+    """The default policy's min_samples (30) holds per class too: 6 samples a class leave
+    every class check undecided, so the verdict is inconclusive, not a guess."""
     junit = tmp_path / "gate.xml"
     result = _gate(world, "--local", "--junit", str(junit), *FAST)
-    assert result.exit_code in (0, 1, 3), result.output
-    cases = _junit(junit).findall("testcase")
+    assert result.exit_code == 3, result.output
+    root = _junit(junit)
+    cases = root.findall("testcase")
     assert len(cases) == 1 + 3 * len(CLASSES)  # three rules, every class, one method
-    assert "overlap held" in result.output and "min_samples >= 30" in result.output
+    skipped = root.findall("testcase/skipped")
+    assert len(skipped) == 3 * len(CLASSES)
+    assert {s.get("message") for s in skipped} == {"undecided: 6 samples, min_class_samples 30"}
+    assert "overlap held" in result.output and "min_samples >=" in result.output
 
 
 def test_local_along_a_sequence_reports_the_trajectory(world, tmp_path) -> None:
@@ -167,6 +200,64 @@ def test_local_along_a_sequence_reports_the_trajectory(world, tmp_path) -> None:
     assert missing.exit_code == 2 and "--via" in missing.output
 
 
+def test_local_computes_the_noise_floor_a_policy_reads(world, tmp_path) -> None:
+    """A beyond_floor rule turns the noise floor on, an ssim rule the ssim metric: decided,
+    not "inconclusive" for want of what the policy reads."""
+    report = tmp_path / "r.json"
+    policy = ("--policy", str(world / "floor.toml"))
+    result = _gate(world, "--local", *policy, "--report", str(report), *FAST)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["config"]["noise_floor"] is True and "ssim" in doc["config"]["metrics"]
+    shares = doc["noise_floor"]["layercam"]["pearson"]["beyond_floor_per_class"]
+    checks = {c["class"]: c for c in doc["verdict"]["rules"]}
+    for klass in CLASSES:
+        assert checks[klass]["observed"] == pytest.approx(shares[klass]), klass
+
+
+def test_a_class_below_min_class_samples_is_inconclusive_naming_it(world, tmp_path) -> None:
+    junit = tmp_path / "gate.xml"
+    policy = ("--policy", str(world / "undecided.toml"))
+    result = _gate(world, "--local", *policy, "--junit", str(junit), *FAST)
+    assert result.exit_code == 3, result.output
+    assert "undecided (classes: " in result.output or "decided (classes: " in result.output
+    assert "min_class_samples" in result.output
+    skipped = _junit(junit).findall("testcase/skipped")
+    assert len(skipped) == len(CLASSES)
+    assert {s.get("message") for s in skipped} == {"undecided: 6 samples, min_class_samples 7"}
+
+
+def test_a_class_typo_exits_2_before_any_audit(world, monkeypatch) -> None:
+    import worker.runtime.local_run
+
+    def no_audit(*args: Any, **kw: Any) -> None:
+        raise AssertionError("the audit ran")
+
+    monkeypatch.setattr(worker.runtime.local_run, "run_audit", no_audit)
+    policy = ("--policy", str(world / "typo.toml"))
+    result = _gate(world, "--local", *policy, *FAST)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "policy rule 1 (pattern exists): class 'efusion' is not a class of the checkpoints" in (
+        text
+    )
+    assert "did you mean 'effusion'?" in text and ", ".join(CLASSES) in text
+    # against a server: the same message, before anything is sent (this one is unreachable)
+    remote = _gate(world, "--server", "http://127.0.0.1:9", *policy, *FAST)
+    assert remote.exit_code == 2, remote.output
+    assert "class 'efusion' is not a class" in remote.output
+    assert "cannot reach" not in remote.output
+
+
+def test_local_writes_the_html_report(world, tmp_path) -> None:
+    html = tmp_path / "out" / "gate.html"
+    policy = ("--policy", str(world / "fail.toml"))
+    result = _gate(world, "--local", *policy, "--html", str(html), *FAST)
+    assert result.exit_code == 1, result.output
+    page = html.read_text()
+    assert "<html" in page and "impossible overlap" in page
+
+
 # --------------------------------------------------------------------------- errors (exit 2)
 
 
@@ -175,7 +266,7 @@ def test_bad_policy_file_exits_2_naming_the_line(world, tmp_path) -> None:
     bad.write_text(PASS_POLICY.replace('metric = "displacement"', 'metric = "iou"'))
     result = _gate(world, "--local", "--policy", str(bad))
     assert result.exit_code == 2, result.output
-    assert "line 12: rule 2: metric 'iou' is unknown" in result.output
+    assert "line 13: rule 2: metric 'iou' is unknown" in result.output
     broken = tmp_path / "broken.toml"
     broken.write_text("min_samples = 10\n[[rule]\n")
     result = _gate(world, "--local", "--policy", str(broken))
@@ -210,7 +301,7 @@ def test_missing_checkpoint_exits_2_naming_it(world, tmp_path) -> None:
         (("--data", "/no/such/folder"), "no such dataset folder"),
         (("--data", "{data}", "--methods", "saliency"), "unknown method 'saliency'"),
         (("--data", "{data}", "--split", "holdout"), "unknown split 'holdout'"),
-        (("--data", "{data}", "--methods", "gradcam"), "needs method 'layercam'"),
+        (("--data", "{data}", "--methods", "gradcam"), "method 'layercam' is not computed"),
     ],
 )
 def test_usage_errors_exit_2(world, args, message) -> None:
@@ -411,3 +502,57 @@ def test_a_crash_exits_2_not_1(world, monkeypatch) -> None:
     result = _gate(world, "--local")
     assert result.exit_code == 2, result.output
     assert "the gate crashed (RuntimeError: unexpected)" in result.output
+
+
+def test_a_floor_policy_gives_the_same_verdict_here_and_on_the_server(
+    world, tmp_path, server
+) -> None:
+    """The same inputs, the same options derived from the policy: the same verdict and the
+    same observed value for every check, locally and through the service."""
+    local_report, remote_report = tmp_path / "local.json", tmp_path / "remote.json"
+    html = tmp_path / "remote.html"
+    policy = ("--policy", str(world / "floor.toml"))
+    here = _gate(world, "--local", *policy, "--report", str(local_report), *FAST)
+    there = _gate(
+        world,
+        *("--server", server, "--token", TOKEN),
+        *policy,
+        *("--report", str(remote_report), "--html", str(html)),
+        *FAST,
+    )
+    assert here.exit_code == 0, here.output
+    assert there.exit_code == 0, there.output
+    local, remote = (json.loads(p.read_text())["verdict"] for p in (local_report, remote_report))
+    assert local["verdict"] == remote["verdict"] == "pass"
+
+    def observed(verdict: dict) -> dict:
+        return {(c["method"], c["metric"], c["class"]): c["observed"] for c in verdict["rules"]}
+
+    assert observed(remote) == pytest.approx(observed(local), abs=1e-9)
+    assert len(observed(local)) == len(CLASSES) + 1
+    page = html.read_text()
+    assert "<html" in page and "beyond the floor" in page
+
+
+def test_the_client_completes_what_a_policy_reads(world, server) -> None:
+    """A script that calls the client directly (as the demo does) gets the floor and metrics
+    its policy reads, from the same function ``camdrift gate`` uses."""
+    from service.cli.gate import audit_on_server
+    from service.client import Client
+    from worker.results.gate import load_policy
+
+    policy = load_policy(world / "floor.toml")
+    options = {"methods": ["layercam"], "sample_filter": "all", "split": "all"}
+    with Client(server, TOKEN) as client:
+        report, _ = audit_on_server(
+            client,
+            world / "tl.safetensors",
+            world / "ft.safetensors",
+            world / "data",
+            None,
+            policy,
+            options,
+            timeout=600,
+        )
+    assert report["config"]["noise_floor"] is True and "ssim" in report["config"]["metrics"]
+    assert report["verdict"]["verdict"] == "pass", report["verdict"]["reason"]

@@ -48,13 +48,43 @@ def oracle_maps(model, images, targets, layer_path, reshape=None) -> dict[str, n
     return out
 
 
+# XGrad-CAM divides by each channel's activation sum Σ A_c. Where a layer's activations can be
+# negative (a dense block before its norm), a sum that cancels to near 0 turns float32 rounding
+# differences between two correct implementations into visible map differences (seen:
+# Σ A_c = 2.3e-5 -> maps 2.5e-3 apart). A sample with a channel whose |Σ A_c| is below
+# XGRADCAM_CANCELLATION x Σ |A_c| is ill-conditioned for any oracle and is not compared
+# (non-negative activations never cancel; all-zero channels contribute 0 either way).
+XGRADCAM_CANCELLATION = 1e-3
+
+
+def _well_conditioned(model, images, layer_path, reshape) -> np.ndarray:
+    """Per sample: no channel's activation sum at ``layer_path`` cancels (see above)."""
+    seen = {}
+    hook = model.get_submodule(layer_path).register_forward_hook(
+        lambda _m, _i, out: seen.setdefault("a", out)
+    )
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        hook.remove()
+    a = (seen["a"] if reshape is None else reshape(seen["a"])).double()
+    total, mass = a.sum(dim=(2, 3)).abs(), a.abs().sum(dim=(2, 3))
+    cancels = (mass > 0) & (total < XGRADCAM_CANCELLATION * mass)
+    return (~cancels.any(dim=1)).numpy()
+
+
 def _check(model, images, targets, target_layer=None, reshape=None) -> None:
     layer = target_layer or model.spec.feature_layer
     expected = oracle_maps(model, images, targets, layer, reshape)
     got = attribute(model, images, targets, METHODS, target_layer=target_layer)
     for name in METHODS:
         assert got[name].shape == images.shape[:1] + images.shape[2:]
-        diff = np.abs(got[name].numpy() - expected[name]).max()
+        keep = np.ones(len(images), dtype=bool)
+        if name == "xgradcam":
+            keep = _well_conditioned(model, images, layer, reshape)
+            assert keep.any(), "no well-conditioned sample left to compare XGrad-CAM on"
+        diff = np.abs(got[name].numpy()[keep] - expected[name][keep]).max()
         assert diff < TOL, f"{name}: max abs diff {diff:.2e}"
 
 

@@ -12,10 +12,15 @@ from scipy import ndimage
 from scipy import stats as sps
 from skimage.metrics import structural_similarity
 
-from worker.catalog import DEFAULT_METRICS, METRICS
+from worker.catalog import AUDIT_METRICS, DEFAULT_METRICS, pair_metrics
+from worker.catalog import METRICS as CATALOG
 from worker.engine.audit import stacked_metrics
 from worker.engine.metrics import degenerate, drift_metrics, validate_metric_names
 
+# the pair metrics: functions of the two maps alone (the region metrics, which also need masks,
+# are checked in tests/engine/test_localisation.py; the audit-stage consistency_* across
+# samples in tests/results/test_consistency.py)
+METRICS = [name for name, info in CATALOG.items() if info.requires is None and info.stage == "pair"]
 ATOL = 1e-5
 SHAPES = [(24, 31), (17, 17), (40, 12)]
 KINDS = ["uniform", "relu", "cam"]
@@ -131,10 +136,24 @@ def test_output_type_and_input_untouched() -> None:
     b = torch.from_numpy(make_maps("cam", 3, (16, 20), 1)).double()
     a_copy = a.clone()
     got = drift_metrics(a, b)
-    assert list(got) == list(DEFAULT_METRICS)
+    assert list(got) == pair_metrics(DEFAULT_METRICS)
     for value in got.values():
         assert value.dtype == torch.float32 and value.shape == (3,)
     assert torch.equal(a, a_copy)
+
+
+def test_audit_stage_names_are_skipped_not_computed() -> None:
+    """A job's resolved list (consistency_* among the defaults) passes as it is: the engine
+    computes the pair metrics of it and never asks for the audit-stage ones."""
+    a = torch.from_numpy(make_maps("cam", 3, (12, 10), 0))
+    b = torch.from_numpy(make_maps("cam", 3, (12, 10), 1))
+    assert set(AUDIT_METRICS) <= set(DEFAULT_METRICS)
+    assert list(drift_metrics(a, b, [*AUDIT_METRICS, "pearson"])) == ["pearson"]
+    assert drift_metrics(a, b, list(AUDIT_METRICS)) == {}
+    both = drift_metrics(a, b, list(DEFAULT_METRICS))
+    assert list(both) == pair_metrics(DEFAULT_METRICS) and not set(both) & set(AUDIT_METRICS)
+    stacked = stacked_metrics({"x": a, "y": b}, {"x": b, "y": a}, ["x", "y"], DEFAULT_METRICS)
+    assert all(list(named) == pair_metrics(DEFAULT_METRICS) for named in stacked.values())
 
 
 def test_identity_pair() -> None:

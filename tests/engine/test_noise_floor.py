@@ -8,6 +8,7 @@ import torch
 
 from tests.builders import tiny_audit_inputs
 from worker.catalog import drift_direction as floor_direction
+from worker.catalog import pair_metrics
 from worker.engine.attribution import attribute
 from worker.engine.audit import Audit, AuditConfig, perturb
 from worker.engine.metrics import drift_metrics
@@ -41,7 +42,7 @@ def test_floor_rows_equal_an_independent_computation(audit_inputs) -> None:
     rows = audit.compute()
     model = audit.baseline.model
     loader = audit._loader(list(range(audit.total)))
-    images = torch.cat([x for x, _, _ in loader])
+    images = torch.cat([x for x, *_ in loader])
     labels = torch.tensor([r["label"] for r in rows])
     prepare = audit.baseline.prepare
     clean = attribute(model, prepare(images), labels, audit.config.methods)
@@ -75,7 +76,8 @@ def test_report_gives_drift_next_to_its_floor(audit_inputs) -> None:
         dataset={"class_names": audit.class_names},
         config={
             "methods": audit.config.methods,
-            "metrics": audit.config.metrics,
+            # the engine's rows: per-pair metrics (consistency is added after the audit)
+            "metrics": pair_metrics(audit.config.metrics),
             "seed": 0,
             "n_boot": 200,
         },
@@ -83,7 +85,7 @@ def test_report_gives_drift_next_to_its_floor(audit_inputs) -> None:
     )
     section = report["noise_floor"]
     for method in audit.config.methods:
-        for metric in audit.config.metrics:
+        for metric in pair_metrics(audit.config.metrics):
             entry = section[method][metric]
             floor = np.array(
                 [

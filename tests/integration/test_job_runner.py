@@ -144,6 +144,10 @@ def test_redelivered_messages_change_nothing(ctx, inputs) -> None:
     assert job.status == "succeeded" and job.progress_done == job.progress_total == 40
     with session_scope(ctx.sessions) as s:
         assert s.scalar(select(func.count()).select_from(Report)) == 1
+        config = s.get(Report, job_id).document["config"]
+    # the results depend on the batch size at float precision: the report says which ran
+    assert config["batch_size"] == ctx.batch_size == 4
+    assert "device" not in config and "workers" not in config
 
 
 def test_a_shard_run_twice_replaces_its_rows(ctx, inputs) -> None:
@@ -229,3 +233,20 @@ def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) ->
         assert count("camdrift_worker_shard_seconds_count") == before["shards"] + good.shards_total
     finally:
         runner.stop()
+
+
+def test_every_log_line_of_a_shard_names_its_job_shard_and_attempt(ctx, inputs, caplog) -> None:
+    job_id = make_job(ctx, inputs)
+    jobs.plan_job(ctx, job_id)
+    with caplog.at_level("DEBUG", logger="camdrift"):
+        caplog.clear()
+        jobs.run_shard(ctx, job_id, 0)
+        with session_scope(ctx.sessions) as s:  # its worker died before acknowledging
+            s.get(JobShard, (job_id, 0)).status = "pending"
+            s.get(Job, job_id).shards_done = 0
+        jobs.run_shard(ctx, job_id, 0)
+    ours = [r for r in caplog.records if r.name.startswith("camdrift")]
+    assert [r.getMessage().split(" ")[:2] for r in ours] == [["shard", "done"]] * 2
+    for record, attempt in zip(ours, ("1", "2"), strict=True):
+        assert (record.job, record.shard, record.attempt) == (job_id, "0", attempt)
+        assert record.getMessage().endswith(f"job={job_id} shard=0 attempt={attempt}")

@@ -145,7 +145,8 @@ def test_redelivery_is_capped(ctx, inputs, monkeypatch) -> None:
         jobs.run_shard(ctx, job_id, 0)
 
 
-def test_deleted_checkpoint_fails_on_the_first_try(ctx, inputs, tmp_path) -> None:
+def test_deleted_checkpoint_fails_on_the_first_try_named_by_its_id(ctx, inputs, tmp_path) -> None:
+    """The stored error names the checkpoint by id, never by where the server kept it."""
     from worker.runtime.embedded import EmbeddedRunner
 
     job_id = make_job(ctx, inputs)
@@ -175,8 +176,25 @@ def test_deleted_checkpoint_fails_on_the_first_try(ctx, inputs, tmp_path) -> Non
     finally:
         runner.stop()
     job = job_row(ctx, job_id)
-    assert job.status == "failed" and "gone.safetensors" in job.error, job.error
+    assert job.status == "failed", job.error
+    assert job.error.startswith(f"checkpoint:{clone.id}: "), job.error
+    assert "/" not in job.error and "gone" not in job.error, "no server path"
     assert job.attempts <= 1
+
+
+def test_a_failed_job_error_names_ids_and_the_log_keeps_the_paths(ctx, inputs, caplog) -> None:
+    job_id = make_job(ctx, inputs)
+    with session_scope(ctx.sessions) as s:
+        dataset_id = s.get(Job, job_id).dataset_id
+    maps = ctx.store.maps_dir(job_id) / "rows-000000-000003.npz"
+    raw = f"OSError: cannot decode {inputs.data}/NORMAL/img1.png; {maps} is missing"
+    with caplog.at_level("WARNING", logger="camdrift.jobs"):
+        assert jobs.fail_job(ctx, job_id, raw)
+    assert job_row(ctx, job_id).error == (
+        f"OSError: cannot decode dataset:{dataset_id}/NORMAL/img1.png;"
+        f" <store>/jobs/{job_id}/maps/rows-000000-000003.npz is missing"
+    )
+    assert str(inputs.data) in caplog.text and str(maps) in caplog.text, "operators see them"
 
 
 # ------------------------------------------------------------------ real processes (services)

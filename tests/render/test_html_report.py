@@ -29,6 +29,7 @@ from worker.render.html_report import (
 )
 from worker.render.overlay import OverlayUnavailable, render_overlay
 from worker.results.report import build_report
+from worker.results.report_schema import Stats, TrajectorySeries, read_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -71,8 +72,12 @@ def assert_self_contained(page: str) -> None:
     assert "@import" not in page and "<link" not in page and "<iframe" not in page
 
 
-def synthetic(class_names: list[str], n: int = 24, seed: int = 0) -> tuple[dict, list[dict]]:
-    """A report built by the real report builder from made-up rows (no torch, no files)."""
+def synthetic(
+    class_names: list[str], n: int = 24, seed: int = 0, *, floor: bool = False
+) -> tuple[dict, list[dict]]:
+    """A report built by the real report builder from made-up rows (no torch, no files);
+    ``floor``: every included row also carries a noise floor (drift of a perturbed baseline,
+    close to "unchanged")."""
     rng = np.random.default_rng(seed)
     k = len(class_names)
     rows = []
@@ -92,6 +97,17 @@ def synthetic(class_names: list[str], n: int = 24, seed: int = 0) -> tuple[dict,
                     "concentration_change": float(rng.normal(0.0, 0.05)),
                 }
                 degenerate[method] = [False, i == 8]
+        noise = None
+        if floor and included:
+            noise = {
+                method: {
+                    "iou_top20": float(np.clip(rng.normal(0.7, 0.15), 0, 1)),
+                    "displacement": float(abs(rng.normal(0.05, 0.04))),
+                    "pearson": float(np.clip(rng.normal(0.95, 0.03), -1, 1)),
+                    "concentration_change": float(rng.normal(0.0, 0.01)),
+                }
+                for method in metrics
+            }
         probs = [0.1 / (k - 1)] * k
         rows.append(
             {
@@ -107,6 +123,7 @@ def synthetic(class_names: list[str], n: int = 24, seed: int = 0) -> tuple[dict,
                 "included": included,
                 "metrics": metrics,
                 "degenerate": degenerate,
+                **({"floor": noise} if noise else {}),
             }
         )
     methods = ["layercam", "gradcam++"]
@@ -272,19 +289,150 @@ def test_most_drifted_ranks_lowest_iou_then_highest_displacement() -> None:
     assert most_drifted(rows, "other", 3) == (None, [])
 
 
-def test_headline_is_computed_from_the_numbers() -> None:
-    report, _ = synthetic(["a", "b", "c"])
+def _part(page: str, sid: str) -> str:
+    return page.split(f'<section id="{sid}"')[1].split("</section>")[0]
+
+
+def _headline(page: str) -> str:
+    return page.split('<p class="headline" id="headline">')[1].split("</p>")[0]
+
+
+def _beyond_share(rows: list[dict], method: str, metric: str) -> float:
+    """The share of included samples beyond the floor's 95% tail, from the rows by numpy."""
+    kept = [r for r in rows if r["included"]]
+    floor = np.array([r["floor"][method][metric] for r in kept])
+    drift = np.array([r["metrics"][method][metric] for r in kept])
+    if metric in ("iou_top20", "pearson"):  # similarities: drift is the low side
+        return float(np.mean(drift < np.quantile(floor, 0.05)))
+    return float(np.mean(np.abs(drift) > np.quantile(np.abs(floor), 0.95)))
+
+
+def _verdict(state: str, *checks: dict, reason: str = "") -> dict:
+    return {
+        "verdict": state,
+        "reason": reason,
+        "min_samples": 5,
+        "n_included": 10,
+        "rules": list(checks),
+    }
+
+
+def _check(metric: str, stat: str, observed: float | None, passed: bool | None, **kw) -> dict:
+    return {
+        "name": kw.pop("name", f"{metric} {stat}"),
+        "method": kw.pop("method", "layercam"),
+        "metric": metric,
+        "stat": stat,
+        "class": kw.pop("klass", "overall"),
+        "op": kw.pop("op", ">="),
+        "value": kw.pop("value", 0.3),
+        "observed": observed,
+        "n": 10,
+        "passed": passed,
+        "reason": kw.pop("reason", ""),
+    }
+
+
+def test_without_a_verdict_the_headline_reads_drift_against_the_floor() -> None:
+    report, rows = synthetic(["a", "b", "c"], n=60, floor=True)
     report["performance"]["baseline"]["accuracy"] = 0.93
     report["performance"]["candidate"]["accuracy"] = 0.95
+    share = _beyond_share(rows, "layercam", "iou_top20")
+    assert 0.3 < share < 1.0  # the made-up candidate drifts well past its floor
+    assert headline(report) == (
+        "No policy was applied (no pass / fail). Accuracy held (0.930 → 0.950); "
+        f"{share:.0%} of the included samples drift beyond the noise floor under LayerCAM "
+        "IoU@20 (noise alone puts about 5% there)."
+    )
+    page = render_html(report, rows, lambda i, m: None)
+    assert _headline(page) == headline(report)
+    floor = _part(page, "floor")
+    assert "no policy was applied: these shares decide nothing" in floor.lower()
+    assert f"<strong>{share:.0%}</strong>" in floor  # the headline's share, in its table
+    assert "moved" not in _headline(page)
+
+
+def test_without_a_floor_the_headline_states_the_mean_and_what_unchanged_is() -> None:
+    report, _ = synthetic(["a", "b", "c"])
+    report["performance"]["candidate"]["accuracy"] = (
+        report["performance"]["baseline"]["accuracy"] - 0.1
+    )
     stats = report["summaries"]["layercam"]["iou_top20"]["overall"]
     stats.update(mean=0.45, ci95_low=0.41, ci95_high=0.49)
-    assert headline(report) == (
-        "Accuracy held (0.930 → 0.950), evidence moved "
-        "(LayerCAM IoU@20 mean 0.45, 95% CI 0.41–0.49)."
+    text = headline(report)
+    assert text.startswith("No policy was applied (no pass / fail). Accuracy dropped (")
+    assert text.endswith(
+        "LayerCAM IoU@20 mean 0.45, 95% CI 0.41–0.49 (1 = unchanged); "
+        "no noise floor was measured to read it against."
     )
-    stats["mean"] = 0.8
-    report["performance"]["candidate"]["accuracy"] = 0.80
-    assert headline(report).startswith("Accuracy dropped (0.930 → 0.800), evidence held")
+    assert "moved" not in text and "held" not in text.split(";")[1]
+    stats.update(mean=None)
+    assert headline(report).endswith("; no drift measured (no included samples).")
+
+
+def test_a_pass_page_says_pass_and_nothing_contradicts_it() -> None:
+    report, rows = synthetic(["a", "b", "c"], n=60, floor=True)
+    report["verdict"] = _verdict(
+        "pass",
+        _check("iou_top20", "mean", 0.45, True, value=0.15),
+        _check("pearson", "mean", 0.6, True),
+        reason="all 2 checks passed",
+    )
+    page = render_html(report, rows, lambda i, m: None)
+    top = _headline(page)
+    assert top.startswith("PASS: all 2 checks passed.")
+    assert "moved" not in top and "fail" not in top.lower()
+    assert "evidence moved" not in page and "evidence shifted" not in page
+    assert 'class="hv v-pass"' in page and 'class="banner v-pass"' in page
+    # the floor's large shares are explained as not the verdict: this policy does not gate them
+    floor = _part(page, "floor")
+    share = _beyond_share(rows, "layercam", "iou_top20")
+    assert share > 0.3 and f"<strong>{share:.0%}</strong>" in floor
+    assert "this policy has no <code>beyond_floor</code> check" in floor.lower()
+    assert "not gated" in floor and "pill bad" not in floor
+
+
+def test_a_fail_page_lists_failing_checks_first_and_names_them_in_the_headline() -> None:
+    report, rows = synthetic(["a", "b", "c"], n=60, floor=True)
+    report["verdict"] = _verdict(
+        "fail",
+        _check("pearson", "mean", 0.61, True, name="correlation kept"),
+        _check("iou_top20", "beyond_floor", None, None, reason="no floor for class c", klass="c"),
+        _check("iou_top20", "mean", 0.123, False, value=0.15, klass="b", name="overlap kept"),
+        _check("displacement", "q95", 0.4, False, op="<=", value=0.2, method="gradcam++"),
+        reason="2 of 4 checks failed",
+    )
+    page = render_html(report, rows, lambda i, m: None)
+    assert _headline(page).startswith(
+        "FAIL: 2 of 4 checks failed — LayerCAM · IoU@20 · mean · class b: observed 0.123, "
+        "required ≥ 0.150; Grad-CAM++ · displacement · q95: observed 0.400, required ≤ 0.200."
+    )
+    rules = page.split('<table class="rules">')[1].split("</table>")[0]
+    results = re.findall(r'class="pill (ok|bad|na)"', rules)
+    assert results == ["bad", "bad", "na", "ok"]  # failed, undecided, passed
+    assert rules.index("overlap kept") < rules.index("correlation kept")
+    # the floor row the policy gates shows that check's outcome
+    floor = _part(page, "floor")
+    assert "shown in the column “policy”" in floor
+    gated = [row for row in floor.split("<tr>") if "IoU@20" in row or ">iou_top20<" in row]
+    assert any("c ≥ 0.300" in row and 'pill na">n/a' in row for row in gated)
+
+
+def test_an_inconclusive_headline_names_the_undecided_checks() -> None:
+    report, _ = synthetic(["a", "b"])
+    undecided = _check("pearson", "mean", None, None, reason="no included samples of class b")
+    report["verdict"] = _verdict(
+        "inconclusive",
+        _check("iou_top20", "mean", 0.5, True),
+        undecided,
+        reason="1 of 2 checks could not be decided",
+    )
+    assert headline(report).startswith(
+        "INCONCLUSIVE: 1 of 2 checks could not be decided — LayerCAM · Pearson r · mean: "
+        "no included samples of class b."
+    )
+    report["verdict"].update(n_included=3, reason="only 3 included samples")
+    assert headline(report).startswith("INCONCLUSIVE: only 3 included samples. Accuracy")
 
 
 def test_missing_overlays_and_a_sparse_report_still_render() -> None:
@@ -451,9 +599,9 @@ def test_charts_escape_the_text_they_embed() -> None:
     from worker.render.charts import distribution_svg, trajectory_svg
     from worker.render.html_trajectory import trajectory_section
 
-    stats = {"mean": 0.5, "ci95_low": 0.4, "ci95_high": 0.6, "n": EVIL}
+    stats = read_model(Stats, {"mean": 0.5, "ci95_low": 0.4, "ci95_high": 0.6, "n": 3})
     svg = distribution_svg("iou_top20", [(EVIL, [0.3, 0.5, 0.7], stats)], {EVIL: "#000"})
-    entry = {"from_first": [stats], "consecutive": [stats], "sharpest_step": 1}
+    entry = TrajectorySeries(from_first=[stats], consecutive=[stats], sharpest_step=1)
     traj = trajectory_svg("pearson", entry, ["tl", EVIL], "#000", EVIL)
     for markup in (svg, traj):
         assert isinstance(markup, Markup) and "<script" not in markup

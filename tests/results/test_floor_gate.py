@@ -141,8 +141,11 @@ def _rule(**kw) -> dict:
     return rule
 
 
-def _policy(*rules: dict, min_samples: int = 0) -> Policy:
-    return Policy.model_validate({"min_samples": min_samples, "rule": list(rules)})
+def _policy(*rules: dict, min_samples: int = 0, min_class_samples: int | None = None) -> Policy:
+    doc = {"min_samples": min_samples, "rule": list(rules)}
+    if min_class_samples is not None:
+        doc["min_class_samples"] = min_class_samples
+    return Policy.model_validate(doc)
 
 
 def test_beyond_floor_rules_read_the_class_share_from_a_built_report() -> None:
@@ -248,19 +251,34 @@ def test_an_every_class_rule_reads_each_class_share() -> None:
     ],
 )
 def test_exactly_min_samples_is_decided(included: int, min_samples: int, verdict: str) -> None:
-    passing = _rule(**{"class": "pneumonia"})
-    result = evaluate_policy(_hand_report(included), _policy(passing, min_samples=min_samples))
+    passing = _rule(**{"class": "pneumonia"})  # 10 included samples in the class
+    policy = _policy(passing, min_samples=min_samples, min_class_samples=10)
+    result = evaluate_policy(_hand_report(included), policy)
     assert result["n_included"] == included
     assert result["verdict"] == verdict, result["reason"]
 
 
 def test_exactly_min_samples_with_a_failing_check_fails() -> None:
     failing = _rule(**{"class": "normal"})
-    assert evaluate_policy(_hand_report(30), _policy(failing, min_samples=30))["verdict"] == "fail"
-    assert (
-        evaluate_policy(_hand_report(29), _policy(failing, min_samples=30))["verdict"]
-        == "inconclusive"
-    )
+    policy = _policy(failing, min_samples=30, min_class_samples=10)
+    assert evaluate_policy(_hand_report(30), policy)["verdict"] == "fail"
+    assert evaluate_policy(_hand_report(29), policy)["verdict"] == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("class_minimum", "verdict"),
+    [(10, "fail"), (11, "inconclusive"), (None, "inconclusive")],  # None: min_samples (30)
+)
+def test_exactly_min_class_samples_is_decided(class_minimum: int | None, verdict: str) -> None:
+    """Each class holds 10 included samples: a class minimum of 10 decides its checks, 11
+    leaves them undecided, and without one the policy's min_samples applies per class."""
+    failing = _rule(**{"class": "*"})
+    policy = _policy(failing, min_samples=30, min_class_samples=class_minimum)
+    result = evaluate_policy(_hand_report(50), policy)
+    assert result["verdict"] == verdict, result["reason"]
+    undecided = [] if verdict == "fail" else NAMES
+    assert result["undecided_classes"] == undecided
+    assert all(c["observed"] is not None and c["n"] == 10 for c in result["rules"])
 
 
 def test_a_candidate_that_is_the_replica_lies_within_its_replica_floor(tmp_path) -> None:

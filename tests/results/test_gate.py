@@ -9,17 +9,19 @@ from typing import Any
 
 import pytest
 
-from worker.catalog import METRICS
+from worker.catalog import DEFAULT_METRICS, METRICS
 from worker.render.markdown import render_markdown
 from worker.results.gate import (
     Policy,
     PolicyError,
     Rule,
+    audit_options,
     default_policy,
     evaluate_policy,
     junit_xml,
     load_policy,
     parse_policy,
+    policy_problems,
 )
 
 CLASSES = ["normal", "pneumonia", "covid"]
@@ -298,8 +300,8 @@ def test_pass_and_fail() -> None:
     }
     failed = evaluate_policy(REPORT, _policy(_rule(), _rule(value=0.7, name="strict")))
     assert failed["verdict"] == "fail" and failed["counts"]["failed"] == 1
-    assert failed["rules"][1]["reason"] == "observed 0.600, required >= 0.7"
-    assert failed["rules"][1]["name"] == "strict"
+    assert failed["rules"][0]["reason"] == "observed 0.600, required >= 0.7"  # failures first
+    assert failed["rules"][0]["name"] == "strict"
     assert failed["min_samples"] == 10 and failed["n_included"] == 100
     assert failed["policy"]["rule"][1]["name"] == "strict"
     json.dumps(failed)  # stored as JSON
@@ -326,24 +328,24 @@ def test_a_missing_value_is_inconclusive_but_a_failure_wins() -> None:
     assert both["verdict"] == "fail"
 
 
-def test_every_class_expands_to_classes_with_samples() -> None:
+def test_every_class_expands_to_every_class_of_the_checkpoints() -> None:
     report = make_report(
         {"layercam": {"iou_top20": IOU | {"effusion": None}}},
         per_class={"normal": 5, "pneumonia": 5, "covid": 5, "effusion": 0},
     )
     report["dataset"]["class_names"] = [*CLASSES, "effusion"]
-    result = evaluate_policy(report, _policy(_rule(**{"class": "*"})))
-    assert [c["class"] for c in result["rules"]] == CLASSES
-    assert [c["passed"] for c in result["rules"]] == [True, True, False]
-    assert result["verdict"] == "fail" and result["rules"][2]["observed"] == 0.3
-    one = evaluate_policy(report, _policy(_rule(**{"class": "pneumonia"})))
+    result = evaluate_policy(report, _policy(_rule(**{"class": "*"}), min_samples=5))
+    assert [c["class"] for c in result["rules"]] == ["covid", "effusion", "normal", "pneumonia"]
+    assert [c["passed"] for c in result["rules"]] == [False, None, True, True]
+    assert result["verdict"] == "fail" and result["rules"][0]["observed"] == 0.3
+    one = evaluate_policy(report, _policy(_rule(**{"class": "pneumonia"}), min_samples=5))
     assert one["verdict"] == "pass" and one["rules"][0]["n"] == 5
 
 
 def test_every_method_expands_to_the_jobs_methods() -> None:
     result = evaluate_policy(REPORT, _policy(_rule(method="*")))
-    assert [c["method"] for c in result["rules"]] == ["layercam", "gradcam++"]
-    assert [c["passed"] for c in result["rules"]] == [True, False]
+    assert [c["method"] for c in result["rules"]] == ["gradcam++", "layercam"]  # failed first
+    assert [c["passed"] for c in result["rules"]] == [False, True]
     grid = evaluate_policy(REPORT, _policy(_rule(method="*", **{"class": "*"})))
     assert len(grid["rules"]) == 2 * len(CLASSES)
 
@@ -442,11 +444,11 @@ def test_junit_counts_failures_and_skips() -> None:
     assert root.get("failures") == "1" and root.get("skipped") == "1" and root.get("errors") == "0"
     assert cases[0].get("name") == "min_samples: at least 10 included"
     assert cases[0].find("skipped") is None and cases[0].find("failure") is None
-    failed = cases[2]
+    failed = cases[1]  # failures first
     assert failed.get("classname") == "gradcam++"
     assert failed.get("name") == 'overlap <held> & "kept": iou_top20 mean, class overall'
     assert failed.find("failure").get("message") == "observed 0.400, required >= 0.5"
-    assert "pearson not in this job" in cases[3].find("skipped").get("message")
+    assert "pearson not in this job" in cases[2].find("skipped").get("message")
     props = {p.get("name"): p.get("value") for p in root.iter("property")}
     assert props["verdict"] == "fail" and props["baseline_sha256"] == "a" * 64
 
@@ -477,3 +479,165 @@ def test_markdown_has_the_status_line_and_rule_table() -> None:
     # the report's own verdict is used when none is given
     assert "**Gate: FAIL**" in render_markdown(REPORT | {"verdict": verdict}, job_id="j1")
     assert "### Gate" not in render_markdown(REPORT)
+
+
+# --------------------------------------------------------------------------- no silent holes
+
+
+def test_every_class_reports_a_class_without_samples_as_inconclusive() -> None:
+    """``class = "*"`` covers every class of the checkpoints: one without included samples is
+    an inconclusive check with n = 0, never a check that silently vanishes."""
+    report = make_report(
+        {"layercam": {"iou_top20": IOU | {"effusion": None}}},
+        per_class={"normal": 10, "pneumonia": 10, "covid": 10, "effusion": 0},
+    )
+    report["dataset"]["class_names"] = [*CLASSES, "effusion"]
+    report["summaries"]["layercam"]["iou_top20"]["effusion"].update(n=0)
+    passing = _rule(value=0.2, **{"class": "*"})
+    result = evaluate_policy(report, _policy(passing, min_samples=10))
+    by_class = {c["class"]: c for c in result["rules"]}
+    assert set(by_class) == {*CLASSES, "effusion"}
+    empty = by_class["effusion"]
+    assert empty["passed"] is None and empty["n"] == 0 and empty["observed"] is None
+    assert empty["reason"] == "no included samples of class effusion"
+    assert result["verdict"] == "inconclusive"
+    assert result["undecided_classes"] == ["effusion"]
+    assert "effusion" in result["reason"]
+
+
+def test_a_class_below_min_class_samples_is_undecided() -> None:
+    """Per class the policy's minimum applies too (``min_class_samples``, by default
+    ``min_samples``): a class below it is an inconclusive check that still shows its value;
+    exactly the minimum is decided."""
+    report = make_report(
+        {"layercam": {"iou_top20": IOU}},
+        per_class={"normal": 10, "pneumonia": 9, "covid": 10},
+    )
+    rule = _rule(value=0.2, **{"class": "*"})
+    result = evaluate_policy(report, _policy(rule, min_samples=10))
+    by_class = {c["class"]: c for c in result["rules"]}
+    assert [by_class[c]["passed"] for c in CLASSES] == [True, None, True]
+    assert by_class["pneumonia"]["observed"] == 0.55  # shown, not decided
+    assert by_class["pneumonia"]["reason"] == "undecided: 9 samples, min_class_samples 10"
+    assert result["verdict"] == "inconclusive" and result["undecided_classes"] == ["pneumonia"]
+    relaxed = Policy.model_validate({"min_samples": 10, "min_class_samples": 9, "rule": [rule]})
+    assert evaluate_policy(report, relaxed)["verdict"] == "pass"
+    named = evaluate_policy(report, _policy(_rule(value=0.2, **{"class": "pneumonia"})))
+    assert named["verdict"] == "inconclusive"
+    overall = evaluate_policy(report, _policy(_rule(value=0.2)))
+    assert overall["verdict"] == "pass"  # the overall check is held by min_samples alone
+
+
+def test_a_failure_anywhere_fails_and_the_undecided_classes_are_still_named() -> None:
+    """fail anywhere -> fail; else any inconclusive check -> inconclusive; else pass."""
+    report = make_report(
+        {"layercam": {"iou_top20": IOU}},
+        per_class={"normal": 10, "pneumonia": 3, "covid": 10},
+    )
+    result = evaluate_policy(report, _policy(_rule(value=0.5, **{"class": "*"})))
+    assert [c["passed"] for c in result["rules"]] == [False, None, True]  # failures first
+    assert [c["class"] for c in result["rules"]] == ["covid", "pneumonia", "normal"]
+    assert result["verdict"] == "fail" and result["undecided_classes"] == ["pneumonia"]
+    assert result["reason"] == "1 of 3 checks failed; 1 undecided (classes: pneumonia)"
+    assert result["counts"] == {"checks": 3, "passed": 1, "failed": 1, "unknown": 1}
+
+
+def test_checks_are_ordered_failures_first_then_undecided_then_passed() -> None:
+    policy = _policy(
+        _rule(name="a"),  # overall 0.6: pass
+        _rule(name="b", metric="pearson"),  # not in the job: inconclusive
+        _rule(name="c", value=0.7),  # fail
+        _rule(name="d", method="*", value=0.5),  # layercam pass, gradcam++ fail
+    )
+    result = evaluate_policy(REPORT, policy)
+    order = [(c["name"], c["method"], c["passed"]) for c in result["rules"]]
+    assert order == [
+        ("c", "layercam", False),
+        ("d", "gradcam++", False),
+        ("b", "layercam", None),
+        ("a", "layercam", True),
+        ("d", "layercam", True),
+    ]
+    root = ET.fromstring(junit_xml(REPORT, result))
+    names = [case.get("name").split(":")[0] for case in root.findall("testcase")[1:]]
+    assert names == ["c", "d", "b", "a", "d"]
+
+
+def test_min_class_samples_parses_round_trips_and_is_checked(tmp_path) -> None:
+    text = VALID_TOML.replace("min_samples = 20", "min_samples = 20\nmin_class_samples = 5")
+    policy = parse_policy(text, "p.toml")
+    assert policy.min_class_samples == 5 and policy.class_minimum() == 5
+    dumped = policy.model_dump(by_alias=True, mode="json")
+    assert dumped["min_class_samples"] == 5 and Policy.model_validate(dumped) == policy
+    plain = parse_policy(VALID_TOML, "p.toml")
+    assert plain.class_minimum() == 20
+    assert "min_class_samples" not in plain.model_dump(by_alias=True, mode="json")
+    bad = _error(parse_policy, text.replace("= 5", "= -5"), "p.toml")
+    assert bad.startswith("p.toml line 3: min_class_samples -5"), bad
+    unknown = _error(parse_policy, VALID_TOML.replace("min_samples", "min_sample"), "p.toml")
+    assert "allowed keys are min_samples, min_class_samples, rule" in unknown
+
+
+# --------------------------------------------------------------------------- prechecks
+
+
+def test_audit_options_turn_on_what_the_policy_reads() -> None:
+    floor = _policy(_rule(stat="beyond_floor", metric="ssim"), _rule())
+    options = audit_options(floor, {"methods": ["layercam"], "seed": 3})
+    assert options["noise_floor"] is True and options["seed"] == 3
+    assert options["methods"] == ["layercam"]
+    assert options["metrics"] == [*DEFAULT_METRICS, "ssim"]  # the defaults and what rules read
+    assert audit_options(floor, options) == options  # idempotent
+    plain = audit_options(_policy(_rule()), {"metrics": ["pearson"]})
+    assert plain["metrics"] == ["pearson", "iou_top20"] and "noise_floor" not in plain
+    assert audit_options(_policy(_rule()), {"noise_floor": True})["noise_floor"] is True
+
+
+def test_policy_problems_name_the_rule_field_and_the_valid_names() -> None:
+    policy = _policy(
+        _rule(**{"class": "covid"}),
+        _rule(**{"class": "efusion"}),
+        _rule(method="gradcam"),
+        _rule(metric="ssim", stat="beyond_floor"),
+        _rule(method="*", **{"class": "*"}),
+    )
+    classes = [*CLASSES, "effusion"]
+    problems = policy_problems(
+        policy,
+        class_names=classes,
+        methods=["layercam", "gradcam++"],
+        metrics=list(DEFAULT_METRICS),
+        noise_floor=False,
+    )
+    assert [(p.field, p.rule) for p in problems] == [
+        ("rule[1].class", 1),
+        ("rule[2].method", 2),
+        ("rule[3].metric", 3),
+        ("rule[3].stat", 3),
+    ]
+    klass, method, metric, stat = problems
+    assert klass.message == (
+        "class 'efusion' is not a class of the checkpoints (did you mean 'effusion'?); choose "
+        "'overall', '*' or one of normal, pneumonia, covid, effusion"
+    )
+    assert method.message == (
+        "method 'gradcam' is not computed by the job; its methods are layercam, gradcam++"
+    )
+    assert metric.message.startswith("metric 'ssim' is not computed by the job; its metrics")
+    assert stat.message == "beyond_floor needs the noise floor, which the job does not measure"
+    assert klass.sentence() == (f"policy rule 2 ({policy.rule[1].label()}): {klass.message}")
+    assert not policy_problems(
+        policy.model_copy(update={"rule": [policy.rule[0], policy.rule[4]]}),
+        class_names=classes,
+        methods=["layercam"],
+        metrics=list(DEFAULT_METRICS),
+        noise_floor=False,
+    )
+    unknown_classes = policy_problems(
+        _policy(_rule(**{"class": "efusion"})),
+        class_names=None,
+        methods=["layercam"],
+        metrics=["iou_top20"],
+        noise_floor=False,
+    )
+    assert unknown_classes == []  # classes unknown (no baseline): nothing to check against

@@ -64,7 +64,7 @@ def make_audit(inputs, sample_filter: str = "all", **kw) -> Audit:
 
 def sequence_maps(audit: Audit, labels: torch.Tensor | None):
     """Every checkpoint's maps of all evaluated images, computed independently."""
-    images = torch.cat([x for x, _, _ in audit._loader(list(range(audit.total)))])
+    images = torch.cat([batch[0] for batch in audit._loader(list(range(audit.total)))])
     models = [audit.baseline, *audit.trajectory, audit.candidate]
     maps = [attribute(m.model, m.prepare(images), labels, audit.config.methods) for m in models]
     probs = [torch.softmax(m.model(m.prepare(images)), 1).detach().numpy() for m in models]

@@ -12,6 +12,7 @@ import pytest
 
 from service.auth import token_matches
 from tests.service.conftest import assert_problem
+from tests.service.test_checkpoint_metadata import safetensors_bytes, with_meta
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -240,3 +241,122 @@ def test_unexpected_errors_are_problem_json_without_internals(make_settings) -> 
     with TestClient(app, raise_server_exceptions=False) as client:
         body = assert_problem(client.get("/boom"), 500)
         assert "secret" not in body["detail"]
+
+
+# --------------------------------------------------------------------------- database down
+
+SOME_ID = "0" * 32
+CLOSED_PORT_URL = "postgresql://postgres:secret-pw@127.0.0.1:1/none"
+
+
+def _db_down_client(make_client, tmp_path, kind):
+    if kind == "postgres on a closed port":
+        return make_client(database_url=CLOSED_PORT_URL)
+    (tmp_path / "blocker").write_text("a file where the database's folder should be")
+    return make_client(database_url=f"sqlite:///{tmp_path}/blocker/db.sqlite")
+
+
+DB_ROUTES = [
+    ("GET", f"/drift-jobs/{SOME_ID}"),
+    ("GET", "/drift-jobs"),
+    ("GET", f"/drift-jobs/{SOME_ID}/report"),
+    ("GET", f"/drift-jobs/{SOME_ID}/samples"),
+    ("POST", f"/drift-jobs/{SOME_ID}/cancel"),
+    ("GET", "/checkpoints"),
+    ("GET", f"/checkpoints/{SOME_ID}"),
+    ("GET", "/datasets"),
+    ("GET", f"/datasets/{SOME_ID}"),
+    ("GET", f"/drift-studies/{SOME_ID}"),
+]
+
+
+@pytest.mark.parametrize("kind", ["postgres on a closed port", "sqlite in a file"])
+def test_database_down_is_503_with_retry_after_everywhere(make_client, tmp_path, kind) -> None:
+    """``/readyz`` said 503 while every route that needs the database answered 500."""
+    client = _db_down_client(make_client, tmp_path, kind)
+    calls = [
+        *(client.request(method, url) for method, url in DB_ROUTES),
+        client.post(
+            "/drift-jobs",
+            json={"baseline_id": SOME_ID, "candidate_id": SOME_ID, "dataset_id": SOME_ID},
+        ),
+        client.post("/drift-studies", json={"name": "s", "job_ids": [SOME_ID, "1" * 32]}),
+        client.post("/checkpoints", files={"file": ("c", safetensors_bytes(with_meta()))}),
+    ]
+    for response in calls:
+        body = assert_problem(response, 503)
+        assert body["type"].endswith("database-unavailable"), response.request.url
+        assert int(response.headers["retry-after"]) > 0
+        assert "secret-pw" not in response.text and "127.0.0.1" not in response.text
+        assert "blocker" not in response.text
+    store = client.app.state.store
+    assert (
+        list(store.tmp_dir.iterdir()) == [] and list((store.root / "checkpoints").iterdir()) == []
+    )
+    assert assert_problem(client.get("/readyz"), 503)["checks"]["database"].startswith("down")
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/metrics").status_code == 200
+
+
+def test_database_lost_mid_request_is_503(client, monkeypatch) -> None:
+    """A connection that drops under a query (a Postgres restart) is a DBAPI disconnect."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.orm import Session
+
+    def lost(*_args, **_kwargs):
+        error = DBAPIError("SELECT 1", None, Exception("server closed the connection"))
+        error.connection_invalidated = True
+        raise error
+
+    monkeypatch.setattr(Session, "get", lost)
+    response = client.get(f"/drift-jobs/{SOME_ID}")
+    assert_problem(response, 503)
+    assert "retry-after" in response.headers
+
+
+def test_other_database_errors_stay_500(make_settings) -> None:
+    """Only unavailability is a 503: a broken query is still a bug (500, logged)."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import ProgrammingError
+
+    from service.app import create_app
+
+    app = create_app(make_settings())
+
+    def broken() -> None:
+        raise ProgrammingError("SELECT nope", None, Exception("syntax error"))
+
+    app.add_api_route("/broken", broken)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert_problem(client.get("/broken"), 500)
+
+
+# --------------------------------------------------------------------------- offline docs
+
+
+@pytest.mark.parametrize(("page", "script"), [("/docs", "swagger-ui-bundle"), ("/redoc", "redoc")])
+def test_docs_load_from_this_server_only(client, page, script) -> None:
+    """``/docs`` pulled Swagger UI from a CDN and was blank on an offline hospital network: the
+    pages reference same-origin URLs only, and each of them is served."""
+    import re
+
+    response = client.get(page)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert not re.search(r"https?:", html), f"an absolute URL in {page}"
+    assert not re.search(r"""["'(]//""", html), f"a protocol-relative URL in {page}"
+    refs = re.findall(r"""(?:src|href|spec-url)\s*=\s*["']([^"']+)["']""", html)
+    refs += re.findall(r"""url\s*:\s*['"]([^'"]+)['"]""", html)
+    assert "/openapi.json" in refs, html
+    for ref in refs:
+        assert ref.startswith("/") and not ref.startswith("//"), ref
+        asset = client.get(ref)
+        assert asset.status_code == 200 and len(asset.content) > 100, ref
+    assert any(script in r and r.endswith(".js") for r in refs), refs
+    if page == "/docs":
+        swagger = client.get(next(r for r in refs if r.endswith("swagger-ui-bundle.js"))).text
+        assert "oas31" in swagger  # Swagger UI 5: renders FastAPI's OpenAPI 3.1 (4.x cannot)
+        assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+        redirect = client.get("/docs/oauth2-redirect")
+        assert redirect.status_code == 200 and not re.search(r"https?://", redirect.text)

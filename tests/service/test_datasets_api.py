@@ -6,8 +6,11 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.service.conftest import (
     CLASSES,
@@ -269,3 +272,190 @@ def test_unknown_dataset_is_404_and_list_pages(client) -> None:
         upload_zip(client, make_zip(image_folder()))
     page = client.get("/datasets", params={"limit": 2, "offset": 2}).json()
     assert page["total"] == 3 and len(page["items"]) == 1
+
+
+# --------------------------------------------------------------------------- zip bombs
+
+
+MIB = 1 << 20
+
+
+@pytest.fixture
+def inflated(monkeypatch) -> list[int]:
+    """Bytes each read pulled out of a zip member's decompressor (what extraction wrote)."""
+    reads: list[int] = []
+    original = zipfile.ZipExtFile.read
+
+    def counting(self, n=-1):
+        block = original(self, n)
+        reads.append(len(block))
+        return block
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting)
+    return reads
+
+
+def _bomb(size: int, members: int = 1) -> bytes:
+    """A zip of ``members`` entries of ``size`` zero bytes each, beside a real image folder."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in image_folder().items():
+            zf.writestr(name, data)
+        for i in range(members):
+            with zf.open(f"normal/zeros{i}.png", "w", force_zip64=True) as fh:
+                for _ in range(size // MIB):
+                    fh.write(bytes(MIB))
+    return out.getvalue()
+
+
+def test_a_zip_bomb_is_refused_by_its_ratio_before_a_byte_is_written(client, inflated) -> None:
+    """The audit's 2 MB zip inflating to 2 GiB, scaled down: 64 MiB from ~70 KB passed the 8 GiB
+    cap, was written out, and was refused only later; the ratio bound refuses it at once."""
+    payload = _bomb(64 * MIB)
+    assert len(payload) < 200_000
+    body = assert_problem(upload_zip(client, payload), 422, "file")
+    assert "ratio" in body["detail"] and "normal/zeros0.png" in body["detail"]
+    assert sum(inflated) == 0
+    _nothing_stored(client)
+
+
+def test_many_members_over_the_ratio_are_refused_at_the_first(make_client, inflated) -> None:
+    client = make_client(max_zip_ratio=50)
+    payload = _bomb(2 * MIB, members=8)
+    body = assert_problem(upload_zip(client, payload), 422, "file")
+    assert "normal/zeros0.png" in body["detail"] and "ratio" in body["detail"]
+    assert sum(inflated) == 0
+    _nothing_stored(client)
+
+
+def _declare(payload: bytearray, name: str, size: int) -> None:
+    """Patch ``name``'s uncompressed size in its local header and its central record."""
+    local = payload.find(name.encode()) - 30
+    central = payload.rfind(name.encode()) - 46
+    assert payload[local : local + 4] == b"PK\x03\x04"
+    assert payload[central : central + 4] == b"PK\x01\x02"
+    payload[local + 22 : local + 26] = struct.pack("<I", size)
+    payload[central + 24 : central + 28] = struct.pack("<I", size)
+
+
+def test_a_bomb_that_lies_about_its_size_stops_at_the_bound(make_client, inflated) -> None:
+    """Declared sizes patched small: the real bytes are counted while streaming and extraction
+    stops at the first byte over the bound, leaving nothing behind."""
+    client = make_client(max_unzipped_bytes=64 * MIB)
+    payload = bytearray(make_zip({"normal/a.png": png_bytes(), "normal/b.png": bytes(32 * MIB)}))
+    _declare(payload, "normal/b.png", 10)
+    assert_problem(upload_zip(client, bytes(payload)), 422, "file")
+    bound = 100 * len(payload)
+    assert sum(inflated) <= max(bound, 10) + MIB
+    _nothing_stored(client)
+
+
+def test_an_extraction_that_would_fill_the_disk_is_refused(make_client, inflated) -> None:
+    """Up to 24 uploads extract at once: the store keeps ``min_free_disk_bytes`` free."""
+    client = make_client(min_free_disk_bytes=10**18)
+    body = assert_problem(upload_zip(client, make_zip(image_folder())), 507)
+    assert "free" in body["detail"]
+    assert sum(inflated) == 0
+    _nothing_stored(client)
+
+
+def test_ratio_setting_from_the_environment(monkeypatch) -> None:
+    from worker.store.settings import Settings
+
+    monkeypatch.setenv("CAMDRIFT_MAX_ZIP_RATIO", "20")
+    monkeypatch.setenv("CAMDRIFT_MIN_FREE_DISK_BYTES", "0")
+    settings = Settings()
+    assert settings.max_zip_ratio == 20 and settings.min_free_disk_bytes == 0
+    assert Settings.model_fields["max_zip_ratio"].default == 100
+
+
+def test_extraction_removes_what_it_wrote_when_it_stops(tmp_path) -> None:
+    """Called directly (no staging folder to hide a leftover): a member over the bound aborts
+    the extraction and the members already written are removed."""
+    from service.uploads import Rejected, ZipLimits, extract_zip
+
+    archive = tmp_path / "lies.zip"
+    payload = bytearray(make_zip({"normal/a.png": png_bytes(), "normal/b.png": bytes(4 * MIB)}))
+    _declare(payload, "normal/b.png", 10)
+    archive.write_bytes(bytes(payload))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    with pytest.raises(Rejected, match=r"normal/b\.png"):
+        extract_zip(archive, dest, ZipLimits(100, 1 * MIB, None, 0))
+    assert list(dest.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- corrupt pixels
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        chunks.append((data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length
+    return chunks
+
+
+def _png_from(chunks: list[tuple[bytes, bytes]]) -> bytes:
+    out = b"\x89PNG\r\n\x1a\n"
+    for kind, body in chunks:
+        out += struct.pack(">I", len(body)) + kind + body
+        out += struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return out
+
+
+def _png_with_pixels(pixels: bytes) -> bytes:
+    """A 32 x 32 PNG whose IDAT is ``pixels``, every chunk CRC correct: a valid header."""
+    chunks = [(k, pixels if k == b"IDAT" else b) for k, b in _png_chunks(png_bytes())]
+    return _png_from(chunks)
+
+
+def _jpeg(size: int = 64, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+CORRUPT_IMAGES = {
+    "garbage pixels": ("covid/bad.png", _png_with_pixels(bytes(range(256)) * 4)),
+    "pixels cut short": ("covid/bad.png", _png_with_pixels(zlib.compress(b"\0" * 100))),
+    "a truncated JPEG": ("covid/bad.jpg", _jpeg()[:-900]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT_IMAGES))
+def test_an_image_whose_pixels_do_not_decode_is_named(client, case) -> None:
+    """A valid header with corrupt pixels passed the header check and failed the job later:
+    every image is decoded in full at upload."""
+    name, data = CORRUPT_IMAGES[case]
+    with Image.open(io.BytesIO(data)) as img:  # what the header check sees: fine
+        assert img.size in ((32, 32), (64, 64))
+    entries = image_folder()
+    entries[name] = data
+    body = assert_problem(upload_zip(client, make_zip(entries)), 422, "file")
+    [error] = body["errors"]
+    assert error["message"].startswith(f"{name}: ") and "corrupt" in error["message"]
+    assert "/tmp" not in body["detail"] and "storage" not in body["detail"]
+    _nothing_stored(client)
+
+
+def test_good_jpegs_and_odd_png_modes_are_accepted(client) -> None:
+    entries = image_folder()
+    entries["covid/photo.jpg"] = _jpeg(seed=3)
+    for mode, name in (("I;16", "deep.png"), ("P", "palette.png"), ("LA", "alpha.png")):
+        out = io.BytesIO()
+        Image.new(mode, (20, 24)).save(out, format="PNG")
+        entries[f"normal/{name}"] = out.getvalue()
+    response = upload_zip(client, make_zip(entries))
+    assert response.status_code == 201, response.text
+    assert response.json()["num_samples"] == 10
+
+
+def test_server_path_images_are_decoded_too(make_client, roots) -> None:
+    root, allowed, _ = roots
+    (allowed / "normal" / "bad.png").write_bytes(CORRUPT_IMAGES["garbage pixels"][1])
+    client = make_client(data_roots=[str(root)])
+    body = assert_problem(client.post("/datasets", json={"path": str(allowed)}), 422, "body.path")
+    assert any(e["message"].startswith("normal/bad.png: ") for e in body["errors"])

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy import update
 
 from tests.service.conftest import (
+    CLASSES,
     assert_problem,
     build_world,
     image_folder,
@@ -14,6 +15,7 @@ from tests.service.conftest import (
     upload_zip,
 )
 from worker.catalog import DEFAULT_METRICS
+from worker.results.gate import Policy, policy_problems
 from worker.store.models import Job
 
 
@@ -27,7 +29,7 @@ def test_create_job_defaults_location_and_submit(world, submitted) -> None:
     assert job["progress"] == {"done": 0, "total": None}
     config = job["config"]
     assert config["methods"] == ["layercam", "gradcam++"]
-    assert config["metrics"] == list(DEFAULT_METRICS)
+    assert config["metrics"] is None  # the audit resolves the defaults for its data
     assert config["sample_filter"] == "true_positive" and config["split"] == "auto"
     assert config["noise_floor"] is False and config["seed"] == 0
     assert config["max_samples"] is None and config["policy"] is None
@@ -174,6 +176,36 @@ def test_policy_rules_are_checked_against_the_job(world) -> None:
     response = world.client.post("/drift-jobs", json=body)
     assert response.status_code == 202, response.text
     assert response.json()["config"]["policy"] == {"min_samples": 50, "rule": [good]}
+
+
+def test_policy_classes_are_checked_against_the_checkpoints(world, submitted) -> None:
+    """A class the checkpoints lack is a 422 at submission, with the same words the command
+    line prints (one torch-free check serves both), never a job that ends inconclusive."""
+    rules = [
+        {"method": "*", "metric": "pearson", "stat": "mean", "op": ">=", "value": 0, **extra}
+        for extra in ({"class": "covid"}, {"class": "efusion"}, {"class": "*"}, {"class": "cat"})
+    ]
+    body = world.job_body(policy={"min_samples": 10, "min_class_samples": 5, "rule": rules})
+    problem = assert_problem(world.client.post("/drift-jobs", json=body), 422)
+    errors = {e["field"]: e["message"] for e in problem["errors"]}
+    assert set(errors) == {"body.policy.rule[1].class", "body.policy.rule[3].class"}
+    expected = policy_problems(
+        Policy.model_validate(body["policy"]),
+        class_names=CLASSES,
+        methods=["layercam", "gradcam++"],
+        metrics=list(DEFAULT_METRICS),
+        noise_floor=False,
+    )
+    assert {f"body.policy.{p.field}": p.message for p in expected} == errors
+    assert errors["body.policy.rule[1].class"] == (
+        "class 'efusion' is not a class of the checkpoints (did you mean 'effusion'?); choose "
+        f"'overall', '*' or one of {', '.join(CLASSES)}"
+    )
+    assert submitted == []
+    body["policy"]["rule"] = rules[:3:2]
+    response = world.client.post("/drift-jobs", json=body)
+    assert response.status_code == 202, response.text
+    assert response.json()["config"]["policy"]["min_class_samples"] == 5
 
 
 def test_idempotency_key_replay_and_conflict(world, submitted) -> None:

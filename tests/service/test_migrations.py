@@ -21,7 +21,7 @@ from worker.store.models import Base
 from worker.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "0005_sample_values"  # the newest revision
+HEAD = "0006_shard_heartbeats"  # the newest revision
 TABLES = {
     "checkpoints",
     "datasets",
@@ -415,3 +415,111 @@ def test_sqlite_0005_moves_every_value(tmp_path) -> None:
 def test_postgres_0005_moves_every_value() -> None:
     with fresh_postgres_database("camdrift_migrate") as (url, _name, _admin):
         check_data_moves(Settings(database_url=url))
+
+
+# --------------------------------------------------------------------------- 0006: heartbeats
+
+
+def check_heartbeat_column(settings: Settings) -> None:
+    """0006 adds ``job_shards.heartbeat_at`` (NULL for shards stored before: not started as
+    far as the sweeper knows) and drops it again, every shard kept."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select, update
+
+    url = settings.database_url
+    migrate.upgrade(settings, "0005_sample_values")
+    now = datetime.now(UTC)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            t = _tables(conn)
+            for ident in ("b" * 32, "c" * 32):
+                conn.execute(
+                    insert(t["checkpoints"]).values(
+                        id=ident,
+                        sha256=ident * 2,
+                        name="m",
+                        arch="tinycnn",
+                        num_classes=3,
+                        class_names=CLASS_NAMES,
+                        phase=None,
+                        input_size=[32, 32],
+                        meta={},
+                        size_bytes=1,
+                        storage_path="checkpoints/x",
+                        created_at=now,
+                    )
+                )
+            conn.execute(
+                insert(t["datasets"]).values(
+                    id="d" * 32,
+                    name="d",
+                    source="path",
+                    root_path="/data",
+                    num_samples=20,
+                    class_names=CLASS_NAMES,
+                    class_counts={},
+                    fingerprint="f" * 64,
+                    content_sha256=None,
+                    skipped=[],
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                insert(t["jobs"]).values(
+                    id="a" * 32,
+                    status="running",
+                    baseline_id="b" * 32,
+                    candidate_id="c" * 32,
+                    dataset_id="d" * 32,
+                    config={},
+                    progress_done=0,
+                    progress_total=20,
+                    shards_total=2,
+                    shards_done=0,
+                    request_hash="0" * 64,
+                    cancel_requested=False,
+                    attempts=1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            conn.execute(
+                insert(t["job_shards"]),
+                [
+                    {"job_id": "a" * 32, "shard_no": n, "start": 10 * n, "stop": 10 * n + 10}
+                    | {"status": "pending", "attempts": n}
+                    for n in (0, 1)
+                ],
+            )
+        migrate.upgrade(settings, "head")
+        assert schema_diff(url) == []
+        with engine.begin() as conn:
+            shards = _tables(conn)["job_shards"]
+            rows = conn.execute(
+                select(shards.c.shard_no, shards.c.attempts, shards.c.heartbeat_at).order_by(
+                    shards.c.shard_no
+                )
+            ).all()
+            assert [tuple(r) for r in rows] == [(0, 0, None), (1, 1, None)]
+            conn.execute(update(shards).values(heartbeat_at=now))
+        migrate.downgrade(settings, "0005_sample_values")
+        with engine.connect() as conn:
+            shards = _tables(conn)["job_shards"]
+            assert "heartbeat_at" not in shards.c
+            assert conn.execute(select(shards.c.shard_no, shards.c.attempts)).all() == [
+                (0, 0),
+                (1, 1),
+            ]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_0006_adds_shard_heartbeats(tmp_path) -> None:
+    check_heartbeat_column(Settings(database_url=f"sqlite:///{tmp_path}/beats.db"))
+
+
+def test_postgres_0006_adds_shard_heartbeats() -> None:
+    with fresh_postgres_database("camdrift_migrate") as (url, _name, _admin):
+        check_heartbeat_column(Settings(database_url=url))

@@ -102,10 +102,37 @@ def test_report_409_until_succeeded_then_json_and_markdown(world, job, db) -> No
     assert "| layercam | 0.475 [0.200, 0.800] | 0.500 [0.500, 0.500] |" in text
     assert "| candidate | 6 | 0.830 | – |" in text
     assert "**PASS**" in text
+    assert "Noise floor" not in text  # the job measured none
     assert_problem(
         world.client.get(f"/drift-jobs/{job}/report", params={"format": "pdf"}), 422, "query.format"
     )
     assert_problem(world.client.get("/drift-jobs/nope/report"), 404)
+
+
+def test_markdown_report_has_the_noise_floor(world, job, db) -> None:
+    """?format=md carries the floor section the HTML page has, from the stored report."""
+    stats = {"n": 5, "n_nan": 0, "mean": 0.9, "median": 0.91, "std": 0.01}
+    entry = {
+        "direction": "lower",
+        "threshold": 0.85,
+        "beyond_floor": 0.42,
+        "beyond_floor_per_class": {},
+        "floor": stats,
+    }
+    replica = {**entry, "threshold": 0.5, "beyond_floor": 0.06}
+    document = {
+        **REPORT,
+        "noise_floor": {"layercam": {"pearson": entry}},
+        "replica_floor": {"layercam": {"pearson": replica}},
+    }
+    _succeed(db, job, document)
+    md = world.client.get(f"/drift-jobs/{job}/report", params={"format": "md"})
+    assert md.status_code == 200, md.text
+    text = md.text
+    assert "### Noise floor" in text
+    perturbed, other = text.split("vs perturbed baseline:")[1].split("vs baseline replica")
+    assert "| layercam | pearson | 0.910 | 0.850 | 42% |" in perturbed
+    assert "| layercam | pearson | 0.910 | 0.500 | 6% |" in other
 
 
 def test_report_of_a_failed_job_is_409(world, job, db) -> None:

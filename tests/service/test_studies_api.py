@@ -118,6 +118,27 @@ def test_create_get_and_report_equal_study_report_on_the_rows(world, jobs) -> No
     assert again.json() == report
 
 
+def test_study_report_as_markdown(world, jobs) -> None:
+    """?format=md: the markdown summary of the same study report the JSON form returns."""
+    ids, _ = jobs
+    study = world.client.post("/drift-studies", json={"name": "archs", "job_ids": ids}).json()
+    url = f"/drift-studies/{study['id']}/report"
+    md = world.client.get(url, params={"n_boot": 200, "format": "md"})
+    assert md.status_code == 200, md.text
+    assert md.headers["content-type"].startswith("text/markdown")
+    document = world.client.get(url, params={"n_boot": 200}).json()
+    text = md.text
+    assert text.startswith(f"## camdrift study — archs (`{study['id']}`)\n")
+    for entry in document["entries"]:
+        assert f"| {entry['name']} | {entry['arch']} |" in text
+    ranking = document["rankings"]["layercam"]["pearson"]
+    shown = " > ".join(f"{n} ({ranking['means'][n]:.3f})" for n in ranking["ranking"])
+    assert f"| pearson | higher mean | {shown} |" in text
+    assert "| pearson | layercam vs gradcam++ | -1.000 |" in text
+    assert sum(r["confident"] for r in document["reversals"]) == text.count("| **1.00** |")
+    assert_problem(world.client.get(url, params={"format": "pdf"}), 422, "query.format")
+
+
 def _stored_entries(db: Session, ids: list[str]) -> list[dict]:
     """Per job, the rows as the database holds them, read back with plain SQL (not through
     the code under test): ``included`` per sample and the drift values per method."""
@@ -243,3 +264,8 @@ def test_openapi_documents_the_study_routes(world) -> None:
     report = doc["paths"]["/drift-studies/{study_id}/report"]["get"]["responses"]
     assert "application/problem+json" in report["409"]["content"]
     assert "StudyReport" in doc["components"]["schemas"]
+    assert "text/markdown" in report["200"]["content"]
+    formats = {
+        p["name"]: p for p in doc["paths"]["/drift-studies/{study_id}/report"]["get"]["parameters"]
+    }
+    assert formats["format"]["schema"]["enum"] == ["json", "md"]

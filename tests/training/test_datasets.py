@@ -328,3 +328,164 @@ def test_content_digest_sees_every_byte_and_path_but_not_write_order(tmp_path: P
     assert discover(repixel).fingerprint() == discover(base).fingerprint()
     (base / "covid" / "c.png").rename(base / "covid" / "d.png")
     assert content_digest(base) != digest
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def write_mask(path: Path, inside: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(inside.astype(np.uint8) * 255).save(path)
+    return path
+
+
+def test_manifest_region_columns(tmp_path: Path) -> None:
+    for name in ("a.png", "b.png", "c.png"):
+        write_png(tmp_path / name)
+    for name in ("lung.png", "cue.png", "les.png"):
+        write_png(tmp_path / "m" / name)
+    write_manifest(
+        tmp_path,
+        [
+            "a.png,covid,m/les.png,m/lung.png,m/cue.png,1 2 5 6",
+            "b.png,covid,,m/lung.png,, 0 0 8 8 ;2.5 1 3 7.5 ",
+            "c.png,normal,,,,",
+        ],
+        header="path,label,mask,Lung_Mask,shortcut_mask,bbox",
+    )
+    index = discover(tmp_path)
+    a, b, c = index.samples
+    root = tmp_path.resolve()
+    assert (a.mask, a.lung_mask, a.shortcut_mask) == (
+        root / "m" / "les.png",
+        root / "m" / "lung.png",
+        root / "m" / "cue.png",
+    )
+    assert a.bbox == ((1.0, 2.0, 5.0, 6.0),)
+    assert b.bbox == ((0.0, 0.0, 8.0, 8.0), (2.5, 1.0, 3.0, 7.5)) and b.mask is None
+    assert (a.regions, b.regions, c.regions) == (
+        ("lesion", "lung", "shortcut"),
+        ("lesion", "lung"),
+        (),
+    )
+    assert index.regions() == ["lesion", "lung", "shortcut"]
+    assert index.regions([1, 2]) == ["lesion", "lung"] and index.regions([2]) == []
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("1 2 3", r"line 3, column bbox: '1 2 3' is not a box 'x0 y0 x1 y1'"),
+        ("1 2 3 x", r"line 3, column bbox: '1 2 3 x' is not a box"),
+        ("1 2 3 4; 1 2", r"line 3, column bbox: '1 2' is not a box"),
+        ("1 2 3 nan", r"line 3, column bbox: '1 2 3 nan' is not a box"),
+        ("5 2 3 4", r"line 3, column bbox: '5 2 3 4' needs 0 <= x0 < x1 and 0 <= y0 < y1"),
+        ("1 4 3 4", r"line 3, column bbox: '1 4 3 4' needs 0 <= x0 < x1"),
+        ("-1 0 3 4", r"line 3, column bbox: '-1 0 3 4' needs 0 <= x0"),
+    ],
+)
+def test_manifest_bad_bbox_names_line_and_column(tmp_path: Path, cell: str, message: str) -> None:
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "b.png")
+    write_manifest(tmp_path, ["a.png,normal,", f'b.png,normal,"{cell}"'], header="path,label,bbox")
+    with pytest.raises(DatasetError, match=message):
+        discover(tmp_path, on_error="skip")  # never skippable
+
+
+def test_manifest_region_mask_paths_are_checked_like_mask(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_png(root / "a.png")
+    write_png(tmp_path / "outside.png")
+    write_manifest(root, ["a.png,normal,../outside.png"], header="path,label,lung_mask")
+    with pytest.raises(DatasetError, match=r"line 2, column lung_mask: \.\./outside\.png escapes"):
+        discover(root, on_error="skip")
+    write_manifest(root, ["a.png,normal,gone.png"], header="path,label,shortcut_mask")
+    with pytest.raises(DatasetError, match=r"line 2: shortcut_mask gone\.png does not exist"):
+        discover(root)
+    write_png(root / "b.png")
+    write_manifest(root, ["a.png,normal,gone.png", "b.png,normal,"], header="path,label,lung_mask")
+    index = discover(root, on_error="skip")
+    assert [s.path.name for s in index.samples] == ["b.png"]
+    assert index.skipped == [("a.png", "line 2: lung_mask gone.png does not exist")]
+
+
+def test_image_folder_region_mask_folders(tmp_path: Path) -> None:
+    write_png(tmp_path / "normal" / "x.png")
+    write_png(tmp_path / "covid" / "y.png")
+    write_png(tmp_path / "lung_masks" / "normal" / "x.png")
+    write_png(tmp_path / "lung_masks" / "covid" / "y.png")
+    write_png(tmp_path / "shortcut_masks" / "covid" / "y.png")
+    index = discover(tmp_path)
+    assert index.class_names == ["covid", "normal"]  # mask folders are not classes
+    y, x = index.samples
+    root = tmp_path.resolve()
+    assert (x.lung_mask, x.shortcut_mask, x.mask) == (root / "lung_masks/normal/x.png", None, None)
+    assert y.shortcut_mask == root / "shortcut_masks/covid/y.png"
+    assert index.regions() == ["lung", "shortcut"]
+
+
+def test_region_masks_are_resized_nearest_at_pixel_centres(tmp_path: Path) -> None:
+    """Masks of any resolution (same field of view) land on the analysis grid by taking, for
+    each analysis pixel, the mask pixel under its centre; no regions asked: nothing is read."""
+    rng = np.random.default_rng(0)
+    write_png(tmp_path / "img.png", size=(30, 40))  # H 30, W 40
+    lung = rng.random((60, 80)) < 0.5  # twice the image
+    cue = rng.random((15, 20)) < 0.5  # half the image
+    write_mask(tmp_path / "lung.png", lung)
+    write_mask(tmp_path / "cue.png", cue)
+    write_manifest(
+        tmp_path, ["img.png,a,lung.png,cue.png"], header="path,label,lung_mask,shortcut_mask"
+    )
+    index = discover(tmp_path)
+    ds = ImageDataset(index, (12, 16), [0.0], [1.0], regions=["shortcut", "lung", "lesion"])
+    image, label, _, masks = ds[0]
+    assert (
+        label == 0
+        and image.shape == (3, 12, 16)
+        and masks.shape == (3, 12, 16)
+        and masks.dtype == torch.bool
+    )
+
+    def centres(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        rows = np.floor((np.arange(size[0]) + 0.5) * mask.shape[0] / size[0]).astype(int)
+        cols = np.floor((np.arange(size[1]) + 0.5) * mask.shape[1] / size[1]).astype(int)
+        return mask[np.ix_(rows, cols)]
+
+    assert np.array_equal(masks[0].numpy(), centres(cue, (12, 16)))
+    assert np.array_equal(masks[1].numpy(), centres(lung, (12, 16)))
+    assert not masks[2].any()  # no lesion mask or box: all False
+    same = ImageDataset(index, (60, 80), [0.0], [1.0], regions=["lung"])[0][3]
+    assert np.array_equal(same[0].numpy(), lung)  # at the mask's own size: unchanged
+    (tmp_path / "lung.png").write_bytes(b"not a png")  # a broken mask ...
+    assert len(ImageDataset(index, (12, 16), [0.0], [1.0])[0]) == 3  # ... unread without regions
+    with pytest.raises(ImageReadError, match=r"lung\.png"):
+        ImageDataset(index, (12, 16), [0.0], [1.0], regions=["lung"])[0]
+
+
+def test_boxes_are_drawn_at_the_image_size_then_sampled_like_a_mask(tmp_path: Path) -> None:
+    write_png(tmp_path / "img.png", size=(30, 40))
+    write_manifest(tmp_path, ['img.png,a,"4 3 21 17;30 20 40 30"'], header="path,label,bbox")
+    drawn = np.zeros((30, 40), dtype=bool)
+    drawn[3:17, 4:21] = drawn[20:30, 30:40] = True
+    rows = np.floor((np.arange(12) + 0.5) * 30 / 12).astype(int)
+    cols = np.floor((np.arange(16) + 0.5) * 40 / 16).astype(int)
+    ds = ImageDataset(discover(tmp_path), (12, 16), [0.0], [1.0], regions=["lesion"])
+    assert np.array_equal(ds[0][3][0].numpy(), drawn[np.ix_(rows, cols)])
+    assert np.array_equal(ds.region_masks(0)[0].numpy(), drawn[np.ix_(rows, cols)])
+
+
+def test_region_masks_refuse_what_does_not_fit_the_image(tmp_path: Path) -> None:
+    write_png(tmp_path / "img.png", size=(30, 40))
+    write_mask(tmp_path / "tall.png", np.ones((40, 40), dtype=bool))
+    write_manifest(tmp_path, ["img.png,a,tall.png,"], header="path,label,mask,bbox")
+    ds = ImageDataset(discover(tmp_path), (12, 16), [0.0], [1.0], regions=["lesion"])
+    with pytest.raises(DatasetError, match=r"tall\.png: mask is 40x40 px, its image 40x30 px"):
+        ds[0]
+    write_manifest(tmp_path, ["img.png,a,,0 0 41 30"], header="path,label,mask,bbox")
+    ds = ImageDataset(discover(tmp_path), (12, 16), [0.0], [1.0], regions=["lesion"])
+    with pytest.raises(DatasetError, match=r"img\.png: bbox '0 0 41 30' reaches beyond the 40x30"):
+        ds[0]
+    with pytest.raises(ValueError, match="regions: unknown"):
+        ImageDataset(discover(tmp_path), (12, 16), [0.0], [1.0], regions=["heart"])
+    with pytest.raises(ValueError, match="augment"):
+        ImageDataset(discover(tmp_path), (12, 16), [0.0], [1.0], regions=["lesion"], augment=True)

@@ -25,10 +25,11 @@ from training.datasets import DatasetIndex, discover
 from training.image_dataset import ImageDataset
 from training.protocol import resolve_device
 from training.zoo import ZooModel, named_module
+from worker.catalog import required_regions
 from worker.engine.attribution import attribute_batch
-from worker.engine.metrics import drift_metrics
+from worker.engine.metrics import Regions, drift_metrics
 from worker.engine.selection import choose_targets
-from worker.job_config import JobConfig
+from worker.job_config import JobConfig, resolve_metrics
 from worker.results.rows import SampleRow
 
 log = logging.getLogger("camdrift.audit")
@@ -148,13 +149,25 @@ class Audit:
             self.index = discover(Path(data), class_names=self.class_names)
         self.positions = evaluation_positions(self.index, self.config)
         self.analysis_size = self.baseline.input_size
+        # the one place a job's metrics are resolved against the data: a job that names none
+        # gets the region metrics whose region the evaluated samples bring; the report's config
+        # (and the shards' and the finaliser's Audit) then lists exactly what was computed
+        metrics = resolve_metrics(self.config.metrics, self.index.regions(self.positions))
+        self.config = self.config.model_copy(update={"metrics": metrics})
+        self.regions: list[str] = required_regions(metrics)  # masks each batch loads
 
     @property
     def total(self) -> int:
         return len(self.positions)
 
     def _loader(self, rows: Sequence[int]) -> DataLoader:
-        dataset = ImageDataset(self.index, self.analysis_size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        dataset = ImageDataset(
+            self.index,
+            self.analysis_size,
+            (0.0, 0.0, 0.0),
+            (1.0, 1.0, 1.0),
+            regions=self.regions,
+        )
         subset = Subset(dataset, [self.positions[r] for r in rows])
         return DataLoader(
             subset,
@@ -178,13 +191,16 @@ class Audit:
         rows = list(range(self.total)) if rows is None else list(rows)
         out: list[dict[str, Any]] = []
         start = 0
-        for images, labels, _ in self._loader(rows):
+        for images, labels, _, *masks in self._loader(rows):
             if should_stop is not None and should_stop():
                 raise StopRequested
             batch_rows = rows[start : start + len(labels)]
             start += len(labels)
+            regions = {name: masks[0][:, k].to(self.device) for k, name in enumerate(self.regions)}
             out.extend(
-                self._batch(images.to(self.device), torch.as_tensor(labels), batch_rows, maps_dir)
+                self._batch(
+                    images.to(self.device), torch.as_tensor(labels), batch_rows, maps_dir, regions
+                )
             )
             if progress is not None:
                 progress(len(labels))
@@ -205,8 +221,16 @@ class Audit:
         )
 
     def _batch(
-        self, images01: torch.Tensor, labels: torch.Tensor, rows: list[int], maps_dir: Path | None
+        self,
+        images01: torch.Tensor,
+        labels: torch.Tensor,
+        rows: list[int],
+        maps_dir: Path | None,
+        regions: Regions | None = None,
     ) -> list[dict[str, Any]]:
+        """``regions``: the batch's reference masks (name -> bool [N, H, W]) the job's region
+        metrics need; every comparison of the kept samples (drift, floors, trajectory) is
+        measured against the same masks."""
         cfg = self.config
         labels = labels.to(self.device)
         by_label = cfg.sample_filter in ("true_positive", "all")
@@ -215,22 +239,23 @@ class Audit:
         preds = [r.logits.argmax(1) for r in results]
         chosen = choose_targets(cfg.sample_filter, labels, *preds)
         keep = chosen.included
-        values = _metrics(results[0].maps, results[1].maps, keep, cfg)
+        values = _metrics(results[0].maps, results[1].maps, keep, cfg, regions)
         kept = {m: results[0].maps[m][keep] for m in cfg.methods}
+        kept_regions = {name: mask[keep] for name, mask in (regions or {}).items()}
         floor = None
         if cfg.noise_floor and bool(keep.any()):
             noisy = perturb(
                 images01[keep], [rows[i] for i in keep.nonzero()[:, 0].tolist()], cfg.seed
             )
             again = self._attribute(self.baseline, noisy, results[0].targets[keep])
-            floor = _metrics(kept, again.maps, None, cfg)
+            floor = _metrics(kept, again.maps, None, cfg, kept_regions)
         replica = None
         if self.replica is not None and bool(keep.any()):
             twin = self._attribute(self.replica, images01[keep], results[0].targets[keep])
-            replica = _metrics(kept, twin.maps, None, cfg)
+            replica = _metrics(kept, twin.maps, None, cfg, kept_regions)
         steps = None
         if self.trajectory:
-            steps = self._trajectory(images01, targets, results, kept, keep, values)
+            steps = self._trajectory(images01, targets, results, kept, keep, values, kept_regions)
         if maps_dir is not None and bool(keep.any()):
             _save_raw_maps(
                 maps_dir,
@@ -251,6 +276,7 @@ class Audit:
         first: dict[str, torch.Tensor],
         keep: torch.Tensor,
         values: dict[str, dict[str, np.ndarray]],
+        regions: Regions | None = None,
     ) -> Trajectory:
         """Drift along baseline -> intermediates -> candidate: from the baseline and between
         consecutive checkpoints. Each intermediate is attributed once (the same target rule as
@@ -265,13 +291,15 @@ class Audit:
             step = self._attribute(loaded, images01, targets)
             probs.append(torch.softmax(step.logits.float(), 1).cpu().numpy())
             maps = {m: step.maps[m][keep] for m in cfg.methods}
-            from_first.append(_metrics(first, maps, None, cfg))
+            from_first.append(_metrics(first, maps, None, cfg, regions))
             consecutive.append(
-                from_first[-1] if previous is first else _metrics(previous, maps, None, cfg)
+                from_first[-1]
+                if previous is first
+                else _metrics(previous, maps, None, cfg, regions)
             )
             previous = maps
         last = {m: results[1].maps[m][keep] for m in cfg.methods}
-        consecutive.append(_metrics(previous, last, None, cfg))
+        consecutive.append(_metrics(previous, last, None, cfg, regions))
         from_first.append(values)
         return Trajectory(from_first, consecutive, probs)
 
@@ -306,19 +334,27 @@ def perturb(images01: torch.Tensor, rows: list[int], seed: int) -> torch.Tensor:
     return out
 
 
-def _metrics(a: dict, b: dict, keep, cfg: AuditConfig) -> dict[str, dict[str, np.ndarray]]:
-    """method -> metric -> values for the kept samples."""
+def _metrics(
+    a: dict, b: dict, keep, cfg: AuditConfig, regions: Regions | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """method -> metric -> values for the kept samples (``regions``: of the same samples as
+    ``a`` and ``b``, before ``keep``)."""
     if keep is not None:
         a = {m: a[m][keep] for m in cfg.methods}
         b = {m: b[m][keep] for m in cfg.methods}
+        regions = {name: mask[keep] for name, mask in (regions or {}).items()}
     return {
         m: {k: v.cpu().numpy() for k, v in named.items()}
-        for m, named in metrics_by_method(a, b, cfg.methods, cfg.metrics).items()
+        for m, named in metrics_by_method(a, b, cfg.methods, cfg.metrics, regions).items()
     }
 
 
 def metrics_by_method(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], methods, names
+    a: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+    methods,
+    names,
+    regions: Regions | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Drift metrics of every method's map pairs.
 
@@ -329,17 +365,28 @@ def metrics_by_method(
     """
     methods = list(methods)
     if len(methods) < 2 or a[methods[0]].device.type == "cpu":
-        return {m: drift_metrics(a[m], b[m], names) for m in methods}
-    return stacked_metrics(a, b, methods, names)
+        return {m: drift_metrics(a[m], b[m], names, regions) for m in methods}
+    return stacked_metrics(a, b, methods, names, regions)
 
 
 def stacked_metrics(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], methods: list[str], names
+    a: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+    methods: list[str],
+    names,
+    regions: Regions | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """:func:`metrics_by_method` as one :func:`drift_metrics` call over all methods' rows."""
+    """:func:`metrics_by_method` as one :func:`drift_metrics` call over all methods' rows
+    (every method's maps are of the same samples, so each region mask repeats per method)."""
     sizes = [a[m].shape[0] for m in methods]
+    stacked_regions = {
+        name: torch.cat([mask] * len(methods)) for name, mask in (regions or {}).items()
+    }
     together = drift_metrics(
-        torch.cat([a[m] for m in methods]), torch.cat([b[m] for m in methods]), names
+        torch.cat([a[m] for m in methods]),
+        torch.cat([b[m] for m in methods]),
+        names,
+        stacked_regions,
     )
     out: dict[str, dict[str, torch.Tensor]] = {m: {} for m in methods}
     for name, values in together.items():
@@ -449,9 +496,18 @@ def _save_raw_maps(maps_dir: Path, rows: list[int], results, keep, methods) -> N
             raw = result.raw[m][keep].float()
             peak = raw.flatten(1).max(1).values.clamp_min(1e-30)[:, None, None]
             arrays[f"{role}__{m}"] = (raw / peak).cpu().numpy().astype(np.float16)
-    tmp = maps_dir / f".rows-{rows[0]:06d}-{rows[-1]:06d}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(maps_dir / f"rows-{rows[0]:06d}-{rows[-1]:06d}.npz")
+    name = f"rows-{rows[0]:06d}-{rows[-1]:06d}"
+    # a temp name of this writer's own: two copies of one shard (a redelivery) may save the
+    # same rows at once; each renames its complete file over the other's (same content)
+    import os
+    import uuid
+
+    tmp = maps_dir / f".{name}.{os.getpid()}-{uuid.uuid4().hex}.tmp.npz"
+    try:
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(maps_dir / f"{name}.npz")
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_raw_maps(maps_dir: Path, row: int) -> dict[str, np.ndarray] | None:

@@ -18,18 +18,31 @@ NaN policy (a sample is never dropped; NaN marks what the pair cannot define). A
 - ``concentration_change``, ``entropy_change``: NaN when either map has zero mass (a constant
   non-zero map is well defined: Gini 0, normalised entropy 1).
 - ``iou_t50``: NaN only when both ``{a >= 0.5}`` and ``{b >= 0.5}`` are empty.
+- region metrics (``lesion_mass_*``, ``pointing_*``, ``shortcut_mass_*``, ``outside_lung_*``;
+  a bool mask per sample and region, passed as ``regions``): NaN where the sample's region is
+  empty (it has none) or the map concerned has no mass; ``pointing_*`` also where that map is
+  degenerate (no peak). A level (``_tl`` / ``_ft``) needs only its own map; a ``_change``
+  both. ``outside_lung_*`` is 1 − the mass share inside the lung mask.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from worker.catalog import DEFAULT_METRICS, METRICS, topq, validate_metrics
+from worker.catalog import (
+    METRICS,
+    default_metrics,
+    is_audit_metric,
+    pair_metrics,
+    required_regions,
+    topq,
+    validate_metrics,
+)
 
 THRESHOLD = 0.5
 
@@ -59,17 +72,31 @@ def degenerate(maps: Tensor) -> Tensor:
     return constant | (total == 0) | ~torch.isfinite(total)
 
 
-def drift_metrics(a: Tensor, b: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+Regions = Mapping[str, Tensor]  # region name -> bool [N, H, W] (all False: the sample has none)
+
+
+def drift_metrics(
+    a: Tensor,
+    b: Tensor,
+    names: Sequence[str] | None = None,
+    regions: Regions | None = None,
+) -> dict[str, Tensor]:
     """Drift of each candidate map ``b`` from its baseline map ``a``.
 
-    a, b: [N, H, W] maps in [0, 1] (baseline, candidate) on one device. Returns name ->
-    float32 Tensor[N] on that device, in the order of ``names`` (default: every catalogued metric).
-    NaN marks undefined values as the module docstring lists.
+    a, b: [N, H, W] maps in [0, 1] (baseline, candidate) on one device; ``regions``: the
+    samples' reference masks, bool [N, H, W] per region name (``worker.catalog.REGIONS``),
+    which the region metrics need. Returns name -> float32 Tensor[N] on that device, in the
+    order of ``names`` (default: the catalog's defaults for the regions given). NaN marks
+    undefined values as the module docstring lists. Audit-stage names (``consistency_*``,
+    computed across samples after the audit by ``worker.results.consistency``) are skipped:
+    a job's resolved metric list can be passed as it is.
     """
-    names = list(DEFAULT_METRICS) if names is None else validate_metrics(names)
+    regions = dict(regions or {})
+    names = pair_metrics(default_metrics(regions) if names is None else validate_metrics(names))
     _check_pair(a, b)
+    _check_regions(a, regions, names)
     with torch.no_grad():
-        ctx = _Context(a, b)
+        ctx = _Context(a, b, regions)
         out = {name: _compute(ctx, name) for name in names}
     return {name: value.to(torch.float32) for name, value in out.items()}
 
@@ -85,6 +112,21 @@ def _check_pair(a: Tensor, b: Tensor) -> None:
         raise ValueError(f"maps must have at least one pixel, got {tuple(a.shape)}")
 
 
+def _check_regions(a: Tensor, regions: dict[str, Tensor], names: Sequence[str]) -> None:
+    missing = [r for r in required_regions(names) if r not in regions]
+    if missing:
+        needs = [n for n in names if n in METRICS and METRICS[n].requires in missing]
+        raise ValueError(
+            f"{', '.join(needs)} need the {', '.join(missing)} region(s): pass regions"
+        )
+    for name, mask in regions.items():
+        if mask.shape != a.shape or mask.dtype != torch.bool:
+            raise ValueError(
+                f"region {name!r} must be a bool mask of the maps' shape {tuple(a.shape)}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+
+
 def _acc_dtype(device: torch.device) -> torch.dtype:
     """Accumulation dtype: float64 wherever the backend has it."""
     return torch.float32 if device.type == "mps" else torch.float64
@@ -93,8 +135,9 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 class _Context:
     """Lazily computed pieces shared by several metrics (one sort, one float64 copy, ...)."""
 
-    def __init__(self, a: Tensor, b: Tensor) -> None:
+    def __init__(self, a: Tensor, b: Tensor, regions: dict[str, Tensor] | None = None) -> None:
         self.n, self.h, self.w = a.shape
+        self.regions = regions or {}
         self.p = self.h * self.w
         self.device = a.device
         self.acc = _acc_dtype(a.device)
@@ -124,6 +167,41 @@ class _Context:
     def massless_pair(self) -> Tensor:
         zero = self.split(self.mass() == 0)
         return zero[0] | zero[1]
+
+    def region(self, name: str) -> Tensor:
+        """Bool [2N, P]: each sample's region mask, for its baseline and its candidate row."""
+
+        def run() -> Tensor:
+            mask = self.regions[name].to(self.device).reshape(self.n, self.p)
+            return torch.cat([mask, mask])
+
+        return self.get(f"region:{name}", run)
+
+    def mass_share(self, name: str) -> Tensor:
+        """[2N]: the share of each map's mass inside region ``name``; NaN where the region is
+        empty or the map has no mass."""
+
+        def run() -> Tensor:
+            region = self.region(name)
+            inside = torch.where(region, self.wide(), 0.0).sum(dim=1)
+            mass = self.mass()
+            undefined = (mass == 0) | ~region.any(dim=1)
+            return torch.where(undefined, torch.full_like(mass, math.nan), inside / mass)
+
+        return self.get(f"share:{name}", run)
+
+    def pointing(self, name: str) -> Tensor:
+        """[2N]: 1 where the map's first maximum (row-major) lies in region ``name``, else 0;
+        NaN where the region is empty or the map is degenerate (no peak)."""
+
+        def run() -> Tensor:
+            region = self.region(name)
+            peak = torch.argmax(self.maps, dim=1, keepdim=True)
+            hit = region.gather(1, peak).squeeze(1).to(self.acc)
+            undefined = self.get("deg", lambda: degenerate(self.maps)) | ~region.any(dim=1)
+            return torch.where(undefined, torch.full_like(hit, math.nan), hit)
+
+        return self.get(f"pointing:{name}", run)
 
     def sorted(self) -> tuple[Tensor, Tensor]:
         """Values and indices, descending; ties keep row-major order (lowest index first)."""
@@ -176,6 +254,8 @@ def metric(name: str, undefined: MetricFn | None) -> Callable[[MetricFn], Metric
     def register(fn: MetricFn) -> MetricFn:
         if name not in METRICS:
             raise ValueError(f"{name!r} has no line in worker.catalog.METRICS")
+        if is_audit_metric(name):
+            raise ValueError(f"{name!r} is an audit-stage metric: not computed per pair")
         REGISTRY[name] = (fn, undefined)
         return fn
 
@@ -338,3 +418,85 @@ def _ssim(ctx: _Context) -> Tensor:
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua * ua + ub * ub + c1) * (va + vb + c2))
     return s.mean(dim=(1, 2))
+
+
+# ----------------------------------------------------------------- reference regions
+# Each model's level on a region (``_tl`` = the baseline map, ``_ft`` = the candidate map) and
+# its change FT − TL; NaN where the sample has no such region (see the module docstring).
+
+
+def _baseline(x: Tensor, ctx: _Context) -> Tensor:
+    return ctx.split(x)[0]
+
+
+def _candidate(x: Tensor, ctx: _Context) -> Tensor:
+    return ctx.split(x)[1]
+
+
+def _change(x: Tensor, ctx: _Context) -> Tensor:
+    base, cand = ctx.split(x)
+    return cand - base
+
+
+@metric("lesion_mass_tl", None)
+def _lesion_mass_tl(ctx: _Context) -> Tensor:
+    return _baseline(ctx.mass_share("lesion"), ctx)
+
+
+@metric("lesion_mass_ft", None)
+def _lesion_mass_ft(ctx: _Context) -> Tensor:
+    return _candidate(ctx.mass_share("lesion"), ctx)
+
+
+@metric("lesion_mass_change", None)
+def _lesion_mass_change(ctx: _Context) -> Tensor:
+    return _change(ctx.mass_share("lesion"), ctx)
+
+
+@metric("pointing_tl", None)
+def _pointing_tl(ctx: _Context) -> Tensor:
+    return _baseline(ctx.pointing("lesion"), ctx)
+
+
+@metric("pointing_ft", None)
+def _pointing_ft(ctx: _Context) -> Tensor:
+    return _candidate(ctx.pointing("lesion"), ctx)
+
+
+@metric("pointing_change", None)
+def _pointing_change(ctx: _Context) -> Tensor:
+    return _change(ctx.pointing("lesion"), ctx)
+
+
+@metric("shortcut_mass_tl", None)
+def _shortcut_mass_tl(ctx: _Context) -> Tensor:
+    return _baseline(ctx.mass_share("shortcut"), ctx)
+
+
+@metric("shortcut_mass_ft", None)
+def _shortcut_mass_ft(ctx: _Context) -> Tensor:
+    return _candidate(ctx.mass_share("shortcut"), ctx)
+
+
+@metric("shortcut_mass_change", None)
+def _shortcut_mass_change(ctx: _Context) -> Tensor:
+    return _change(ctx.mass_share("shortcut"), ctx)
+
+
+def _outside_lung(ctx: _Context) -> Tensor:
+    return 1.0 - ctx.mass_share("lung")
+
+
+@metric("outside_lung_tl", None)
+def _outside_lung_tl(ctx: _Context) -> Tensor:
+    return _baseline(_outside_lung(ctx), ctx)
+
+
+@metric("outside_lung_ft", None)
+def _outside_lung_ft(ctx: _Context) -> Tensor:
+    return _candidate(_outside_lung(ctx), ctx)
+
+
+@metric("outside_lung_change", None)
+def _outside_lung_change(ctx: _Context) -> Tensor:
+    return _change(_outside_lung(ctx), ctx)

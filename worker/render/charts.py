@@ -8,15 +8,12 @@ a chart embeds (labels, titles, numbers) is escaped here first.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 from markupsafe import Markup
 
 from worker.render.formatting import (
     MetricInfo,
-    as_dict,
-    as_list,
     esc,
     fmt,
     method_label,
@@ -25,6 +22,7 @@ from worker.render.formatting import (
     tick_label,
 )
 from worker.render.overlay import HEAT_ANCHORS
+from worker.results.report_schema import Stats, TrajectorySeries
 
 MAX_DOTS = 400  # per method and metric in a distribution plot (quantile-thinned beyond)
 TRAJ_WIDTH, TRAJ_HEIGHT = 616, 236
@@ -76,7 +74,7 @@ def thin(values: list[float], limit: int = MAX_DOTS) -> list[float]:
 
 
 def distribution_svg(
-    metric: str, series: list[tuple[str, list[float], dict[str, Any]]], colours: dict[str, str]
+    metric: str, series: list[tuple[str, list[float], Stats]], colours: dict[str, str]
 ) -> Markup:
     """A horizontal box plot per method on one axis: samples as dots, box q25–q75, whiskers
     q05–q95, median line, and the mean as a diamond on its 95% CI bar."""
@@ -90,7 +88,7 @@ def distribution_svg(
         everything += [
             v
             for k in ("q05", "q95", "ci95_low", "ci95_high", "mean")
-            if (v := num(stats.get(k))) is not None
+            if (v := num(getattr(stats, k))) is not None
         ]
     lo, hi, step = axis_range(info, everything)
 
@@ -125,7 +123,7 @@ def distribution_svg(
                 f'<circle cx="{x(v):.1f}" cy="{cy + jitter:.1f}" r="2.1" fill="{colour}" '
                 'fill-opacity="0.28"/>'
             )
-        q = {k: num(stats.get(k)) for k in ("q05", "q25", "median", "q75", "q95")}
+        q = {k: num(getattr(stats, k)) for k in ("q05", "q25", "median", "q75", "q95")}
         if q["q05"] is not None and q["q95"] is not None:
             parts.append(
                 f'<line x1="{x(q["q05"]):.1f}" x2="{x(q["q95"]):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" '
@@ -144,7 +142,7 @@ def distribution_svg(
                 f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{cy - 9:.1f}" y2="{cy + 9:.1f}" '
                 f'stroke="{colour}" stroke-width="2.5"/>'
             )
-        mean, low, high = (num(stats.get(k)) for k in ("mean", "ci95_low", "ci95_high"))
+        mean, low, high = num(stats.mean), num(stats.ci95_low), num(stats.ci95_high)
         if low is not None and high is not None:
             parts.append(
                 f'<line x1="{x(low):.1f}" x2="{x(high):.1f}" y1="{cy:.1f}" y2="{cy:.1f}" '
@@ -159,7 +157,7 @@ def distribution_svg(
         label = f"mean {fmt(mean)}"
         if low is not None and high is not None:
             label += f" [{fmt(low)}, {fmt(high)}]"
-        n = stats.get("n", len(values))
+        n = len(values) if stats.n is None else stats.n
         parts.append(
             f'<text x="{width - right + 10}" y="{cy - 1:.1f}" class="stat">{esc(label)}</text>'
             f'<text x="{width - right + 10}" y="{cy + 12:.1f}" class="stat muted">'
@@ -172,13 +170,13 @@ def distribution_svg(
 # --------------------------------------------------------------------------- trajectory
 
 
-def _points(stats: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+def _points(stats: list[Stats], key: str) -> list[tuple[int, float]]:
     """(x position = step 1..n, value) of the steps where ``key`` is defined."""
-    return [(k, v) for k, s in enumerate(stats, start=1) if (v := num(s.get(key))) is not None]
+    return [(k, v) for k, s in enumerate(stats, start=1) if (v := num(getattr(s, key))) is not None]
 
 
 def trajectory_svg(
-    metric: str, entry: dict[str, Any], labels: list[str], colour: str, title: str
+    metric: str, entry: TrajectorySeries, labels: list[str], colour: str, title: str
 ) -> Markup:
     """Both drift series of one method x metric over the steps (x: checkpoints 0..n): from
     the baseline (solid) and from the previous checkpoint (dashed), each on its 95% CI band,
@@ -191,9 +189,9 @@ def trajectory_svg(
     points = [
         v
         for kind, _ in kinds
-        for stats in as_list(entry.get(kind))
+        for stats in getattr(entry, kind)
         for k in ("mean", "ci95_low", "ci95_high")
-        if (v := num(as_dict(stats).get(k))) is not None
+        if (v := num(getattr(stats, k))) is not None
     ]
     lo, hi, step = axis_range(info, points)
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -209,7 +207,7 @@ def trajectory_svg(
         f'<svg class="traj" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
         f'role="img" aria-label="{esc(title)}">'
     ]
-    sharpest = entry.get("sharpest_step")
+    sharpest = entry.sharpest_step
     if isinstance(sharpest, int) and 1 <= sharpest <= n:
         x0, x1 = x(sharpest - 1), x(sharpest)
         parts.append(
@@ -234,7 +232,7 @@ def trajectory_svg(
             f'transform="rotate(-30 {x(i):.1f} {height - bottom + 16})">{esc(label)}</text>'
         )
     for kind, dash in kinds:
-        stats = [as_dict(s) for s in as_list(entry.get(kind))]
+        stats = getattr(entry, kind)
         band_hi = [(x(k), y(v)) for k, v in _points(stats, "ci95_high")]
         band_lo = [(x(k), y(v)) for k, v in _points(stats, "ci95_low")]
         if kind == "from_first":  # both start at the baseline itself: no drift at x = 0

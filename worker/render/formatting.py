@@ -1,8 +1,9 @@
 """Formatting shared by the HTML page, its trajectory section and the markdown summary.
 
 Torch-free and free of markup: numbers and labels as plain text (the templates escape them),
-plus the few readers of a report's loosely typed JSON (``as_dict``, ``methods`` ...) that every
-renderer needs. Nothing here imports another render module.
+plus the few readers every renderer needs of a report parsed as its model
+(:func:`worker.results.report_schema.report_view`): methods, metrics, one summary cell, the floor
+tables. Nothing here imports another render module.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from typing import Any
 
 import numpy as np
 from markupsafe import escape
+from pydantic import BaseModel
 
 from worker import catalog
+from worker.results.report_schema import DriftReport, FloorEntry, Stats, read_model
+
+Floors = dict[str, dict[str, FloorEntry]]
+FLOORS = (("noise_floor", "perturbed baseline"), ("replica_floor", "baseline replica (other seed)"))
 
 ROLES = ("baseline", "candidate")
 METHOD_COLOURS = ("#6f42c1", "#d4631b", "#1a7f37", "#bf3989", "#0a7ea4", "#7d6608")
@@ -33,18 +39,11 @@ class MetricInfo:
     text: str
 
     def stability(self, value: float) -> float:
-        """0 (moved) .. 1 (unchanged), for tinting cells; on the same scale as :meth:`judge`
-        (a similarity of 0.5 or a distance of 0.15 is one third of the way from red)."""
+        """0 (far from "unchanged") .. 1 (unchanged), for tinting cells on a fixed colour scale
+        (similarities 0.3 .. 0.9, distances and changes 0.3 .. 0): a colour, not a verdict."""
         if self.sense == "high":
             return float(np.clip((value - 0.3) / 0.6, 0.0, 1.0))
         return float(np.clip(1.0 - abs(value) / 0.3, 0.0, 1.0))
-
-    def judge(self, value: float) -> str:
-        """'held' | 'shifted partly' | 'moved' for a mean value of this metric."""
-        if self.sense == "high":
-            return "held" if value >= 0.7 else "moved" if value < 0.5 else "shifted partly"
-        size = abs(value)
-        return "held" if size <= 0.05 else "moved" if size > 0.15 else "shifted partly"
 
 
 def metric_info(name: str) -> MetricInfo:
@@ -145,46 +144,82 @@ def md_cell(text: Any) -> str:
 # --------------------------------------------------------------------------- report readers
 
 
+NO_STATS: Stats = read_model(Stats, {})  # every statistic None: what an unmeasured cell shows
+
+
+def present(model: BaseModel | None) -> dict[str, Any]:
+    """The keys a section holds, as JSON (declared fields the document gave, then extras)."""
+    if model is None:
+        return {}
+    return model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def class_names(report: DriftReport) -> list[str]:
+    baseline = report.models.get("baseline")
+    names = report.dataset.class_names or (baseline.class_names if baseline else None) or []
+    return [str(n) for n in names]
+
+
+def methods(report: DriftReport) -> list[str]:
+    return [str(m) for m in report.config.methods or report.summaries]
+
+
+def metrics(report: DriftReport) -> list[str]:
+    if report.config.metrics:
+        return [str(m) for m in report.config.metrics]
+    return list(dict.fromkeys(m for per in report.summaries.values() for m in per))
+
+
+def stats(report: DriftReport, method: str, metric: str, group: str = "overall") -> Stats:
+    """One summary cell; :data:`NO_STATS` where the report has none."""
+    return report.summaries.get(method, {}).get(metric, {}).get(group) or NO_STATS
+
+
+def floor_entry(floor: Floors | None, method: str, metric: str) -> FloorEntry | None:
+    return (floor or {}).get(method, {}).get(metric)
+
+
+def role_title(report: DriftReport, role: str) -> str:
+    model = report.models.get(role)
+    phase = model.phase if model is not None else None
+    return f"{role} ({str(phase).upper()})" if phase else role
+
+
+def floor_tables(report: DriftReport) -> list[dict[str, Any]]:
+    """Per measured floor (perturbed baseline, replica), one row per method x metric: the
+    floor's median, its 95% tail (the threshold) and the share of samples beyond it."""
+    blocks = []
+    for key, label in FLOORS:
+        floor = getattr(report, key)
+        if not floor:
+            continue
+        table = []
+        for method in methods(report):
+            for metric in metrics(report):
+                entry = floor_entry(floor, method, metric)
+                if entry is not None:
+                    table.append(
+                        {
+                            "method": method,
+                            "metric": metric,
+                            "median": entry.floor.median,
+                            "threshold": entry.threshold,
+                            "beyond": entry.beyond_floor,
+                        }
+                    )
+        blocks.append({"key": key, "label": label, "rows": table})
+    return blocks
+
+
+# --------------------------------------------------------------------------- rows
+
+
 def as_dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
-
-
-def class_names(report: dict[str, Any]) -> list[str]:
-    dataset = as_dict(report.get("dataset"))
-    names = dataset.get("class_names") or as_dict(
-        as_dict(report.get("models")).get("baseline")
-    ).get("class_names")
-    return [str(n) for n in as_list(names)]
-
-
-def methods(report: dict[str, Any]) -> list[str]:
-    listed = as_list(as_dict(report.get("config")).get("methods"))
-    summaries = as_dict(report.get("summaries"))
-    return [str(m) for m in listed] or [str(m) for m in summaries]
-
-
-def metrics(report: dict[str, Any]) -> list[str]:
-    listed = as_list(as_dict(report.get("config")).get("metrics"))
-    if listed:
-        return [str(m) for m in listed]
-    seen: dict[str, None] = {}
-    for per_metric in as_dict(report.get("summaries")).values():
-        seen.update(dict.fromkeys(as_dict(per_metric)))
-    return list(seen)
-
-
-def stats(report: dict[str, Any], method: str, metric: str, group: str = "overall") -> dict:
-    summaries = as_dict(report.get("summaries"))
-    return as_dict(as_dict(as_dict(summaries.get(method)).get(metric)).get(group))
-
-
-def role_title(report: dict[str, Any], role: str) -> str:
-    phase = as_dict(as_dict(report.get("models")).get(role)).get("phase")
-    return f"{role} ({str(phase).upper()})" if phase else role
 
 
 def row_value(row: dict[str, Any], method: str, metric: str) -> float | None:

@@ -7,8 +7,14 @@ run or opened offline.
 
 Sections (each with an ``id``): ``verdict``, ``performance``, ``subsets``, ``distributions``,
 ``per-class``, ``floor`` and ``trajectory`` (when measured), ``samples``, ``settings``. This
-module reads the report into plain values for ``templates/report.html.j2`` (one block per
-section); Jinja2 escapes every string, numbers are formatted by :mod:`.formatting`.
+module parses the report once (:func:`worker.results.report_schema.report_view`) and reads it
+into plain values for ``templates/report.html.j2`` (one block per section); Jinja2 escapes every
+string, numbers are formatted by :mod:`.formatting`.
+
+The page tells one story: the headline above the verdict IS the verdict when the report has one
+(its state, reason and the failing checks, which the verdict's table lists first), and the floor
+section says which of its shares the policy gates. Without a verdict the headline reads the drift
+against the noise floor when the audit measured one, never against fixed cut-offs.
 
 ``render_html`` takes the report, its per-sample rows and a callback that returns the overlay
 PNG of (row index, method) or None; ``write_local_html`` wires it to a local run's files (the
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,8 @@ from worker.render.formatting import (
     as_list,
     class_names,
     esc,
+    floor_entry,
+    floor_tables,
     fmt,
     fmt_delta,
     method_colours,
@@ -42,12 +50,14 @@ from worker.render.formatting import (
     metric_info,
     metrics,
     num,
+    present,
     role_title,
     row_value,
     stats,
 )
 from worker.render.overlay import OverlayUnavailable, overlay_for_sample
 from worker.render.templating import html_environment, stylesheet
+from worker.results.report_schema import Check, DriftReport, Verdict, report_view
 
 __all__ = [
     "MAX_DOTS",
@@ -71,6 +81,7 @@ __all__ = [
 ]
 
 OverlaySource = Callable[[int, str], "bytes | None"]
+Report = DriftReport | Mapping[str, Any]
 
 SECTIONS = (
     ("verdict", "Verdict"),
@@ -93,121 +104,194 @@ VERDICT_TEXT = {
 OP_SYMBOLS = {">=": "≥", "<=": "≤", "!=": "≠", "==": "="}
 ROLE_COLOURS = {"baseline": "#8c959f", "candidate": "#0969da"}
 RANKINGS = (("iou_top20", False), ("displacement", True), ("iou_t50", False), ("pearson", False))
-FLOORS = (("noise_floor", "perturbed baseline"), ("replica_floor", "baseline replica (other seed)"))
+# the metric the headline quotes when there is no verdict: the first of these the job measured
+PREFERRED = ("iou_top20", "displacement", "pearson", "iou_t50", "spearman")
+HEADLINE_CHECKS = 3  # failing checks named in the headline; the rest are counted
+FLOOR_TAIL = 0.05  # the share of samples beyond a floor's 95% tail when drift is only noise
 
 
 # --------------------------------------------------------------------------- verdict
 
 
-def _verdict(report: dict[str, Any]) -> dict[str, Any]:
-    verdict = as_dict(report.get("verdict"))
-    state = str(verdict.get("verdict") or "").lower()
-    if state not in VERDICT_TEXT:
+def _state(report: DriftReport) -> str | None:
+    """The verdict's state (``pass``, ``fail``, ``inconclusive``), None without one."""
+    verdict = report.verdict
+    state = str(verdict.verdict).lower() if verdict is not None and verdict.verdict else None
+    return state if state in VERDICT_TEXT else None
+
+
+def _verdict(report: DriftReport) -> dict[str, Any]:
+    state = _state(report)
+    verdict = report.verdict
+    if state is None or verdict is None:
         return {"state": None}
     badge, sentence = VERDICT_TEXT[state]
-    rules = [as_dict(r) for r in as_list(verdict.get("rules"))]
-    reasons = [verdict.get(k) for k in ("reason", "message", "summary")]
-    reasons += as_list(verdict.get("reasons"))
-    reasons = [str(r) for r in reasons if isinstance(r, str) and r]
-    if reasons:
-        lines = [r[:1].upper() + r[1:] for r in reasons]
+    rules = verdict.rules
+    if verdict.reason:
+        lines = [verdict.reason[:1].upper() + verdict.reason[1:]]
     elif rules:
-        passed = sum(1 for r in rules if r.get("passed") is True)
+        passed = sum(1 for r in rules if r.passed is True)
         lines = [f"{passed} of {len(rules)} checks passed."]
     else:
         lines = []
     extra = []
-    if verdict.get("n_included") is not None:
-        extra.append(f"{verdict['n_included']} samples included")
-    if verdict.get("min_samples") is not None:
-        extra.append(f"min_samples {verdict['min_samples']}")
-    policy = verdict.get("policy")
-    policy_text = json.dumps(policy, indent=2, sort_keys=True) if isinstance(policy, dict) else None
+    if verdict.n_included is not None:
+        extra.append(f"{verdict.n_included} samples included")
+    if verdict.min_samples is not None:
+        extra.append(f"min_samples {verdict.min_samples}")
+    policy = verdict.policy
+    policy_text = json.dumps(policy, indent=2, sort_keys=True) if policy is not None else None
     return {
         "state": state,
         "badge": badge,
         "sentence": sentence,
         "lines": lines,
         "extra": extra,
-        "rules": [_rule(r) for r in rules],
+        "rules": [_rule(r) for r in verdict.ordered()],  # failed, not evaluable, passed
         "policy": policy_text,
     }
 
 
-def _rule(rule: dict[str, Any]) -> dict[str, Any]:
-    metric, stat = str(rule.get("metric") or "?"), str(rule.get("stat") or "mean")
-    parts = [method_label(str(rule.get("method") or "*")), metric_info(metric).label, stat]
-    klass = rule.get("class")
-    if klass not in (None, "", "overall"):
-        parts.append(f"class {klass}")
-    name = rule.get("name")
+def check_title(check: Check) -> str:
+    """``LayerCAM · IoU@20 · mean · class effusion``: what one check measured."""
+    metric, stat = check.metric or "?", check.stat or "mean"
+    parts = [method_label(check.method or "*"), metric_info(metric).label, stat]
+    if check.class_ not in (None, "", "overall"):
+        parts.append(f"class {check.class_}")
+    return " · ".join(parts)
+
+
+def _required(check: Check) -> str:
+    op = check.op or ""
+    return f"{OP_SYMBOLS.get(op, op)} {'–' if check.value is None else fmt(check.value)}"
+
+
+def _rule(check: Check) -> dict[str, Any]:
+    metric, stat = check.metric or "?", check.stat or "mean"
+    name = check.name
     auto = isinstance(name, str) and all(t in name for t in (metric, stat))
-    value, observed = rule.get("value"), rule.get("observed")
-    op = str(rule.get("op") or "")
+    op = check.op or ""
     return {
-        "title": " · ".join(parts),
+        "title": check_title(check),
         "name": name if name and not auto else None,
-        "observed": fmt(observed) if num(observed) is not None or observed is None else observed,
-        "n": rule.get("n"),
+        "observed": fmt(check.observed),
+        "n": check.n,
         "op": OP_SYMBOLS.get(op, op),
-        "required": fmt(value) if num(value) is not None else ("–" if value is None else value),
-        "passed": rule.get("passed"),
-        "reason": rule.get("reason"),
+        "required": "–" if check.value is None else fmt(check.value),
+        "passed": check.passed,
+        "reason": check.reason,
     }
+
+
+# --------------------------------------------------------------------------- headline
+
+
+def headline(report: Report) -> str:
+    """The page's one story, in plain text. With a verdict it IS the verdict: its state, its
+    reason and the checks that decided it (the failing ones; for an inconclusive verdict the
+    ones that could not be evaluated), then what happened to accuracy. Without one: accuracy,
+    and the drift read against the noise floor when the audit measured one (else the mean with
+    its CI and the value that means "unchanged") -- never a judgement by fixed cut-offs."""
+    view = report_view(report)
+    accuracy = _accuracy(view)
+    state = _state(view)
+    if state is not None and view.verdict is not None:
+        return f"{_verdict_story(state, view.verdict)} {accuracy}."
+    return f"No policy was applied (no pass / fail). {accuracy}; {_evidence(view)}."
+
+
+def _verdict_story(state: str, verdict: Verdict) -> str:
+    badge = VERDICT_TEXT[state][0]
+    reason = verdict.reason or {"pass": "every check passed"}.get(state, "")
+    deciding: list[Check] = []
+    if state == "fail":
+        deciding = verdict.failed()
+    elif state == "inconclusive" and not _too_few(verdict):
+        deciding = verdict.unknown()
+    story = f"{badge}: {reason}" if reason else badge
+    if deciding:
+        named = [_check_story(c) for c in deciding[:HEADLINE_CHECKS]]
+        more = len(deciding) - len(named)
+        story += " — " + "; ".join(named) + (f"; and {more} more" if more > 0 else "")
+    return story + "."
+
+
+def _too_few(verdict: Verdict) -> bool:
+    """Inconclusive for the sample count itself (``min_samples``), not for a check."""
+    n, needed = verdict.n_included, verdict.min_samples
+    return n is not None and needed is not None and n < needed
+
+
+def _check_story(check: Check) -> str:
+    if check.passed is None:
+        return f"{check_title(check)}: {check.reason or 'not evaluated'}"
+    return f"{check_title(check)}: observed {fmt(check.observed)}, required {_required(check)}"
+
+
+def _accuracy(report: DriftReport) -> str:
+    baseline, candidate = (report.performance.get(role) for role in ROLES)
+    before = num(baseline.accuracy) if baseline is not None else None
+    after = num(candidate.accuracy) if candidate is not None else None
+    if before is None or after is None:
+        return "Accuracy not available"
+    delta = after - before
+    word = "held" if abs(delta) <= 0.02 else "improved" if delta > 0 else "dropped"
+    return f"Accuracy {word} ({before:.3f} → {after:.3f})"
+
+
+def _evidence(report: DriftReport) -> str:
+    """What was measured of the drift, relative to the noise floor when there is one."""
+    names, measured = methods(report), metrics(report)
+    ordered = [m for m in PREFERRED if m in measured] + [m for m in measured if m not in PREFERRED]
+    for metric in ordered:
+        for method in names:
+            entry = floor_entry(report.noise_floor, method, metric)
+            share = num(entry.beyond_floor) if entry is not None else None
+            if share is not None:
+                return (
+                    f"{share:.0%} of the included samples drift beyond the noise floor under "
+                    f"{method_label(method)} {metric_info(metric).label} (noise alone puts "
+                    f"about {FLOOR_TAIL:.0%} there)"
+                )
+    metric = ordered[0] if ordered else None
+    summary = stats(report, names[0], metric) if names and metric else None
+    mean = num(summary.mean) if summary is not None else None
+    if metric is None or mean is None:
+        return "no drift measured (no included samples)"
+    info = metric_info(metric)
+    low, high = num(summary.ci95_low), num(summary.ci95_high)
+    ci = f", 95% CI {low:.2f}–{high:.2f}" if low is not None and high is not None else ""
+    return (
+        f"{method_label(names[0])} {info.label} mean {mean:.2f}{ci} ({info.same:g} = unchanged); "
+        "no noise floor was measured to read it against"
+    )
 
 
 # --------------------------------------------------------------------------- performance
 
 
-def headline(report: dict[str, Any]) -> str:
-    """One plain-text sentence: what happened to accuracy and to the evidence."""
-    perf = as_dict(report.get("performance"))
-    before = num(as_dict(perf.get("baseline")).get("accuracy"))
-    after = num(as_dict(perf.get("candidate")).get("accuracy"))
-    if before is None or after is None:
-        first = "Accuracy not available"
-    else:
-        delta = after - before
-        word = "held" if abs(delta) <= 0.02 else "improved" if delta > 0 else "dropped"
-        first = f"Accuracy {word} ({before:.3f} → {after:.3f})"
-    names, measured = methods(report), metrics(report)
-    preferred = ["iou_top20", "displacement", "pearson", "iou_t50", "spearman"]
-    metric = next((m for m in preferred if m in measured), measured[0] if measured else None)
-    summary = stats(report, names[0], metric) if names and metric else {}
-    mean = num(summary.get("mean"))
-    if mean is None:
-        return f"{first}; no drift measured (no included samples)."
-    info = metric_info(metric)
-    ci = ""
-    low, high = num(summary.get("ci95_low")), num(summary.get("ci95_high"))
-    if low is not None and high is not None:
-        ci = f", 95% CI {low:.2f}–{high:.2f}"
-    evidence = f"evidence {info.judge(mean)}"
-    return f"{first}, {evidence} ({method_label(names[0])} {info.label} mean {mean:.2f}{ci})."
-
-
-def _performance(report: dict[str, Any]) -> dict[str, Any]:
-    perf = as_dict(report.get("performance"))
-    models = as_dict(report.get("models"))
-    baseline = as_dict(perf.get("baseline"))
+def _performance(report: DriftReport) -> dict[str, Any]:
+    perf, models = report.performance, report.models
+    baseline = perf.get("baseline")
     cards = []
     for role in ROLES:
-        p, m = as_dict(perf.get(role)), as_dict(models.get(role))
+        p, m = perf.get(role), models.get(role)
         kpis = []
         for key, label in (("accuracy", "accuracy"), ("macro_auc", "macro AUC")):
-            delta = fmt_delta(baseline.get(key), p.get(key)) if role == "candidate" else None
-            sign = ""
-            if delta is not None:
+            value = getattr(p, key) if p is not None else None
+            delta = sign = None
+            if role == "candidate":
+                delta = fmt_delta(getattr(baseline, key) if baseline is not None else None, value)
                 sign = "up" if delta.startswith("+") else "down" if delta.startswith("-") else ""
-            kpis.append({"label": label, "value": p.get(key), "delta": delta, "sign": sign})
+            kpis.append({"label": label, "value": value, "delta": delta, "sign": sign or ""})
         cards.append(
             {
                 "role": role,
                 "title": role_title(report, role),
-                "arch": m.get("arch", "?"),
-                "sha": m.get("sha256"),
+                "arch": (m.arch if m is not None else None) or "?",
+                "sha": m.sha256 if m is not None else None,
                 "kpis": kpis,
-                "n": p.get("n", "–"),
+                "n": "–" if p is None or p.n is None else p.n,
             }
         )
     names = class_names(report)
@@ -215,7 +299,7 @@ def _performance(report: dict[str, Any]) -> dict[str, Any]:
         {
             "name": name,
             "pairs": [
-                [as_dict(as_dict(perf.get(role)).get(key)).get(name) for role in ROLES]
+                [_per_class_score(report, role, key, name) for role in ROLES]
                 for key in ("recall_per_class", "auc_per_class")
             ],
         }
@@ -224,7 +308,7 @@ def _performance(report: dict[str, Any]) -> dict[str, Any]:
     titles = [role_title(report, role) for role in ROLES]
     head = ["class", *(f"recall · {t}" for t in titles), "Δ", *(f"AUC · {t}" for t in titles), "Δ"]
     return {
-        "headline": headline(report),
+        "accuracy": _accuracy(report) + ".",
         "cards": cards,
         "classes": classes,
         "head": head,
@@ -233,11 +317,16 @@ def _performance(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _confusion(report: dict[str, Any], names: list[str]) -> list[dict[str, Any]]:
-    perf = as_dict(report.get("performance"))
+def _per_class_score(report: DriftReport, role: str, key: str, name: str) -> float | None:
+    p = report.performance.get(role)
+    return getattr(p, key).get(name) if p is not None else None
+
+
+def _confusion(report: DriftReport, names: list[str]) -> list[dict[str, Any]]:
     blocks = []
     for role in ROLES:
-        matrix = as_list(as_dict(perf.get(role)).get("confusion_matrix"))
+        p = report.performance.get(role)
+        matrix = p.confusion_matrix if p is not None else []
         if not matrix or not names:
             continue
         peak = max((max((int(c) for c in row), default=0) for row in matrix), default=0) or 1
@@ -256,19 +345,17 @@ def _confusion(report: dict[str, Any], names: list[str]) -> list[dict[str, Any]]
 # --------------------------------------------------------------------------- subsets
 
 
-def _subsets(report: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    subsets = as_dict(report.get("subsets"))
-    config = as_dict(report.get("config"))
-    kept = f"kept by filter “{config.get('sample_filter', '?')}”"
+def _subsets(report: DriftReport, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    subsets = report.subsets
+    kept = f"kept by filter “{report.config.sample_filter or '?'}”"
     tiles = [
-        ("evaluated", subsets.get("evaluated"), "samples both models saw"),
-        ("included", subsets.get("included"), kept),
-        ("true positive", subsets.get("true_positive"), "label = both predictions"),
-        ("disagreement", subsets.get("disagreement"), "the models' predictions differ"),
-        ("baseline correct", subsets.get("baseline_correct"), ""),
-        ("candidate correct", subsets.get("candidate_correct"), ""),
+        ("evaluated", subsets.evaluated, "samples both models saw"),
+        ("included", subsets.included, kept),
+        ("true positive", subsets.true_positive, "label = both predictions"),
+        ("disagreement", subsets.disagreement, "the models' predictions differ"),
+        ("baseline correct", subsets.baseline_correct, ""),
+        ("candidate correct", subsets.candidate_correct, ""),
     ]
-    per_class = as_dict(subsets.get("per_class"))
     counted: dict[int, list[int]] = {}
     for row in rows:
         label, pa, pb = row.get("label"), row.get("pred_baseline"), row.get("pred_candidate")
@@ -277,13 +364,13 @@ def _subsets(report: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, An
         tp_dis[1] += int(pa != pb)
     classes = []
     for k, name in enumerate(class_names(report)):
-        pc = as_dict(per_class.get(name))
+        count = subsets.per_class.get(name)
         tp, dis = counted.get(k, [None, None]) if rows else (None, None)
-        classes.append({"name": name, "counts": [pc.get("evaluated"), pc.get("included"), tp, dis]})
+        evaluated, included = (count.evaluated, count.included) if count else (None, None)
+        classes.append({"name": name, "counts": [evaluated, included, tp, dis]})
     degenerate = [
-        f"{method_label(m)}: {as_dict(c).get('baseline', 0)} baseline, "
-        f"{as_dict(c).get('candidate', 0)} candidate"
-        for m, c in as_dict(report.get("degenerate")).items()
+        f"{method_label(m)}: {c.get('baseline', 0)} baseline, {c.get('candidate', 0)} candidate"
+        for m, c in report.degenerate.items()
     ]
     return {
         "tiles": [{"key": k, "value": v, "note": note} for k, v, note in tiles],
@@ -295,7 +382,7 @@ def _subsets(report: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, An
 # --------------------------------------------------------------------------- distributions
 
 
-def _distributions(report: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+def _distributions(report: DriftReport, rows: list[dict[str, Any]]) -> dict[str, Any]:
     names = methods(report)
     colours = method_colours(names)
     included = [r for r in rows if r.get("included")]
@@ -314,14 +401,14 @@ def _distributions(report: dict[str, Any], rows: list[dict[str, Any]]) -> dict[s
         )
     comparisons = [
         {
-            "metric": str(c.get("metric")),
-            "method_a": str(c.get("method_a")),
-            "method_b": str(c.get("method_b")),
-            "n": c.get("n", "–"),
-            "p_value": c.get("p_value"),
-            "effect_size": c.get("effect_size"),
+            "metric": str(c.metric),
+            "method_a": str(c.method_a),
+            "method_b": str(c.method_b),
+            "n": "–" if c.n is None else c.n,
+            "p_value": c.p_value,
+            "effect_size": c.effect_size,
         }
-        for c in map(as_dict, as_list(report.get("method_comparisons")))
+        for c in report.method_comparisons
     ]
     return {"legend": list(colours.items()), "charts": charts, "comparisons": comparisons}
 
@@ -336,19 +423,19 @@ def _tint(info: MetricInfo, value: float | None) -> str:
     return f"background:hsl({hue:.0f},62%,90%)"
 
 
-def _per_class(report: dict[str, Any]) -> dict[str, Any]:
+def _per_class(report: DriftReport) -> dict[str, Any]:
     measured = metrics(report)
     groups = ["overall", *class_names(report)]
     blocks = []
     for method in methods(report):
         table = []
         for group in groups:
-            first = stats(report, method, measured[0], group) if measured else {}
+            first = stats(report, method, measured[0], group) if measured else None
             cells = []
             for metric in measured:
                 summary = stats(report, method, metric, group)
-                mean = num(summary.get("mean"))
-                low, high = fmt(summary.get("ci95_low")), fmt(summary.get("ci95_high"))
+                mean = num(summary.mean)
+                low, high = fmt(summary.ci95_low), fmt(summary.ci95_high)
                 cells.append(
                     {
                         "mean": mean,
@@ -356,34 +443,38 @@ def _per_class(report: dict[str, Any]) -> dict[str, Any]:
                         "tip": f"95% CI [{low}, {high}]",
                     }
                 )
-            table.append({"group": group, "n": first.get("n", "–"), "cells": cells})
+            n = first.n if first is not None else None
+            table.append({"group": group, "n": "–" if n is None else n, "cells": cells})
         blocks.append({"method": method, "rows": table})
     return {"metrics": measured, "blocks": blocks}
 
 
-def _floor(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """Drift next to its floor(s): the share of samples beyond the floor's 95% tail."""
-    blocks = []
-    for key, label in FLOORS:
-        floor = report.get(key)
-        if not isinstance(floor, dict) or not floor:
-            continue
-        table = []
-        for method in methods(report):
-            for metric in metrics(report):
-                entry = as_dict(as_dict(floor.get(method)).get(metric))
-                if entry:
-                    table.append(
-                        {
-                            "method": method,
-                            "metric": metric,
-                            "median": as_dict(entry.get("floor")).get("median"),
-                            "threshold": entry.get("threshold"),
-                            "beyond": entry.get("beyond_floor"),
-                        }
-                    )
-        blocks.append({"label": label, "rows": table})
-    return blocks
+def _floor(report: DriftReport) -> dict[str, Any] | None:
+    """Drift next to its floor(s): the share of samples beyond the floor's 95% tail, and the
+    policy's ``beyond_floor`` checks of each row (the gate reads the noise floor only)."""
+    blocks = floor_tables(report)
+    if not blocks:
+        return None
+    verdict = report.verdict if _state(report) is not None else None
+    gated: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for check in verdict.ordered() if verdict is not None else []:
+        if check.stat == "beyond_floor":
+            gated.setdefault((str(check.method), str(check.metric)), []).append(
+                {
+                    "klass": check.class_ or "overall",
+                    "required": _required(check),
+                    "passed": check.passed,
+                }
+            )
+    for block in blocks:
+        block["gated"] = verdict is not None and block["key"] == "noise_floor"
+        for row in block["rows"]:
+            row["checks"] = gated.get((row["method"], row["metric"]), [])
+    return {
+        "blocks": blocks,
+        "tail": FLOOR_TAIL,
+        "policy": None if verdict is None else ("gated" if gated else "ungated"),
+    }
 
 
 # --------------------------------------------------------------------------- samples
@@ -408,7 +499,7 @@ def _data_uri(png: bytes) -> str:
 
 
 def _samples(
-    report: dict[str, Any], rows: list[dict[str, Any]], overlay_png: OverlaySource, top_k: int
+    report: DriftReport, rows: list[dict[str, Any]], overlay_png: OverlaySource, top_k: int
 ) -> dict[str, Any]:
     measured = metrics(report)
     blocks = []
@@ -468,24 +559,23 @@ def _kv(pairs: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
 MODEL_KEYS = ("arch", "phase", "sha256", "parent_sha256", "source", "input_size", "class_names")
 
 
-def _settings(report: dict[str, Any]) -> dict[str, Any]:
-    models = as_dict(report.get("models"))
+def _settings(report: DriftReport) -> dict[str, Any]:
     blocks = []
     for role in ROLES:
-        m = as_dict(models.get(role))
-        pairs = [(k, m.get(k)) for k in MODEL_KEYS]
-        pairs += [(k, v) for k, v in m.items() if k not in MODEL_KEYS]
+        held = present(report.models.get(role))
+        pairs = [(k, held.get(k)) for k in MODEL_KEYS]
+        pairs += [(k, v) for k, v in held.items() if k not in MODEL_KEYS]
         blocks.append({"title": role_title(report, role), "pairs": _kv(pairs)})
     about = [
-        ("camdrift version", report.get("camdrift_version")),
-        ("created at", report.get("created_at")),
-        ("schema version", report.get("schema_version")),
-        ("samples", as_dict(report.get("samples")).get("location")),
+        ("camdrift version", report.camdrift_version),
+        ("created at", report.created_at),
+        ("schema version", report.schema_version),
+        ("samples", report.samples.location),
     ]
     return {
         "models": blocks,
-        "dataset": _kv(as_dict(report.get("dataset")).items()),
-        "config": _kv(as_dict(report.get("config")).items()),
+        "dataset": _kv(present(report.dataset).items()),
+        "config": _kv(present(report.config).items()),
         "report": _kv(about),
     }
 
@@ -493,34 +583,38 @@ def _settings(report: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- page
 
 
-def _page(report: dict[str, Any], shown: set[str]) -> dict[str, Any]:
+def _page(report: DriftReport, shown: set[str]) -> dict[str, Any]:
     """The header, navigation and footer."""
-    models = as_dict(report.get("models"))
-    dataset = as_dict(report.get("dataset"))
-    config = as_dict(report.get("config"))
-    verdict = str(as_dict(report.get("verdict")).get("verdict") or "no policy").lower()
+    state = _state(report)
+    verdict = state or "no policy"
+    candidate = report.models.get("candidate")
 
     def who(role: str) -> dict[str, Any]:
-        arch = as_dict(models.get(role)).get("arch", "?")
-        return {"arch": arch, "title": role_title(report, role)}
+        model = report.models.get(role)
+        return {"arch": (model.arch if model else None) or "?", "title": role_title(report, role)}
 
     return {
-        "title": f"camdrift · {verdict} · {as_dict(models.get('candidate')).get('arch', '')}",
+        "title": f"camdrift · {verdict} · {(candidate.arch if candidate else None) or ''}",
         "verdict": verdict,
-        "state": verdict if verdict in VERDICT_TEXT else "none",
+        "state": state or "none",
+        "headline": headline(report),
         "baseline": who("baseline"),
         "candidate": who("candidate"),
-        "evaluated": dataset.get("num_evaluated", "?"),
-        "sample_filter": config.get("sample_filter", "?"),
-        "created_at": report.get("created_at"),
+        "evaluated": _or(report.dataset.num_evaluated, "?"),
+        "sample_filter": report.config.sample_filter or "?",
+        "created_at": report.created_at,
         "nav": [(sid, title) for sid, title in SECTIONS if sid not in OPTIONAL or sid in shown],
-        "version": report.get("camdrift_version", ""),
-        "schema": report.get("schema_version", ""),
+        "version": report.camdrift_version or "",
+        "schema": report.schema_version or "",
     }
 
 
+def _or(value: Any, missing: Any) -> Any:
+    return missing if value is None else value
+
+
 def render_html(
-    report: dict[str, Any],
+    report: Report,
     rows: list[dict[str, Any]],
     overlay_png: OverlaySource,
     *,
@@ -528,23 +622,25 @@ def render_html(
 ) -> str:
     """The whole report page. ``overlay_png(index, method)`` gives the PNG of one sample's
     overlay or None (or raises :class:`OverlayUnavailable`); it is called for the
-    ``top_k`` most drifted samples of each method only."""
-    floor = _floor(report)
-    trajectory = html_trajectory.trajectory_context(report)
-    shown = {sid for sid, present in (("floor", floor), ("trajectory", trajectory)) if present}
+    ``top_k`` most drifted samples of each method only. ``report``: the JSON document or
+    its :class:`DriftReport`, read once (:func:`report_view`)."""
+    view = report_view(report)
+    floor = _floor(view)
+    trajectory = html_trajectory.trajectory_context(view)
+    shown = {sid for sid, held in (("floor", floor), ("trajectory", trajectory)) if held}
     template = html_environment().get_template("report.html.j2")
     return template.render(
         css=stylesheet(),
-        page=_page(report, shown),
-        verdict=_verdict(report),
-        performance=_performance(report),
-        subsets=_subsets(report, rows),
-        distributions=_distributions(report, rows),
-        per_class=_per_class(report),
+        page=_page(view, shown),
+        verdict=_verdict(view),
+        performance=_performance(view),
+        subsets=_subsets(view, rows),
+        distributions=_distributions(view, rows),
+        per_class=_per_class(view),
         floor=floor,
         trajectory=trajectory,
-        samples=_samples(report, rows, overlay_png, top_k),
-        settings=_settings(report),
+        samples=_samples(view, rows, overlay_png, top_k),
+        settings=_settings(view),
     )
 
 
@@ -558,8 +654,8 @@ def _load_rows(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _dataset_root(report: dict[str, Any], report_path: Path) -> Path | None:
-    source = as_dict(report.get("dataset")).get("source")
+def _dataset_root(report: DriftReport, report_path: Path) -> Path | None:
+    source = report.dataset.source
     if not source:
         return None
     root = Path(str(source))
@@ -574,16 +670,16 @@ def write_local_html(report_path: Path, out: Path, *, top_k: int = 6) -> None:
     from worker.runtime.local_run import artifact_paths  # the audit's module imports torch: lazily
 
     report_path = Path(report_path)
-    report = json.loads(report_path.read_text())
+    report = report_view(json.loads(report_path.read_text()))
     rows_path, maps_dir = artifact_paths(report_path)
-    location = as_dict(report.get("samples")).get("location")
+    location = report.samples.location
     if not rows_path.is_file() and location:
         rows_path = report_path.parent / str(location)
     rows = _load_rows(rows_path)
     by_index = {r.get("index"): r for r in rows}
     root = _dataset_root(report, report_path)
     names = class_names(report)
-    phases = tuple(as_dict(as_dict(report.get("models")).get(r)).get("phase") for r in ROLES)
+    phases = tuple(m.phase if (m := report.models.get(r)) else None for r in ROLES)
 
     def overlay(index: int, method: str) -> bytes | None:
         row = by_index.get(index)

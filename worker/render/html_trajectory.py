@@ -5,27 +5,29 @@ previous checkpoint (dashed), each on its 95% bootstrap CI band, with the sharpe
 under the charts, each checkpoint's accuracy and macro AUC — flat AUC next to moving evidence
 is the finding this section exists to show. Self-contained: no script, no external files.
 
-This module reads the report's ``trajectory`` into plain values for
+This module reads the report's ``trajectory`` (:class:`TrajectorySection`) into plain values for
 ``templates/_trajectory.html.j2``; the page (:mod:`.html_report`) includes that partial, and
 :func:`trajectory_section` renders it alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from markupsafe import Markup
 
 from worker.render.charts import trajectory_svg
-from worker.render.formatting import (
-    as_dict,
-    as_list,
-    fmt,
-    method_colours,
-    method_label,
-    metric_info,
-)
+from worker.render.formatting import fmt, method_colours, method_label, metric_info
 from worker.render.templating import html_environment
+from worker.results.report_schema import (
+    CheckpointScore,
+    DriftReport,
+    TrajectorySection,
+    TrajectorySeries,
+    read_model,
+    report_view,
+)
 
 __all__ = [
     "HEADLINE",
@@ -36,29 +38,31 @@ __all__ = [
 ]
 
 HEADLINE = ("iou_top20", "pearson", "displacement")  # the gate's metrics, when the job has them
+Series = dict[str, dict[str, TrajectorySeries]]
+NO_SCORE = read_model(CheckpointScore, {})
 
 
-def headline_metrics(series: dict[str, Any]) -> list[str]:
+def headline_metrics(series: Series) -> list[str]:
     measured = list(next(iter(series.values()), {}))
     return [m for m in HEADLINE if m in measured] or measured[:3]
 
 
-def trajectory_context(report: dict[str, Any]) -> dict[str, Any] | None:
+def trajectory_context(report: DriftReport | Mapping[str, Any]) -> dict[str, Any] | None:
     """The section's values, or None when the job audited two checkpoints only."""
-    section = as_dict(report.get("trajectory"))
-    series = as_dict(section.get("series"))
-    if not series:
+    section = report_view(report).trajectory
+    if section is None or not section.series:
         return None
-    checkpoints = [as_dict(c) for c in as_list(section.get("checkpoints"))]
-    labels = [str(c.get("label", i)) for i, c in enumerate(checkpoints)]
+    series = section.series
+    labels = [str(i if c.label is None else c.label) for i, c in enumerate(section.checkpoints)]
     colours = method_colours(list(series))
     metrics = headline_metrics(series)
+    empty = read_model(TrajectorySeries, {})
     charts = []
     for method in series:
         for metric in metrics:
-            entry = as_dict(as_dict(series[method]).get(metric))
+            entry = series[method].get(metric) or empty
             title = f"{method_label(method)} · {metric_info(metric).label}"
-            sharpest = entry.get("sharpest_step")
+            sharpest = entry.sharpest_step
             where = None
             if isinstance(sharpest, int) and 0 < sharpest < len(labels):
                 where = (labels[sharpest - 1], labels[sharpest])
@@ -69,10 +73,10 @@ def trajectory_context(report: dict[str, Any]) -> dict[str, Any] | None:
                     "svg": trajectory_svg(metric, entry, labels, colours[method], title),
                 }
             )
-    head, rows = _performance_table(section, series, labels)
+    head, rows = _performance_table(section, labels)
     return {
         "labels": labels,
-        "samples": section.get("samples", "?"),
+        "samples": "?" if section.samples is None else section.samples,
         "charts": charts,
         "head": head,
         "rows": rows,
@@ -80,31 +84,30 @@ def trajectory_context(report: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _performance_table(
-    section: dict[str, Any], series: dict[str, Any], labels: list[str]
+    section: TrajectorySection, labels: list[str]
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Per checkpoint: accuracy, macro AUC and each method's headline drift from the baseline."""
-    scores = [as_dict(s) for s in as_list(section.get("performance"))]
+    series, scores = section.series, section.performance
     metrics = headline_metrics(series)
     head = ["checkpoint", "accuracy", "macro AUC"] + [
         f"{method_label(m)} {metric_info(k).label}" for m in series for k in metrics
     ]
     rows = []
     for i, label in enumerate(labels):
-        score = scores[i] if i < len(scores) else {}
-        values = [fmt(score.get("accuracy")), fmt(score.get("macro_auc"))]
+        score = scores[i] if i < len(scores) else NO_SCORE
+        values = [fmt(score.accuracy), fmt(score.macro_auc)]
         for method in series:
             for metric in metrics:
-                steps = as_list(as_dict(as_dict(series[method]).get(metric)).get("from_first"))
+                entry = series[method].get(metric)
+                steps = entry.from_first if entry is not None else []
                 values.append(
-                    fmt(as_dict(steps[i - 1]).get("mean"))
-                    if 0 < i <= len(steps)
-                    else fmt(metric_info(metric).same)
+                    fmt(steps[i - 1].mean) if 0 < i <= len(steps) else fmt(metric_info(metric).same)
                 )
         rows.append({"label": label, "cells": values})
     return head, rows
 
 
-def trajectory_section(report: dict[str, Any]) -> str:
+def trajectory_section(report: DriftReport | Mapping[str, Any]) -> str:
     """The whole section as HTML, or "" when the job audited two checkpoints only."""
     context = trajectory_context(report)
     if context is None:

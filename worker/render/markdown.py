@@ -1,17 +1,37 @@
-"""A short markdown summary of a drift report and its gate verdict, for a pull-request comment.
+"""Short markdown summaries, for a pull-request comment: a drift report with its gate verdict,
+and a study report.
 
-Torch-free: the API serves it (``GET /drift-jobs/{id}/report?format=md``) and ``camdrift gate``
-writes it (``--markdown``) from the same function. The text is ``templates/summary.md.j2``
-(rendered without HTML escaping); this module reads the report into its values.
+Torch-free: the API serves them (``GET /drift-jobs/{id}/report?format=md``,
+``GET /drift-studies/{id}/report?format=md``) and ``camdrift gate`` writes the first
+(``--markdown``) from the same function. The text is ``templates/summary.md.j2`` and
+``templates/study.md.j2`` (rendered without HTML escaping); this module parses the drift report
+once (:func:`worker.results.report_schema.report_view`) and reads it into their values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from worker.render.formatting import md_cell, plain_number
+from worker.render.formatting import (
+    NO_STATS,
+    floor_tables,
+    md_cell,
+    metrics,
+    plain_number,
+    stats,
+)
 from worker.render.templating import markdown_environment
 from worker.results.gate import required_text
+from worker.results.report_schema import (
+    Check,
+    DriftReport,
+    ModelInfo,
+    TrajectorySection,
+    Verdict,
+    read_model,
+    report_view,
+)
 
 SUBSET_KEYS = (
     "evaluated",
@@ -21,7 +41,9 @@ SUBSET_KEYS = (
     "candidate_correct",
     "disagreement",
 )
-CHECK_ORDER = {False: 0, None: 1, True: 2}  # failures first
+ROLES = ("baseline", "candidate")
+# a study ranking's direction (worker.results.study.stability_direction), read aloud
+STABLE = {"higher": "higher mean", "lower": "lower mean", "abs": "lower mean absolute change"}
 
 
 def _template(name: str = "summary.md.j2"):
@@ -32,121 +54,189 @@ def _lines(text: str) -> list[str]:
     return text.removesuffix("\n").split("\n")
 
 
-def _model(role: str, info: dict[str, Any]) -> dict[str, Any]:
-    sha = (info.get("sha256") or "")[:12]
+def _model(role: str, info: ModelInfo) -> dict[str, Any]:
+    sha = (info.sha256 or "")[:12]
     return {
         "role": role,
-        "arch": info.get("arch", "?"),
-        "phase": info.get("phase") or "?",
+        "arch": info.arch or "?",
+        "phase": info.phase or "?",
         "sha": sha or "no sha",
     }
 
 
 def render_markdown(
-    report: dict[str, Any], verdict: dict[str, Any] | None = None, *, job_id: str | None = None
+    report: DriftReport | Mapping[str, Any],
+    verdict: Verdict | Mapping[str, Any] | None = None,
+    *,
+    job_id: str | None = None,
 ) -> str:
-    """Models, gate verdict (status line + rule table), performance, subset counts, and each
-    method x metric mean [95% CI]. ``verdict`` defaults to the report's own."""
-    if verdict is None and isinstance(report.get("verdict"), dict):
-        verdict = report["verdict"]
-    models = report.get("models", {})
-    dataset = report.get("dataset", {})
-    config = report.get("config", {})
-    subsets = report.get("subsets", {})
-    summaries: dict[str, dict[str, Any]] = report.get("summaries", {})
-    metrics = list(config.get("metrics") or next(iter(summaries.values()), {}).keys())
+    """Models, gate verdict (status line + rule table), performance, subset counts, each
+    method x metric mean [95% CI], the noise floor(s) when measured and the trajectory.
+    ``verdict`` defaults to the report's own."""
+    view = report_view(report)
+    gate = read_model(Verdict, verdict) if verdict is not None else view.verdict
+    measured = metrics(view)
     drift = None
-    if summaries and metrics:
+    if view.summaries and measured:
         rows = []
-        for method, per_metric in summaries.items():
+        for method in view.summaries:
             cells = []
-            for metric in metrics:
-                stats = (per_metric.get(metric) or {}).get("overall") or {}
+            for metric in measured:
+                s = stats(view, method, metric)
                 cells.append(
-                    f"{plain_number(stats.get('mean'))} [{plain_number(stats.get('ci95_low'))}, "
-                    f"{plain_number(stats.get('ci95_high'))}]"
+                    f"{plain_number(s.mean)} [{plain_number(s.ci95_low)}, "
+                    f"{plain_number(s.ci95_high)}]"
                 )
             rows.append((method, cells))
-        drift = {"metrics": metrics, "rows": rows}
-    gated = isinstance(verdict, dict) and verdict.get("verdict") is not None
+        drift = {"metrics": measured, "rows": rows}
+    dataset, config = view.dataset, view.config
     return _template().render(
         job_id=job_id,
-        models=[_model(role, models[role]) for role in ("baseline", "candidate") if role in models],
+        models=[_model(role, view.models[role]) for role in ROLES if role in view.models],
         dataset={
-            "fingerprint": (dataset.get("fingerprint") or "")[:12],
-            "evaluated": dataset.get("num_evaluated", "?"),
-            "sample_filter": config.get("sample_filter", "?"),
+            "fingerprint": (dataset.fingerprint or "")[:12],
+            "evaluated": "?" if dataset.num_evaluated is None else dataset.num_evaluated,
+            "sample_filter": config.sample_filter or "?",
         },
-        gate_verdict=_gate(verdict) if gated else None,
-        performance=list(report.get("performance", {}).items()),
+        gate_verdict=_gate(gate) if gate is not None and gate.verdict is not None else None,
+        performance=[
+            (role, plain_number(p.n), plain_number(p.accuracy), plain_number(p.macro_auc))
+            for role, p in view.performance.items()
+        ],
         subset_keys=SUBSET_KEYS,
-        subset_values=[plain_number(subsets.get(k)) for k in SUBSET_KEYS],
+        subset_values=[plain_number(getattr(view.subsets, k)) for k in SUBSET_KEYS],
         drift=drift,
-        trajectory_table=_trajectory(report.get("trajectory")),
+        floors=floor_tables(view),
+        trajectory_table=_trajectory(view.trajectory),
     )
 
 
-def _trajectory(section: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not isinstance(section, dict) or not section.get("series"):
+def _trajectory(section: TrajectorySection | None) -> dict[str, Any] | None:
+    if section is None or not section.series:
         return None
-    series: dict[str, dict[str, Any]] = section["series"]
-    metric = "pearson" if "pearson" in next(iter(series.values())) else None
-    metric = metric or next(iter(next(iter(series.values()))))
+    series = section.series
+    first = next(iter(series.values()))
+    metric = "pearson" if "pearson" in first else next(iter(first), None)
+    if metric is None:
+        return None
     head = ["checkpoint", "accuracy", "macro AUC"]
     for method in series:
         head += [f"{method} {metric} from baseline", f"{method} {metric} from previous"]
-    scores = section.get("performance") or []
+    scores = section.performance
     rows = []
-    for i, checkpoint in enumerate(section.get("checkpoints") or []):
-        score = scores[i] if i < len(scores) else {}
-        cells = [md_cell(checkpoint.get("label")), plain_number(score.get("accuracy"))]
-        cells.append(plain_number(score.get("macro_auc")))
-        for entry in (per_metric[metric] for per_metric in series.values()):
+    for i, checkpoint in enumerate(section.checkpoints):
+        score = scores[i] if i < len(scores) else None
+        cells = [md_cell(checkpoint.label)]
+        cells.append(plain_number(score.accuracy if score is not None else None))
+        cells.append(plain_number(score.macro_auc if score is not None else None))
+        for entry in (per_metric.get(metric) for per_metric in series.values()):
             for kind in ("from_first", "consecutive"):
-                mean = entry[kind][i - 1].get("mean") if i else None
-                sharpest = kind == "consecutive" and entry.get("sharpest_step") == i
+                steps = getattr(entry, kind) if entry is not None else []
+                mean = (steps[i - 1] if 0 < i <= len(steps) else NO_STATS).mean
+                sharpest = kind == "consecutive" and entry is not None and entry.sharpest_step == i
                 cells.append(plain_number(mean) + (" (sharpest)" if sharpest else ""))
         rows.append(cells)
-    return {"steps": section.get("steps", "?"), "head": head, "rows": rows}
+    return {"steps": "?" if section.steps is None else section.steps, "head": head, "rows": rows}
 
 
-def trajectory_lines(section: dict[str, Any] | None) -> list[str]:
+def trajectory_lines(section: TrajectorySection | Mapping[str, Any] | None) -> list[str]:
     """Per checkpoint of a trajectory job: performance and each method's Pearson r from the
     baseline and from the previous checkpoint (the sharpest step marked)."""
-    table = _trajectory(section)
+    table = _trajectory(None if section is None else read_model(TrajectorySection, section))
     if table is None:
         return []
     return _lines(_template("_summary_parts.md.j2").module.trajectory(table))
 
 
-def _gate(verdict: dict[str, Any]) -> dict[str, Any]:
-    checks = list(verdict.get("rules") or [])
-    checks.sort(key=lambda c: CHECK_ORDER.get(c.get("passed"), 1))  # stable: policy order within
+def _required(check: Check) -> str:
+    if check.op is None or check.value is None:
+        return "–"
+    return required_text({"op": check.op, "value": check.value})
+
+
+def _gate(verdict: Verdict) -> dict[str, Any]:
     return {
-        "status": str(verdict.get("verdict", "?")).upper(),
-        "reason": verdict.get("reason") or "",
-        "has_min_samples": "min_samples" in verdict,
-        "min_samples": verdict.get("min_samples"),
-        "n_included": verdict.get("n_included", "?"),
+        "status": str(verdict.verdict or "?").upper(),
+        "reason": verdict.reason,
+        "has_min_samples": "min_samples" in verdict.model_fields_set,
+        "min_samples": verdict.min_samples,
+        "n_included": "?" if verdict.n_included is None else verdict.n_included,
         "checks": [
             {
-                "name": check.get("name"),
-                "method": check.get("method"),
-                "metric": check.get("metric"),
-                "stat": check.get("stat"),
-                "klass": check.get("class"),
-                "observed": (
-                    "–" if check.get("observed") is None else f"{float(check['observed']):.3f}"
-                ),
-                "required": required_text(check),
-                "passed": check.get("passed"),
-                "reason": check.get("reason"),
+                "name": check.name,
+                "method": check.method,
+                "metric": check.metric,
+                "stat": check.stat,
+                "klass": check.class_,
+                "observed": "–" if check.observed is None else f"{check.observed:.3f}",
+                "required": _required(check),
+                "passed": check.passed,
+                "reason": check.reason,
             }
-            for check in checks
+            for check in verdict.ordered()  # failures first, policy order within
         ],
     }
 
 
-def gate_section(verdict: dict[str, Any]) -> list[str]:
+def gate_section(verdict: Verdict | Mapping[str, Any]) -> list[str]:
     """The gate's status line and one table row per expanded check (failures first)."""
-    return _lines(_template("_summary_parts.md.j2").module.gate(_gate(verdict)))
+    return _lines(
+        _template("_summary_parts.md.j2").module.gate(_gate(read_model(Verdict, verdict)))
+    )
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def render_study_markdown(document: Mapping[str, Any]) -> str:
+    """A study report (``worker.results.study.study_report``) as markdown: the entries, per
+    metric each method's ranking (most stable first, with the means), Kendall tau between the
+    methods' rankings, and the ranking reversals with their bootstrap confidence."""
+    methods = list(document["methods"])
+    rankings = document["rankings"]
+    table = []
+    for metric in document["metrics"]:
+        cells = []
+        for method in methods:
+            ranked = rankings[method][metric]
+            order = [
+                f"{md_cell(n)} ({plain_number(ranked['means'][n])})" for n in ranked["ranking"]
+            ]
+            cells.append(" > ".join(order) or "–")
+        direction = rankings[methods[0]][metric]["direction"] if methods else None
+        table.append((metric, STABLE.get(direction, "–"), cells))
+    taus = [
+        (
+            metric,
+            " vs ".join(item["methods"]),
+            plain_number(item["tau"]),
+            plain_number(item["p_value"]),
+        )
+        for metric, items in document["kendall_tau"].items()
+        for item in items
+    ]
+    reversals = [
+        {
+            "metric": r["metric"],
+            "pair": " / ".join(md_cell(n) for n in r["pair"]),
+            "orders": "; ".join(
+                f"{m}: {md_cell(o['more_stable'])} ({plain_number(o['probability'], 2)})"
+                for m, o in r["orders"].items()
+            ),
+            "confidence": plain_number(r["confidence"], 2),
+            "confident": r["confident"],
+        }
+        for r in document["reversals"]
+    ]
+    return _template("study.md.j2").render(
+        name=document.get("name"),
+        study_id=document.get("study_id"),
+        entries=document["entries"],
+        n_common=document["n_common"],
+        fingerprint=str(document["dataset"]["fingerprint"] or "")[:12],
+        methods=methods,
+        rankings=table,
+        taus=taus,
+        reversals=reversals,
+        threshold=document["config"]["reversal_confidence"],
+    )

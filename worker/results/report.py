@@ -14,13 +14,14 @@ import numpy as np
 
 import training
 from training.evaluation import classification_metrics
-from worker.catalog import metric_info
+from worker.catalog import metric_info, pair_metrics
+from worker.results.consistency import CONSISTENCY_FT, CONSISTENCY_TL, consistency_section
+from worker.results.report_schema import REPORT_KIND
 from worker.results.rows import RowTable
 from worker.results.stats import paired_test, summarize, summarize_groups
 from worker.results.trajectory import trajectory_section
 
 SCHEMA_VERSION = "1.0"
-REPORT_KIND = "camdrift.drift-report"
 
 
 def build_report(
@@ -41,6 +42,7 @@ def build_report(
     table = RowTable.from_rows(rows)
     class_names = list(dataset["class_names"])
     methods, metrics = list(config["methods"]), list(config["metrics"])
+    paired = pair_metrics(metrics)  # what a floor or a trajectory step measures
     seed, n_boot = int(config.get("seed", 0)), int(config.get("n_boot", 2000))
     included = table.take(table.included)
     groups = included.label
@@ -68,13 +70,14 @@ def build_report(
         "method_comparisons": _comparisons(included, methods, metrics),
         "degenerate": _degenerate_counts(included, methods),
         "samples": {"location": samples_location, "count": len(table), "included": len(included)},
+        "consistency": _consistency(included, class_names, methods, metrics),
         "noise_floor": noise_floor(
-            included, methods, metrics, class_names, n_boot=n_boot, seed=seed
+            included, methods, paired, class_names, n_boot=n_boot, seed=seed
         ),
         "replica_floor": noise_floor(
             included,
             methods,
-            metrics,
+            paired,
             class_names,
             n_boot=n_boot,
             seed=seed,
@@ -83,7 +86,7 @@ def build_report(
         "trajectory": trajectory_section(
             table,
             methods,
-            metrics,
+            paired,
             class_names,
             [models.get("baseline", {}), *(trajectory or []), models.get("candidate", {})],
             n_boot=n_boot,
@@ -91,6 +94,21 @@ def build_report(
         ),
         "verdict": None,
     }
+
+
+def _consistency(
+    included: RowTable, class_names: list[str], methods: list[str], metrics: list[str]
+) -> dict[str, Any] | None:
+    """Map consistency per method (overall and per class: TL, FT, change), when the audit
+    computed both models' levels (``consistency_tl`` and ``consistency_ft`` among its metrics);
+    None otherwise, and for rows that never went through the audit's consistency step (an
+    engine's :meth:`~worker.engine.audit.Audit.compute` alone: its summaries then read n = 0).
+    From the rows alone, like every other section."""
+    if CONSISTENCY_TL not in metrics or CONSISTENCY_FT not in metrics:
+        return None
+    if len(included) and not any(name == CONSISTENCY_TL for (_, _, name, _) in included.columns):
+        return None
+    return consistency_section(included, class_names, methods)
 
 
 def noise_floor(

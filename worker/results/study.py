@@ -24,7 +24,8 @@ the evaluated sample set. For each method x metric present in every entry:
   confidence is the smaller of the two (high only when both methods' orders hold under
   resampling). ``confident`` marks reversals with confidence >= ``REVERSAL_CONFIDENCE``.
 
-Torch-free (numpy + scipy), so the API process can build it from stored rows.
+Each entry's report is read once as its model (``report_schema.report_view``). Torch-free
+(numpy + scipy), so the API process can build it from stored rows.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 from scipy import stats as sps
 
 from worker.catalog import metric_info
+from worker.results.report_schema import REPORT_KIND, DriftReport, ModelInfo, report_view
 from worker.results.rows import RowTable
 
 STUDY_SCHEMA_VERSION = "1.0"
@@ -59,25 +61,24 @@ def _float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _report_methods_metrics(report: dict[str, Any]) -> tuple[list[str], list[str]]:
-    config = report.get("config") or {}
-    summaries = report.get("summaries") or {}
-    methods = list(config.get("methods") or summaries)
-    metrics = list(config.get("metrics") or [])
+def _report_methods_metrics(report: DriftReport) -> tuple[list[str], list[str]]:
+    methods = list(report.config.methods or report.summaries)
+    metrics = list(report.config.metrics)
     if not metrics:
-        for per_metric in summaries.values():
+        for per_metric in report.summaries.values():
             metrics += [m for m in per_metric if m not in metrics]
     return methods, metrics
 
 
-def _entry_meta(entry: dict[str, Any]) -> dict[str, Any]:
-    models = entry["report"].get("models") or {}
-    roles = {
-        role: {
-            key: (models.get(role) or {}).get(key) for key in ("arch", "phase", "sha256", "name")
-        }
-        for role in ("baseline", "candidate")
-    }
+def _model_meta(model: ModelInfo | None) -> dict[str, Any]:
+    if model is None:
+        return dict.fromkeys(("arch", "phase", "sha256", "name"))
+    name = (model.model_extra or {}).get("name")  # an extra key: kept when a report has it
+    return {"arch": model.arch, "phase": model.phase, "sha256": model.sha256, "name": name}
+
+
+def _entry_meta(entry: dict[str, Any], report: DriftReport) -> dict[str, Any]:
+    roles = {role: _model_meta(report.models.get(role)) for role in ("baseline", "candidate")}
     return {
         "name": entry["name"],
         "job_id": entry.get("job_id"),
@@ -94,10 +95,10 @@ def check_entries(entries: list[dict[str, Any]]) -> None:
     if len(set(names)) != len(names):
         raise ValueError(f"entry names must be unique, got {names}")
     first = entries[0]
-    fingerprint = (first["report"].get("dataset") or {}).get("fingerprint")
+    fingerprint = report_view(first["report"]).dataset.fingerprint
     indices = sorted(int(r["index"]) for r in first["rows"])
     for entry in entries[1:]:
-        other = (entry["report"].get("dataset") or {}).get("fingerprint")
+        other = report_view(entry["report"]).dataset.fingerprint
         if other != fingerprint:
             raise ValueError(
                 f"{entry['name']!r} was evaluated on another dataset (fingerprint "
@@ -118,7 +119,8 @@ def study_report(
     if n_boot < 1:
         raise ValueError("n_boot must be at least 1")
     names = [str(e["name"]) for e in entries]
-    per_entry = [_report_methods_metrics(e["report"]) for e in entries]
+    reports = [report_view(e["report"]) for e in entries]
+    per_entry = [_report_methods_metrics(r) for r in reports]
     methods = [m for m in per_entry[0][0] if all(m in p[0] for p in per_entry)]
     metrics = [m for m in per_entry[0][1] if all(m in p[1] for p in per_entry)]
     # one row per index (the last one given, as a dict by index keeps it), sorted by index:
@@ -208,15 +210,14 @@ def study_report(
                 )
     reversals.sort(key=lambda r: -(r["confidence"] or 0.0))
 
-    dataset = entries[0]["report"].get("dataset") or {}
     return {
         "schema_version": STUDY_SCHEMA_VERSION,
         "kind": STUDY_KIND,
         "dataset": {
-            "fingerprint": dataset.get("fingerprint"),
+            "fingerprint": reports[0].dataset.fingerprint,
             "num_evaluated": len(tables[0]),
         },
-        "entries": [_entry_meta(e) for e in entries],
+        "entries": [_entry_meta(e, r) for e, r in zip(entries, reports, strict=True)],
         "methods": methods,
         "metrics": metrics,
         "n_common": n,
@@ -283,11 +284,11 @@ def load_local_entry(report_path: Path, name: str | None = None) -> dict[str, An
         report = json.loads(report_path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{report_path} is not a JSON report: {exc}") from None
-    if not isinstance(report, dict) or report.get("kind") not in (None, "camdrift.drift-report"):
+    if not isinstance(report, dict) or report.get("kind") not in (None, REPORT_KIND):
         raise ValueError(f"{report_path} is not a camdrift drift report")
     stem = report_path.with_suffix("")
     rows_path = stem.with_name(stem.name + ".samples.jsonl")
-    location = (report.get("samples") or {}).get("location")
+    location = report_view(report).samples.location
     if not rows_path.is_file() and location:
         rows_path = report_path.parent / str(location)
     if not rows_path.is_file():

@@ -9,23 +9,25 @@ stay flat while the evidence moves, so the two belong on one axis. Torch-free, b
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
 from training.evaluation import classification_metrics
 from worker.catalog import Direction, metric_info
+from worker.results.report_schema import ModelInfo, Stats, read_model
 from worker.results.rows import RowTable
 from worker.results.stats import summarize
 
 KINDS = ("from_first", "consecutive")
 
 
-def checkpoint_label(model: dict[str, Any], position: int) -> str:
+def checkpoint_label(model: Mapping[str, Any] | ModelInfo, position: int) -> str:
     """A short x-axis label: the checkpoint's phase (``tl``, ``ft-epoch3``) or file stem."""
-    phase = model.get("phase")
-    if phase:
-        return str(phase)
-    source = str(model.get("source") or "")
+    info = read_model(ModelInfo, model)
+    if info.phase:
+        return str(info.phase)
+    source = str(info.source or "")
     return PurePath(source).stem if source and ":" not in source else f"#{position}"
 
 
@@ -80,10 +82,10 @@ def trajectory_section(
     }
 
 
-def sharpest_step(metric: str, consecutive: list[dict[str, Any]]) -> int | None:
+def sharpest_step(metric: str, consecutive: Sequence[Mapping[str, Any] | Stats]) -> int | None:
     """The 1-based step whose consecutive drift is largest (lowest similarity, highest
     distance, largest absolute change): where along the sequence the evidence moved most."""
-    means = [s.get("mean") for s in consecutive]
+    means = [read_model(Stats, s).mean for s in consecutive]
     scored = [(k, m) for k, m in enumerate(means, start=1) if m is not None]
     if not scored:
         return None

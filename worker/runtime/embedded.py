@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from worker.runtime import jobs
+from worker.runtime import jobs, logcontext
 from worker.runtime import metrics as worker_metrics
 from worker.runtime.sweeper import SweepPolicy, safe_sweep
 from worker.store import Settings, session_scope, state
@@ -90,6 +90,12 @@ class EmbeddedRunner:
 
     def _run(self, name: str, body, args: list[Any]) -> None:
         """One task; whatever happens, the runner thread lives on for the next job."""
+        shard = args[1] if name == jobs.SHARD else None
+        with logcontext.bound(job=args[0], shard=shard):
+            outcome = self._run_bound(body, args)
+        worker_metrics.TASKS.labels(name, outcome).inc()
+
+    def _run_bound(self, body, args: list[Any]) -> str:
         outcome = "ok"
         try:
             try:
@@ -99,9 +105,8 @@ class EmbeddedRunner:
                 jobs.fail_job(self.ctx, args[0], str(exc))
             except Exception as exc:
                 outcome = "crashed"
-                log.exception("task crashed task=%s args=%s", body.__name__, args)
+                log.exception("task crashed task=%s", body.__name__)
                 jobs.fail_job(self.ctx, args[0], f"{type(exc).__name__}: {exc}")
         except Exception:  # e.g. the database itself is gone: log, keep the thread
-            log.exception("could not record the task's failure args=%s", args)
-        finally:
-            worker_metrics.TASKS.labels(name, outcome).inc()
+            log.exception("could not record the task's failure")
+        return outcome

@@ -3,7 +3,12 @@
 Celery tasks (``worker.runtime.tasks``) and the embedded runner (``worker.runtime.embedded``)
 call exactly these. The SQL row is the source of truth: every state change is a conditional
 UPDATE, shard rows are replaced idempotently, and the shard that completes the set (an atomic
-counter in SQL, not a chord) enqueues finalisation. A redelivered message therefore does no harm.
+counter in SQL, not a chord) enqueues finalisation. A redelivered message therefore does no harm,
+even when two copies of one shard run at once: both compute, the one that claims the shard in the
+transaction that writes its rows stores them, the other finds it stored. A running shard beats
+(``worker.runtime.heartbeat``) so the sweeper re-sends a lost one within seconds. Every log line of
+a task carries its job, shard and attempt (``worker.runtime.logcontext``); a stored error names
+checkpoints and datasets by id, never by a server path (``worker.runtime.redact``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,10 +26,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.catalog import ACTIVE_STATUSES, JobStatus, ShardStatus
+from worker.runtime import logcontext, redact
 from worker.runtime import metrics as worker_metrics
+from worker.runtime.heartbeat import Heartbeat
 from worker.store import ArtifactStore, Settings, make_engine, session_factory, session_scope, state
 from worker.store import rows as stored_rows
-from worker.store.models import Checkpoint, Dataset, Job, JobShard, Report
+from worker.store.models import Checkpoint, Dataset, Job, JobShard, Report, utcnow
 
 log = logging.getLogger("camdrift.jobs")
 ACTIVE = ACTIVE_STATUSES
@@ -51,6 +59,7 @@ class WorkerContext:
     @classmethod
     def create(cls, settings: Settings, enqueue: Enqueue, **kw: Any) -> WorkerContext:
         """A context for ``settings``; device and batch size default to the settings' own."""
+        logcontext.install()
         engine = make_engine(settings.database_url)
         store = ArtifactStore(settings.storage).ensure()
         kw.setdefault("device", settings.device)
@@ -183,18 +192,30 @@ def describe(session: Session, job: Job, audit) -> dict[str, Any]:
 
 
 def fail_job(ctx: WorkerContext, job_id: str, error: str) -> bool:
-    """Mark an active job failed (True) — a finished job keeps its outcome (False)."""
+    """Mark an active job failed (True) — a finished job keeps its outcome (False). The stored
+    error names the job's checkpoints and dataset by id, not by their server paths; the log
+    line keeps the full text for the operator."""
     with session_scope(ctx.sessions) as s:
-        changed = state.fail(s, job_id, error)
+        changed = state.fail(s, job_id, public_error(s, ctx, job_id, error))
     if changed:
-        log.warning("job failed job=%s error=%r", job_id, error[:300])
+        with logcontext.bound(job=job_id):
+            log.warning("job failed error=%r", error[:300])
     return changed
+
+
+def public_error(session: Session, ctx: WorkerContext, job_id: str, error: str) -> str:
+    """``error`` as users may see it: without the server's paths (``worker.runtime.redact``)."""
+    job = session.get(Job, job_id)
+    labels = redact.job_labels(session, job, ctx.store) if job is not None else []
+    roots = [(ctx.store.root, redact.STORE), *((r, redact.DATA) for r in ctx.settings.data_roots)]
+    return redact.redact(error, labels, roots)
 
 
 def _cancel(ctx: WorkerContext, job_id: str) -> None:
     with session_scope(ctx.sessions) as s:
         state.cancel(s, job_id)
-    log.info("job cancelled job=%s", job_id)
+    with logcontext.bound(job=job_id):
+        log.info("job cancelled")
 
 
 def _cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
@@ -207,6 +228,11 @@ def _cancel_requested(ctx: WorkerContext, job_id: str) -> bool:
 
 def plan_job(ctx: WorkerContext, job_id: str) -> None:
     """queued -> running: count evaluated samples, create shard rows, enqueue every shard."""
+    with logcontext.bound(job=job_id):
+        _plan_job(ctx, job_id)
+
+
+def _plan_job(ctx: WorkerContext, job_id: str) -> None:
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)
         if job is None or not state.is_active(job.status):
@@ -216,7 +242,14 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
             return
         existing = s.scalars(select(JobShard).where(JobShard.job_id == job_id)).all()
         if job.status == JobStatus.RUNNING and existing:  # redelivered plan: re-send the rest
-            pending = [sh.shard_no for sh in existing if sh.status != ShardStatus.DONE]
+            # but a shard that still beats: its worker is on it
+            alive = utcnow() - timedelta(seconds=ctx.settings.sweep_lost_after_s)
+            pending = [
+                sh.shard_no
+                for sh in existing
+                if sh.status != ShardStatus.DONE
+                and (sh.heartbeat_at is None or sh.heartbeat_at < alive)
+            ]
         else:
             try:
                 audit = build_audit(s, job, ctx)
@@ -229,13 +262,18 @@ def plan_job(ctx: WorkerContext, job_id: str) -> None:
             if not state.start(s, job_id, total=total, bounds=bounds):
                 return
             pending = list(range(len(bounds)))
-    log.info("job planned job=%s shards=%d", job_id, len(pending))
+    log.info("job planned shards=%d", len(pending))
     for no in pending:
         ctx.enqueue(SHARD, [job_id, no])
 
 
 def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
     """Compute one shard's rows and maps; replace its rows; count it done exactly once."""
+    with logcontext.bound(job=job_id, shard=shard_no):
+        _run_shard(ctx, job_id, shard_no)
+
+
+def _run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
     from worker.engine.audit import StopRequested
 
     with session_scope(ctx.sessions) as s:
@@ -256,17 +294,24 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
                 f"shard {shard_no} gave up after {shard.attempts} attempts"
                 " (its worker was lost or it exceeded its time limit each time)"
             )
+        attempt = shard.attempts + 1  # read before the UPDATE refreshes the object
         if not state.begin_shard(s, job_id, shard_no):
             return
+        logcontext.bind(attempt=attempt)
         start, stop = shard.start, shard.stop
         try:
             audit = build_audit(s, job, ctx)
         except (ValueError, OSError) as exc:
             raise JobFailed(str(exc)) from exc
 
-    def progress(n: int) -> None:
+    def progress(n: int) -> None:  # after each batch: progress and a heartbeat
         with session_scope(ctx.sessions) as s2:
             state.add_progress(s2, job_id, n)
+            state.beat_shard(s2, job_id, shard_no)
+
+    def beat() -> None:  # meanwhile, every CAMDRIFT_SHARD_HEARTBEAT_S seconds
+        with session_scope(ctx.sessions) as s2:
+            state.beat_shard(s2, job_id, shard_no)
 
     limit = ctx.settings.shard_time_limit_s
     began = _clock()
@@ -279,12 +324,13 @@ def run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
         return timed_out or _cancel_requested(ctx, job_id)
 
     try:
-        rows = audit.compute(
-            range(start, stop),
-            progress=progress,
-            should_stop=should_stop,
-            maps_dir=ctx.store.maps_dir(job_id),
-        )
+        with Heartbeat(beat, ctx.settings.shard_heartbeat_s):
+            rows = audit.compute(
+                range(start, stop),
+                progress=progress,
+                should_stop=should_stop,
+                maps_dir=ctx.store.maps_dir(job_id),
+            )
     except StopRequested:
         if timed_out:
             raise JobFailed(f"shard {shard_no} exceeded its time limit of {limit} s") from None
@@ -307,23 +353,21 @@ def _store_shard(
     stop: int,
     rows: list[dict[str, Any]],
 ) -> bool:
-    """Replace the shard's rows and mark it done in one transaction; True when it was the
-    last shard to finish (the caller then enqueues finalisation)."""
+    """Claim the shard, replace its rows and count it done, in one transaction; True when it
+    was the last shard to finish (the caller then enqueues finalisation).
+
+    The claim comes first: it locks the shard's row, so another copy of this shard storing at
+    the same moment waits for this transaction and then finds the shard stored (its rows are
+    the same), instead of inserting the same keys a second time.
+    """
     with session_scope(ctx.sessions) as s:
+        if not state.claim_shard(s, job_id, shard_no):
+            log.info("shard stored already by another copy rows=%d", len(rows))
+            return False
         stored_rows.replace_rows(s, job_id, start, stop, rows)
         s.flush()
-        counts = state.complete_shard(s, job_id, shard_no)
-        if counts is None:
-            return False
-    done, total = counts
-    log.info(
-        "shard done job=%s shard=%d rows=%d (%d/%d)",
-        job_id,
-        shard_no,
-        len(rows),
-        done,
-        total,
-    )
+        done, total = state.count_shard(s, job_id)
+    log.info("shard done rows=%d shards=%d/%d", len(rows), done, total)
     return done == total
 
 
@@ -344,6 +388,34 @@ def job_verdict(job: Job, report: dict[str, Any]) -> dict[str, Any] | None:
 
 def finalize_job(ctx: WorkerContext, job_id: str) -> None:
     """Build the report from the stored rows; running -> succeeded, once."""
+    with logcontext.bound(job=job_id):
+        _finalize_job(ctx, job_id)
+
+
+def store_consistency(
+    session: Session, ctx: WorkerContext, job_id: str, rows: list[dict[str, Any]], config
+) -> list[dict[str, Any]]:
+    """The audit-stage metrics of the job's resolved ``config.metrics`` (``consistency_*``),
+    computed from every shard's raw maps in the job's maps folder as ``camdrift drift`` does,
+    stored in ``sample_values`` (replacing any earlier finalisation's) and merged into
+    ``rows``, which are returned."""
+    from worker.catalog import audit_metrics
+    from worker.results.consistency import add_consistency
+
+    try:
+        merged, values = add_consistency(
+            rows, ctx.store.maps_dir(job_id), config.methods, config.metrics
+        )
+    except ValueError as exc:  # a maps folder that mixes runs, a foreign file
+        raise JobFailed(f"map consistency: {exc}") from exc
+    if values is not None:
+        stored_rows.replace_values(session, job_id, merged, audit_metrics(config.metrics))
+        if values.missing:
+            log.warning("map consistency: %d included samples have no stored maps", values.missing)
+    return merged
+
+
+def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
     from worker.results.report import build_report
 
     with session_scope(ctx.sessions) as s:
@@ -357,6 +429,7 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         rows = stored_rows.load_rows(s, job_id, names)
         if len(rows) != audit.total:
             raise JobFailed(f"finalise found {len(rows)} rows for {audit.total} samples")
+        rows = store_consistency(s, ctx, job_id, rows, audit.config)
         report = build_report(
             rows, samples_location=f"/drift-jobs/{job_id}/samples", **describe(s, job, audit)
         )
@@ -364,4 +437,4 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         s.add(Report(job_id=job_id, document=report))
         s.flush()
         state.succeed(s, job_id, verdict=report.get("verdict"), total=audit.total)
-    log.info("job succeeded job=%s samples=%d", job_id, len(rows))
+    log.info("job succeeded samples=%d", len(rows))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.engine.audit import Audit, AuditConfig, config_dict, describe_dataset, describe_model
+from worker.results.consistency import MAPS_GLOB, add_consistency
 from worker.results.gate import Policy, evaluate_policy
 from worker.results.report import build_report
 
@@ -19,6 +20,18 @@ def artifact_paths(out: Path) -> tuple[Path, Path]:
     """(per-sample rows file, raw maps folder) that belong to report ``out``."""
     stem = out.with_suffix("")
     return stem.with_name(stem.name + ".samples.jsonl"), stem.with_name(stem.name + ".maps")
+
+
+def clear_maps(maps_dir: Path) -> int:
+    """Remove the map files an earlier run to the same report left in ``maps_dir`` (and its
+    unfinished temporary files), so this run's consistency reads its own maps only; other
+    files stay. Returns how many were removed."""
+    if not maps_dir.is_dir():
+        return 0
+    stale = [*maps_dir.glob(MAPS_GLOB), *maps_dir.glob(".rows-*.tmp.npz")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def run_audit(
@@ -54,7 +67,11 @@ def run_audit(
         ",".join(audit.config.methods),
         audit.config.sample_filter,
     )
+    removed = clear_maps(maps_dir)
+    if removed:
+        log.info("removed %d map files of an earlier run maps=%s", removed, maps_dir)
     rows = audit.compute(progress=tick, maps_dir=maps_dir)
+    rows, _ = add_consistency(rows, maps_dir, audit.config.methods, audit.config.metrics)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(rows_path, "w") as fh:
         for row in rows:

@@ -17,7 +17,7 @@ from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from training.logs import configure_logging
-from worker.runtime import jobs
+from worker.runtime import jobs, logcontext
 from worker.runtime import metrics as worker_metrics
 from worker.runtime.celery_app import make_celery
 from worker.runtime.sweeper import SweepPolicy, safe_sweep
@@ -74,7 +74,12 @@ def start_sweeper(**_: Any) -> None:
     log.info("sweeper started interval=%ss", policy.interval_s)
 
 
-def _run(task: Any, job_id: str, body: Callable[[], None]) -> None:
+def _run(task: Any, job_id: str, body: Callable[[], None], shard: int | None = None) -> None:
+    with logcontext.bound(job=job_id, shard=shard):
+        _run_bound(task, job_id, body)
+
+
+def _run_bound(task: Any, job_id: str, body: Callable[[], None]) -> None:
     outcome = "ok"
     try:
         body()
@@ -90,14 +95,14 @@ def _run(task: Any, job_id: str, body: Callable[[], None]) -> None:
             jobs.fail_job(context(), job_id, f"gave up after retries: {exc}")
             return
         outcome = "retried"
-        log.warning("transient error task=%s job=%s error=%r", task.name, job_id, str(exc))
+        log.warning("transient error task=%s error=%r", task.name, str(exc))
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 30)) from None
     except DBAPIError as exc:
         outcome = "failed"
         jobs.fail_job(context(), job_id, f"database error: {exc.orig}")
     except Exception as exc:  # a bug or bad input: fail the job, keep the worker alive
         outcome = "crashed"
-        log.exception("task crashed task=%s job=%s", task.name, job_id)
+        log.exception("task crashed task=%s", task.name)
         jobs.fail_job(context(), job_id, f"{type(exc).__name__}: {exc}")
     finally:
         worker_metrics.TASKS.labels(task.name, outcome).inc()
@@ -110,7 +115,7 @@ def plan_job(self, job_id: str) -> None:
 
 @app.task(name=jobs.SHARD, bind=True, max_retries=5)
 def run_shard(self, job_id: str, shard_no: int) -> None:
-    _run(self, job_id, lambda: jobs.run_shard(context(), job_id, shard_no))
+    _run(self, job_id, lambda: jobs.run_shard(context(), job_id, shard_no), shard=shard_no)
 
 
 @app.task(name=jobs.FINALIZE, bind=True, max_retries=5)

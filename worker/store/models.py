@@ -179,6 +179,9 @@ class JobShard(Base):
     status: Mapped[str] = mapped_column(String(16), default=ShardStatus.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     finished_at: Mapped[datetime | None] = mapped_column()
+    # set when a worker starts the shard and renewed while it runs; None: not started (or
+    # re-sent by the sweeper after its worker went silent)
+    heartbeat_at: Mapped[datetime | None] = mapped_column()
 
 
 class JobSample(Base):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from sqlalchemy import and_, case, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from worker.catalog import METRICS, topq
+from worker.catalog import METRICS, pair_metrics, topq
 from worker.results.rows import SAMPLE_FIELDS
 from worker.store.models import (
     FLOOR_SERIES,
@@ -95,8 +95,12 @@ def assemble(
     """The audit row of one sample from its stored parts (the inverse of the three above).
 
     ``names`` (the job's metric names) keeps only those metrics, in that order (a missing one
-    reads None); without it every stored metric is kept, in catalog order.
+    reads None); without it every stored metric is kept, in catalog order. Floors and
+    trajectory steps keep only the pair metrics of ``names``: an audit-stage metric
+    (``consistency_*``) is measured across the audit's samples, never against a floor or a
+    step, so a local run's rows carry none there either.
     """
+    pair_names = pair_metrics(names) if names is not None else None
     row: dict[str, Any] = {
         "index": sample["index"],
         "path": sample["path"],
@@ -131,11 +135,11 @@ def assemble(
         row["degenerate"][method] = [bool(flags[method][0]), bool(flags[method][1])]
     for series in FLOOR_SERIES:
         for method, values in floors.get(series.value, {}).items():
-            row.setdefault(series.value, {})[method] = _pick(values, names)
+            row.setdefault(series.value, {})[method] = _pick(values, pair_names)
     for method, kinds in steps.items():
         row.setdefault("trajectory", {})[method] = {
             kind.value: [
-                _pick(by_step.get(k, {}), names) for k in range(1, max(by_step, default=0) + 1)
+                _pick(by_step.get(k, {}), pair_names) for k in range(1, max(by_step, default=0) + 1)
             ]
             for kind in TRAJECTORY_SERIES
             if (by_step := kinds.get(kind.value)) is not None
@@ -201,6 +205,50 @@ def write_rows(session: Session, job_id: str, rows: Iterable[dict[str, Any]]) ->
         for at in range(0, len(records), INSERT_CHUNK):
             session.execute(insert(model), records[at : at + INSERT_CHUNK])
     return len(samples)
+
+
+def replace_values(
+    session: Session,
+    job_id: str,
+    rows: Iterable[dict[str, Any]],
+    metrics: Sequence[str],
+    series: Series = Series.DRIFT,
+) -> int:
+    """Replace the job's stored ``metrics`` values of ``series`` (step 0) by those ``rows``
+    hold: every old value of those metrics goes, each row's value under each method it carries
+    (``row["metrics"]`` for the drift series) comes in. For values computed after the shards
+    (the audit-stage ``consistency_*`` at finalisation): idempotent, so finalising twice stores
+    the same values once. Returns how many values it wrote."""
+    metrics = list(dict.fromkeys(metrics))
+    if not metrics:
+        return 0
+    session.execute(
+        delete(SampleValue).where(
+            SampleValue.job_id == job_id,
+            SampleValue.series == series.value,
+            SampleValue.step == 0,
+            SampleValue.metric.in_(metrics),
+        )
+    )
+    key = "metrics" if series == Series.DRIFT else series.value
+    records = [
+        {
+            "job_id": job_id,
+            "index": int(row["index"]),
+            "method": method,
+            "series": series.value,
+            "step": 0,
+            "metric": metric,
+            "value": _value(named[metric]),
+        }
+        for row in rows
+        for method, named in (row.get(key) or {}).items()
+        for metric in metrics
+        if metric in named
+    ]
+    for at in range(0, len(records), INSERT_CHUNK):
+        session.execute(insert(SampleValue), records[at : at + INSERT_CHUNK])
+    return len(records)
 
 
 def delete_rows(session: Session, job_id: str, start: int | None = None, stop: int | None = None):

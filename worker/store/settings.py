@@ -58,6 +58,24 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=50_000_000, ge=1, description="largest image (pixels) a dataset may hold"
     )
+    max_zip_ratio: float = Field(
+        default=100.0,
+        ge=1,
+        description="most bytes a dataset zip may extract to per byte of the zip (zip bombs)",
+    )
+    min_free_disk_bytes: int = Field(
+        default=GIB,
+        ge=0,
+        description="free space the store keeps: an extraction that would go below it is refused",
+    )
+    tmp_max_age_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "staged uploads in store/tmp whose API process is gone are removed at start-up and "
+            "every few minutes; untagged ones once older than this"
+        ),
+    )
     # -- jobs
     shard_size: int = Field(default=64, ge=1, description="samples per shard (one Celery task)")
     shard_time_limit_s: int = Field(
@@ -91,7 +109,7 @@ class Settings(BaseSettings):
     )
     # -- the sweeper (in every worker and in the embedded runner)
     sweep_interval_s: float = Field(
-        default=60.0, description="seconds between sweeps for stuck jobs; 0 = off"
+        default=15.0, description="seconds between sweeps for stuck jobs; 0 = off"
     )
     sweep_queued_after_s: float = Field(
         default=300.0, description="a job still queued after this long gets its plan re-sent"
@@ -101,6 +119,19 @@ class Settings(BaseSettings):
         description=(
             "a running job without progress for this long gets its shards re-sent; "
             "default the visibility timeout"
+        ),
+    )
+    shard_heartbeat_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="seconds between a running shard's heartbeats; 0 = only between batches",
+    )
+    sweep_lost_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "a pending shard whose heartbeat is this old (its worker is gone), or a job none "
+            "of whose shards runs while no worker runs any, gets its shards re-sent"
         ),
     )
 

@@ -10,6 +10,11 @@ leave and returns whether it happened; a transition that lost a race changes not
       +--fail------------+--> failed          flag the worker checks between batches)
       +--submit_failed-----> failed          (the broker did not take the job; frees its key)
 
+A shard: ``begin_shard`` (one more attempt, first heartbeat), ``beat_shard`` while it runs,
+``claim_shard`` + ``count_shard`` in the transaction that stores its rows (the claim first: it
+locks the shard row, so of two copies stored at once one stores and the other finds it done),
+``release_shard`` when the sweeper re-sends one whose heartbeat stopped.
+
 The functions run in the caller's session and transaction (the caller commits).
 """
 
@@ -158,37 +163,70 @@ def add_progress(session: Session, job_id: str, samples: int) -> None:
 # --------------------------------------------------------------------------- shards
 
 
-def begin_shard(session: Session, job_id: str, shard_no: int) -> bool:
-    """Count one more start of a pending shard (the redelivery cap reads it)."""
+def _move_shard(session: Session, job_id: str, shard_no: int, *where: Any, **values: Any) -> bool:
+    """One conditional UPDATE of one shard row: True when it matched (this caller won)."""
     return _changed(
         session.execute(
             update(JobShard)
-            .where(
-                JobShard.job_id == job_id,
-                JobShard.shard_no == shard_no,
-                JobShard.status == ShardStatus.PENDING,
-            )
-            .values(attempts=JobShard.attempts + 1)
+            .where(JobShard.job_id == job_id, JobShard.shard_no == shard_no, *where)
+            .values(**values)
         )
     )
 
 
-def complete_shard(session: Session, job_id: str, shard_no: int) -> tuple[int, int] | None:
-    """pending -> done, exactly once: counts it on the job and sets the progress to the rows of
-    the done shards. Returns (shards done, shards total), or None when it was done already."""
-    marked = _changed(
-        session.execute(
-            update(JobShard)
-            .where(
-                JobShard.job_id == job_id,
-                JobShard.shard_no == shard_no,
-                JobShard.status != ShardStatus.DONE,
-            )
-            .values(status=ShardStatus.DONE, finished_at=utcnow())
-        )
+def begin_shard(session: Session, job_id: str, shard_no: int) -> bool:
+    """Count one more start of a pending shard (the redelivery cap reads it) and give it its
+    first heartbeat."""
+    return _move_shard(
+        session,
+        job_id,
+        shard_no,
+        JobShard.status == ShardStatus.PENDING,
+        attempts=JobShard.attempts + 1,
+        heartbeat_at=utcnow(),
     )
-    if not marked:
-        return None
+
+
+def beat_shard(session: Session, job_id: str, shard_no: int) -> bool:
+    """A running shard is alive: its worker says so between batches and every few seconds
+    (the sweeper re-sends a pending shard whose heartbeat stopped)."""
+    return _move_shard(
+        session, job_id, shard_no, JobShard.status == ShardStatus.PENDING, heartbeat_at=utcnow()
+    )
+
+
+def release_shard(session: Session, job_id: str, shard_no: int, cutoff: datetime) -> bool:
+    """A started shard whose heartbeat stopped before ``cutoff`` (its worker is gone) -> a
+    pending shard waiting for its message again (no heartbeat). True for the one sweeper that
+    wins: it re-sends the shard; a copy that beat meanwhile keeps it (False)."""
+    return _move_shard(
+        session,
+        job_id,
+        shard_no,
+        JobShard.status == ShardStatus.PENDING,
+        JobShard.heartbeat_at < cutoff,
+        heartbeat_at=None,
+    )
+
+
+def claim_shard(session: Session, job_id: str, shard_no: int) -> bool:
+    """pending -> done for the one copy of a shard that stores its rows (True); run it first
+    in the transaction that writes them. Its conditional UPDATE takes the shard row's lock, so
+    a second copy storing at the same moment waits for the first to commit and then matches
+    nothing (False: stored already); on SQLite the write lock serialises them the same way."""
+    return _move_shard(
+        session,
+        job_id,
+        shard_no,
+        JobShard.status != ShardStatus.DONE,
+        status=ShardStatus.DONE,
+        finished_at=utcnow(),
+    )
+
+
+def count_shard(session: Session, job_id: str) -> tuple[int, int]:
+    """Count a claimed shard on the job and set the progress to the rows of the done shards.
+    Returns (shards done, shards total)."""
     done_rows = session.scalar(
         select(func.coalesce(func.sum(JobShard.stop - JobShard.start), 0)).where(
             JobShard.job_id == job_id, JobShard.status == ShardStatus.DONE
@@ -201,6 +239,14 @@ def complete_shard(session: Session, job_id: str, shard_no: int) -> tuple[int, i
         .returning(Job.shards_done, Job.shards_total)
     ).one()
     return counts.shards_done, counts.shards_total
+
+
+def complete_shard(session: Session, job_id: str, shard_no: int) -> tuple[int, int] | None:
+    """pending -> done, exactly once: :func:`claim_shard` + :func:`count_shard`. Returns
+    (shards done, shards total), or None when it was done already."""
+    if not claim_shard(session, job_id, shard_no):
+        return None
+    return count_shard(session, job_id)
 
 
 # --------------------------------------------------------------------------- reads
@@ -229,10 +275,49 @@ def stuck_job_ids(session: Session, status: JobStatus, cutoff: datetime) -> list
 
 def pending_shards(session: Session, job_id: str) -> list[int]:
     """The job's shards not done yet, in order."""
-    return list(
-        session.scalars(
-            select(JobShard.shard_no)
+    return [no for no, _ in shard_beats(session, job_id)]
+
+
+def shard_beats(session: Session, job_id: str) -> list[tuple[int, datetime | None]]:
+    """(shard number, last heartbeat or None when not started) of the job's pending shards."""
+    return [
+        (row.shard_no, row.heartbeat_at)
+        for row in session.execute(
+            select(JobShard.shard_no, JobShard.heartbeat_at)
             .where(JobShard.job_id == job_id, JobShard.status != ShardStatus.DONE)
             .order_by(JobShard.shard_no)
         )
+    ]
+
+
+def dead_shard_job_ids(session: Session, cutoff: datetime) -> list[str]:
+    """Running jobs with a started, pending shard whose heartbeat stopped before ``cutoff``."""
+    return list(
+        session.scalars(
+            select(JobShard.job_id)
+            .join(Job, Job.id == JobShard.job_id)
+            .where(
+                Job.status == JobStatus.RUNNING,
+                JobShard.status != ShardStatus.DONE,
+                JobShard.heartbeat_at < cutoff,
+            )
+            .distinct()
+        )
+    )
+
+
+def any_shard_alive(session: Session, cutoff: datetime) -> bool:
+    """Whether some worker runs a shard (of any running job) that beat since ``cutoff``."""
+    return (
+        session.scalar(
+            select(JobShard.job_id)
+            .join(Job, Job.id == JobShard.job_id)
+            .where(
+                Job.status == JobStatus.RUNNING,
+                JobShard.status != ShardStatus.DONE,
+                JobShard.heartbeat_at >= cutoff,
+            )
+            .limit(1)
+        )
+        is not None
     )

@@ -21,6 +21,7 @@ from service.api.deps import (
 )
 from service.problems import invalid, problem_responses
 from service.schemas import MAX_INT, CheckpointOut, CheckpointPage
+from service.staging import staging_of
 from service.uploads import Upload, clean_name, receive_upload, upload_body
 from training.checkpoint_format import CheckpointError, metadata_from_header, read_header
 from worker.store.artifacts import ArtifactStore
@@ -44,7 +45,7 @@ UPLOAD_BODY = upload_body("a camdrift .safetensors checkpoint")
 )
 async def upload_checkpoint(request: Request, response: Response) -> CheckpointOut:
     settings, store = settings_of(request), store_of(request)
-    staged = store.temp_path(".upload")
+    staged = store.temp_path(staging_of(request).suffix(".upload"))
     try:
         upload = await receive_upload(request, staged, settings.max_upload_bytes)
         record, created = await run_in_threadpool(_register, upload, store, sessions_of(request))

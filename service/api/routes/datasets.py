@@ -25,8 +25,10 @@ from service.api.deps import (
 )
 from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import MAX_INT, DatasetOut, DatasetPage, DatasetPathIn
+from service.staging import staging_of
 from service.uploads import (
     Upload,
+    ZipLimits,
     check_images,
     clean_name,
     extract_zip,
@@ -64,10 +66,13 @@ async def create_dataset(request: Request, response: Response) -> DatasetOut:
         body = _parse_path_body(await read_json_body(request))
         record = await run_in_threadpool(_from_path, body, settings, sessions)
     elif content_type == "multipart/form-data":
-        staged = store.temp_path(".zip")
+        owner = staging_of(request)
+        staged = store.temp_path(owner.suffix(".zip"))
         try:
             upload = await receive_upload(request, staged, settings.max_upload_bytes)
-            record = await run_in_threadpool(_from_upload, upload, settings, store, sessions)
+            record = await run_in_threadpool(
+                _from_upload, upload, settings, store, sessions, owner.prefix("dataset-")
+            )
         finally:
             staged.unlink(missing_ok=True)
     else:
@@ -92,14 +97,18 @@ def _parse_path_body(raw: bytes) -> DatasetPathIn:
 
 
 def _from_upload(
-    upload: Upload, settings: Settings, store: ArtifactStore, sessions: sessionmaker[Session]
+    upload: Upload,
+    settings: Settings,
+    store: ArtifactStore,
+    sessions: sessionmaker[Session],
+    stage_prefix: str = "dataset-",
 ) -> Dataset:
     """Extract into a staging folder, index and check it, then rename it into place."""
     dataset_id = new_id()
-    with store.staging_dir("dataset-") as stage:
+    with store.staging_dir(stage_prefix) as stage:
         data = stage / "data"
         data.mkdir()
-        extract_zip(upload.path, data, settings.max_zip_entries, settings.max_unzipped_bytes)
+        extract_zip(upload.path, data, ZipLimits.of(settings))
         root = find_dataset_root(data)
         index = _index(root, "file", hide=data)
         _check_images(index, settings, "file")

@@ -27,7 +27,8 @@ from service.schemas import (
     Progress,
     request_hash,
 )
-from worker.results.gate import EVERY, OVERALL
+from worker.catalog import REGIONS, default_metrics
+from worker.results.gate import policy_problems
 from worker.store import state
 from worker.store.models import Checkpoint, Dataset, Job, is_id
 from worker.store.settings import Settings
@@ -195,41 +196,20 @@ def _check_references(session: Session, body: JobIn, config: dict) -> None:
 def _check_policy(
     body: JobIn, config: dict, class_names: list[str] | None
 ) -> list[tuple[str, str]]:
-    """Rules name the job's methods and metrics, and classes of the baseline."""
+    """Rules name the job's methods and metrics, a floor it measures and classes of the
+    baseline (:func:`worker.results.gate.policy_problems`, the check the CLI runs too)."""
     if body.policy is None:
         return []
-    errors = []
-    for i, rule in enumerate(body.policy.rule):
-        where = f"body.policy.rule[{i}]"
-        if rule.method != EVERY and rule.method not in config["methods"]:
-            errors.append(
-                (
-                    f"{where}.method",
-                    f"{rule.method!r} is not one of the job's methods {config['methods']}",
-                )
-            )
-        if rule.metric not in config["metrics"]:
-            errors.append(
-                (
-                    f"{where}.metric",
-                    f"{rule.metric!r} is not one of the job's metrics {config['metrics']}",
-                )
-            )
-        if rule.stat == "beyond_floor" and not body.noise_floor:
-            errors.append((f"{where}.stat", "beyond_floor needs noise_floor: true"))
-        if (
-            class_names is not None
-            and rule.class_ not in (OVERALL, EVERY)
-            and rule.class_ not in class_names
-        ):
-            errors.append(
-                (
-                    f"{where}.class",
-                    f"{rule.class_!r} is not a class of the baseline; choose 'overall', '*' "
-                    f"or one of {class_names}",
-                )
-            )
-    return errors
+    problems = policy_problems(
+        body.policy,
+        class_names=class_names,
+        methods=config["methods"],
+        # no metrics named: the audit computes the defaults its data can measure (region
+        # metrics only with masks), so a rule may name any of them
+        metrics=config["metrics"] or default_metrics(REGIONS),
+        noise_floor=body.noise_floor,
+    )
+    return [(f"body.policy.{p.field}", p.message) for p in problems]
 
 
 def _submit(session: Session, job: Job, settings: Settings) -> None:

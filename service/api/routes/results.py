@@ -17,7 +17,7 @@ from worker.catalog import ACTIVE_STATUSES, METRICS, JobStatus
 from worker.render.html_report import render_html
 from worker.render.markdown import render_markdown
 from worker.render.overlay import OverlayUnavailable, overlay_for_sample
-from worker.results.report_schema import DriftReport
+from worker.results.report_schema import DriftReport, report_view
 from worker.store import rows as stored_rows
 from worker.store.artifacts import ArtifactStore
 from worker.store.models import Checkpoint, Dataset, Job, Report
@@ -73,16 +73,17 @@ def get_report(
 
 def _report_html(store: ArtifactStore, session: Session, job: Job, document: dict[str, Any]) -> str:
     """The report page: rows from SQL, overlays drawn from the artifact store's maps."""
-    names = (document.get("config") or {}).get("metrics") or job.config.get("metrics")
+    report = report_view(document)
+    names = report.config.metrics or job.config.get("metrics")
     rows = stored_rows.load_rows(session, job.id, names)
     dataset = session.get(Dataset, job.dataset_id)
     root = store.resolve(dataset.root_path) if dataset is not None else None
-    models = document.get("models") or {}
-    phases = tuple((models.get(role) or {}).get("phase") for role in ("baseline", "candidate"))
+    phases = tuple(
+        m.phase if (m := report.models.get(role)) is not None else None
+        for role in ("baseline", "candidate")
+    )
     class_names = list(
-        (document.get("dataset") or {}).get("class_names")
-        or job.config.get("class_names")
-        or _class_names(session, job)
+        report.dataset.class_names or job.config.get("class_names") or _class_names(session, job)
     )
     rows_by_index = {row["index"]: row for row in rows}
 
@@ -99,7 +100,7 @@ def _report_html(store: ArtifactStore, session: Session, job: Job, document: dic
             phases=phases,
         )
 
-    return render_html(document, rows, overlay_png)
+    return render_html(report, rows, overlay_png)
 
 
 @router.get(

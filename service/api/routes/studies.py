@@ -8,15 +8,18 @@ reflects what is stored.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, record_or_404
 from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import Links, StudyIn, StudyOut, StudyReport
 from worker.catalog import JobStatus
+from worker.render.markdown import render_study_markdown
+from worker.results.report_schema import report_view
 from worker.results.study import study_report
 from worker.store import rows as stored_rows
 from worker.store.models import Checkpoint, Dataset, Job, Report, Study, is_id
@@ -41,9 +44,9 @@ def get_study_or_404(session: Session, study_id: str) -> Study:
 
 def _fingerprint(session: Session, job: Job) -> str | None:
     report = session.get(Report, job.id)
-    stored = ((report.document if report else None) or {}).get("dataset") or {}
-    if stored.get("fingerprint"):
-        return str(stored["fingerprint"])
+    fingerprint = report_view(report.document).dataset.fingerprint if report else None
+    if fingerprint:
+        return str(fingerprint)
     dataset = session.get(Dataset, job.dataset_id)
     return dataset.fingerprint if dataset is not None else None
 
@@ -110,7 +113,7 @@ def study_entries(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
                 job_status=status,
             )
         document = report.document
-        names = (document.get("config") or {}).get("metrics") or job.config.get("metrics")
+        names = report_view(document).config.metrics or job.config.get("metrics")
         rows = stored_rows.load_rows(session, job_id, names)
         candidate = session.get(Checkpoint, job.candidate_id)
         label = candidate.name if candidate is not None else job_id
@@ -124,23 +127,37 @@ def study_entries(session: Session, job_ids: list[str]) -> list[dict[str, Any]]:
 
 @router.get(
     "/drift-studies/{study_id}/report",
-    response_model=StudyReport,
+    response_model=None,
     summary=(
         "The study report: per method x metric rankings of the model pairs, Kendall tau "
-        "between methods, bootstrap order probabilities and ranking reversals"
+        "between methods, bootstrap order probabilities and ranking reversals; ?format=md "
+        "for a markdown summary"
     ),
-    responses=problem_responses(404, 409, 422),
+    responses={
+        200: {
+            "description": "the study report",
+            "model": StudyReport,
+            "content": {"text/markdown": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(404, 409, 422),
+    },
 )
 def get_study_report(
     study_id: str,
     session: SessionDep,
     n_boot: Annotated[int, Query(ge=1, le=20000, description="bootstrap replicates")] = 2000,
     seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="bootstrap seed")] = 0,
-) -> dict[str, Any]:
+    fmt: Annotated[Literal["json", "md"], Query(alias="format")] = "json",
+) -> Response:
     study = get_study_or_404(session, study_id)
     entries = study_entries(session, list(study.job_ids))
     try:
         document = study_report(entries, n_boot=n_boot, seed=seed)
     except ValueError as exc:
         raise ProblemError(409, str(exc), slug="study-incompatible") from None
-    return {**document, "study_id": study.id, "name": study.name}
+    document = {**document, "study_id": study.id, "name": study.name}
+    if fmt == "md":
+        return PlainTextResponse(
+            render_study_markdown(document), media_type="text/markdown; charset=utf-8"
+        )
+    return JSONResponse(StudyReport.model_validate(document).model_dump(mode="json"))

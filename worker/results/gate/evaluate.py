@@ -24,17 +24,26 @@ OPS: dict[str, Callable[[float, float], bool]] = {
 assert set(OPS) == set(GATE_OPS)
 
 
+CHECK_ORDER: dict[bool | None, int] = {False: 0, None: 1, True: 2}  # failures first
+
+
 def evaluate_policy(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
     """Every rule, expanded per method and class, checked against the report's summaries.
 
-    Verdict: ``inconclusive`` when fewer than ``min_samples`` samples were included; else
-    ``fail`` when a check failed; else ``inconclusive`` when a check could not be evaluated
-    (its observed value is missing); else ``pass``.
+    How checks add up (docs/architecture.md, "Gate"): ``inconclusive`` when fewer than
+    ``min_samples`` samples were included in all; else ``fail`` when any check failed (a
+    failure is a failure whatever else could not be decided); else ``inconclusive`` when any
+    check could not be decided (no value, or a class below ``min_class_samples``); else
+    ``pass``. ``undecided_classes`` names the classes with an undecided check; the checks are
+    listed failures first, then undecided, then passed (policy order within each).
     """
     n_included = int((report.get("subsets") or {}).get("included") or 0)
-    checks = [check for rule in policy.rule for check in _checks(report, rule)]
+    checks = [check for rule in policy.rule for check in _checks(report, rule, policy)]
+    checks.sort(key=lambda c: CHECK_ORDER[c["passed"]])  # stable: policy order within
     failed = sum(c["passed"] is False for c in checks)
     unknown = sum(c["passed"] is None for c in checks)
+    undecided = _undecided_classes(report, checks)
+    named = f" (classes: {', '.join(undecided)})" if undecided else ""
     if n_included < policy.min_samples:
         verdict = "inconclusive"
         reason = (
@@ -43,17 +52,18 @@ def evaluate_policy(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
         )
     elif failed:
         verdict, reason = "fail", f"{failed} of {len(checks)} checks failed"
+        if unknown:
+            reason += f"; {unknown} undecided{named}"
     elif unknown:
-        verdict, reason = (
-            "inconclusive",
-            f"{unknown} of {len(checks)} checks could not be evaluated",
-        )
+        verdict = "inconclusive"
+        reason = f"{unknown} of {len(checks)} checks could not be decided{named}"
     else:
         verdict, reason = "pass", f"all {len(checks)} checks passed"
     return {
         "verdict": verdict,
         "reason": reason,
         "min_samples": policy.min_samples,
+        "min_class_samples": policy.class_minimum(),
         "n_included": n_included,
         "counts": {
             "checks": len(checks),
@@ -61,9 +71,17 @@ def evaluate_policy(report: dict[str, Any], policy: Policy) -> dict[str, Any]:
             "failed": failed,
             "unknown": unknown,
         },
+        "undecided_classes": undecided,
         "policy": policy.model_dump(by_alias=True, mode="json"),
         "rules": checks,
     }
+
+
+def _undecided_classes(report: dict[str, Any], checks: list[dict[str, Any]]) -> list[str]:
+    """Classes (report order) with at least one undecided check."""
+    found = {c["class"] for c in checks if c["passed"] is None} - {OVERALL, EVERY}
+    order = list((report.get("dataset") or {}).get("class_names") or [])
+    return [name for name in order if name in found] + sorted(found - set(order))
 
 
 def _report_methods(report: dict[str, Any]) -> list[str]:
@@ -72,7 +90,7 @@ def _report_methods(report: dict[str, Any]) -> list[str]:
     return [m for m in configured if m in summaries] if configured else list(summaries)
 
 
-def _checks(report: dict[str, Any], rule: Rule) -> Iterator[dict[str, Any]]:
+def _checks(report: dict[str, Any], rule: Rule, policy: Policy) -> Iterator[dict[str, Any]]:
     summaries = report.get("summaries") or {}
     methods = _report_methods(report) if rule.method == EVERY else [rule.method]
     if not methods:
@@ -90,26 +108,49 @@ def _checks(report: dict[str, Any], rule: Rule) -> Iterator[dict[str, Any]]:
             continue
         classes = _classes(report, per_class) if rule.class_ == EVERY else [rule.class_]
         if not classes:
-            yield _check(rule, method, EVERY, None, None, "no class has included samples")
+            yield _check(rule, method, EVERY, None, None, "the report names no classes")
         for klass in classes:
-            yield _evaluate(report, rule, method, klass, per_class.get(klass))
+            stats = per_class.get(klass)
+            check = _evaluate(report, rule, method, klass, stats)
+            if stats is not None and klass != OVERALL:
+                included = _class_included(report, klass, stats)
+                check = _held_back(check, included, policy.class_minimum())
+            yield check
 
 
 def _classes(report: dict[str, Any], per_class: dict[str, Any]) -> list[str]:
-    """Class names (report order) with at least one included sample."""
+    """Every class of the checkpoints (report order), with included samples or not: a class
+    without any is an undecided check, never one that silently vanishes."""
     names = list((report.get("dataset") or {}).get("class_names") or [])
-    names = names or [k for k in per_class if k != OVERALL]
+    return names or [k for k in per_class if k != OVERALL]
+
+
+def _class_included(report: dict[str, Any], klass: str, stats: dict[str, Any] | None) -> int:
+    """Included samples of ``klass``: the report's subset count, else its summary's n + n_nan."""
     counts = (report.get("subsets") or {}).get("per_class") or {}
-    out = []
-    for name in names:
-        if name in counts:
-            included = int(counts[name].get("included") or 0)
-        else:
-            stats = per_class.get(name) or {}
-            included = int(stats.get("n") or 0) + int(stats.get("n_nan") or 0)
-        if included > 0:
-            out.append(name)
-    return out
+    if klass in counts:
+        return int(counts[klass].get("included") or 0)
+    stats = stats or {}
+    return int(stats.get("n") or 0) + int(stats.get("n_nan") or 0)
+
+
+def _held_back(check: dict[str, Any], included: int, minimum: int) -> dict[str, Any]:
+    """A class check on fewer than ``minimum`` included samples of its class is undecided (its
+    observed value kept for the reader); one on none says so."""
+    klass = check["class"]
+    if included == 0:
+        return check | {
+            "n": 0,
+            "observed": None,
+            "passed": None,
+            "reason": f"no included samples of class {klass}",
+        }
+    if included >= minimum:
+        return check
+    return check | {
+        "passed": None,
+        "reason": f"undecided: {included} samples, min_class_samples {minimum}",
+    }
 
 
 def _evaluate(

@@ -21,8 +21,8 @@ def _scrub(element: ET.Element) -> None:
 
 def junit_xml(report: dict[str, Any], verdict: dict[str, Any]) -> str:
     """One ``<testsuite name="camdrift">``: a ``min_samples`` testcase, then one testcase per
-    expanded check (``classname`` = the method); failures say observed vs required, checks
-    without an observed value are skipped with their reason."""
+    expanded check in the verdict's order (failures first; ``classname`` = the method);
+    failures say observed vs required, undecided checks are skipped with their reason."""
     suite = ET.Element("testsuite", name="camdrift")
     props = ET.SubElement(suite, "properties")
     models = report.get("models") or {}
@@ -31,6 +31,8 @@ def junit_xml(report: dict[str, Any], verdict: dict[str, Any]) -> str:
         "reason": verdict.get("reason"),
         "min_samples": verdict.get("min_samples"),
         "n_included": verdict.get("n_included"),
+        "min_class_samples": verdict.get("min_class_samples"),
+        "undecided_classes": ", ".join(verdict.get("undecided_classes") or []) or None,
         "baseline_sha256": (models.get("baseline") or {}).get("sha256"),
         "candidate_sha256": (models.get("candidate") or {}).get("sha256"),
         "dataset_fingerprint": (report.get("dataset") or {}).get("fingerprint"),

@@ -4,11 +4,12 @@ in every error, and the policy that ships with camdrift.
 A policy is a TOML (or JSON) file with the same structure as the ``policy`` of a job body::
 
     min_samples = 50          # fewer included samples -> "inconclusive"
+    min_class_samples = 20    # fewer in a class -> its checks are undecided (default: min_samples)
     [[rule]]
     method = "layercam"       # or "*": every method of the job, each its own check
     metric = "iou_top20"
     stat = "ci95_low"         # mean | median | q05 | q95 | ci95_low | ci95_high | beyond_floor
-    class = "overall"         # or "*": every class with samples, each its own check; or a class
+    class = "overall"         # or "*": every class of the checkpoints, each its own check; or one
     op = ">="
     value = 0.5
 
@@ -31,9 +32,17 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     ValidationError,
     model_serializer,
+    model_validator,
 )
 
-from worker.catalog import GATE_OPS, GATE_STATS, METHODS, is_metric, metric_choices
+from worker.catalog import (
+    GATE_OPS,
+    GATE_STATS,
+    METHODS,
+    is_audit_metric,
+    is_metric,
+    metric_choices,
+)
 from worker.results.gate.positions import (
     Loc,
     json_lines,
@@ -82,10 +91,23 @@ class Rule(BaseModel):
         alias="class",
         min_length=1,
         max_length=255,
-        description="'overall' (all included samples), '*' (each class with samples, the "
+        description="'overall' (all included samples), '*' (each class of the checkpoints, the "
         "worst decides) or one class name",
     )
     name: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _floor_measurable(self) -> Rule:
+        """``beyond_floor`` compares each sample's drift with a floor measured per pair; an
+        audit-stage metric (``consistency_*``) is computed across the audit's samples from
+        the stored maps, and the floor's maps are not stored, so it has no floor to exceed."""
+        if self.stat == "beyond_floor" and is_audit_metric(self.metric):
+            raise ValueError(
+                f"stat 'beyond_floor' cannot apply to {self.metric!r}: it is computed across the"
+                " audit's samples and has no noise floor; use mean, median, q05, q95, ci95_low"
+                " or ci95_high"
+            )
+        return self
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -111,12 +133,32 @@ class Rule(BaseModel):
 
 
 class Policy(BaseModel):
-    """``min_samples`` and at least one ``[[rule]]``."""
+    """``min_samples`` (for the whole verdict), ``min_class_samples`` (for each class's checks;
+    by default ``min_samples``) and at least one ``[[rule]]``."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     min_samples: int = Field(default=50, ge=0, le=MAX_INT)
+    min_class_samples: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_INT,
+        description="fewer included samples of a class -> that class's checks are undecided "
+        "(inconclusive); null: min_samples",
+    )
     rule: list[Rule] = Field(min_length=1, max_length=1000)
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """``min_class_samples`` only when set, so a policy without it dumps as before."""
+        data = handler(self)
+        if data.get("min_class_samples") is None:
+            data.pop("min_class_samples", None)
+        return data
+
+    def class_minimum(self) -> int:
+        """Included samples a class needs before its checks are decided."""
+        return self.min_samples if self.min_class_samples is None else self.min_class_samples
 
 
 # --------------------------------------------------------------------------- loading
@@ -178,6 +220,7 @@ def default_policy() -> Policy:
 
 _CHOICES = {"stat": GATE_STATS, "op": GATE_OPS}
 _RULE_KEYS = ("method", "metric", "stat", "op", "value", "class", "name")
+_POLICY_KEYS = ("min_samples", "min_class_samples", "rule")
 
 
 def validation_message(where: str, exc: ValidationError, lines: dict[Loc, int]) -> str:
@@ -205,7 +248,7 @@ def describe(error: Any) -> str:
             return "no [[rule]] table; a policy needs at least one rule"
         return f"{key} is missing"
     if kind == "extra_forbidden":
-        allowed = _RULE_KEYS if in_rule else ("min_samples", "rule")
+        allowed = _RULE_KEYS if in_rule else _POLICY_KEYS
         return f"unknown key {key!r}; allowed keys are {', '.join(allowed)}"
     if kind == "literal_error":
         choices = _CHOICES.get(key, ())
