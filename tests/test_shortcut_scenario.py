@@ -56,11 +56,14 @@ def test_default_policy_passes_clean_and_fails_shortcut(seed: int, tmp_path) -> 
         assert report["performance"]["candidate"]["macro_auc"] >= 0.95, name
     assert verdicts["shortcut"]["verdict"] == "fail"
     failed = [c for c in verdicts["shortcut"]["rules"] if c["passed"] is False]
-    assert {c["class"] for c in failed} == {SHORTCUT_CLASS}, "the marker's class moved"
-    assert {c["metric"] for c in failed} & {"iou_top20", "pearson"}
+    assert SHORTCUT_CLASS in {c["class"] for c in failed}, "the marker's class moved"
+    assert {c["metric"] for c in failed if c["class"] == SHORTCUT_CLASS} & {"iou_top20", "pearson"}
     clean_failed = {c["class"] for c in verdicts["clean"]["rules"] if c["passed"] is False}
     assert SHORTCUT_CLASS not in clean_failed, "the clean fine-tune moved off the marker's class"
     misses = []
+    others = sorted({c["class"] for c in failed} - {SHORTCUT_CLASS})
+    if others:  # the clean fine-tune's own reason (issue 13: effusion drifts naturally)
+        misses.append(f"shortcut fine-tune also failed on {', '.join(others)}")
     if seed == 0:
         misses += _shortcut_lies_beyond_the_floor_and_a_replica_within(tmp_path, tl, quiet)
     if verdicts["clean"]["verdict"] != "pass":

@@ -68,7 +68,9 @@ def local_audit(
 
 
 # Keys that legitimately differ between a local run and a service job of the same audit.
-VOLATILE = {"created_at", "source", "location"}
+# batch_size is recorded in the report's config (results differ in the last float bits with
+# it, which the float tolerance below absorbs); a worker's batch size may differ from a local run's
+VOLATILE = {"created_at", "source", "location", "batch_size"}
 
 
 @dataclass(frozen=True)
