@@ -165,6 +165,13 @@ class JobIn(_In):
     )
     target_layer: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
     noise_floor: bool = False
+    ceiling: str | None = Field(
+        default=None,
+        pattern=r"^head(\+[1-9][0-9]*)?$",
+        description="also audit the baseline against a copy with these top layers "
+        "re-initialised (head, or head+N; seeded by seed): the report's ceiling section reads "
+        "each drift on the noise floor (0) -> random model (1) scale",
+    )
     baseline_replica_id: Ident | None = None
     trajectory_ids: list[Ident] = Field(
         default_factory=list,
@@ -263,6 +270,56 @@ class SamplePage(BaseModel):
     order: Literal["asc", "desc"]
 
 
+# --------------------------------------------------------------------------- calibrations
+
+
+class CalibrationIn(_In):
+    """The body of ``POST /drift-calibrations``: K succeeded drift jobs of known-good fine-tunes
+    of one baseline on one dataset, audited with the same options."""
+
+    job_ids: list[Ident] = Field(
+        min_length=3,
+        max_length=64,
+        description="succeeded reference jobs (K >= 3: the run-to-run spread needs them)",
+    )
+    alpha: float = Field(
+        default=0.05, gt=0, lt=1, description="family-wise false-alarm rate on a good fine-tune"
+    )
+    methods: list[MethodName] | None = Field(
+        default=None, min_length=1, description="default: the jobs' methods"
+    )
+    metrics: list[MetricName] | None = Field(
+        default=None,
+        min_length=1,
+        description="default: those of iou_top20, pearson, displacement the jobs computed",
+    )
+    min_samples: int | None = Field(default=None, ge=0, le=MAX_INT)
+    min_class_samples: int | None = Field(default=None, ge=0, le=MAX_INT)
+    ceiling_job_id: Ident | None = Field(
+        default=None,
+        description="a succeeded job of the baseline vs a randomised-top-layers copy: places "
+        "each threshold on the noise floor (0) -> random model (1) scale",
+    )
+
+
+class CalibrationOut(BaseModel):
+    """A calibrated policy: ``policy`` is what a job body's ``policy`` takes, ``policy_toml``
+    the file ``camdrift gate --policy`` reads (its comments hold every reference statistic)."""
+
+    alpha: float
+    k: int
+    m: int
+    level: float
+    job_ids: list[str]
+    methods: list[str]
+    metrics: list[str]
+    skipped_classes: list[str]
+    min_samples: int
+    min_class_samples: int
+    policy: dict[str, Any]
+    policy_toml: str
+
+
 # --------------------------------------------------------------------------- studies
 
 
@@ -305,3 +362,8 @@ class StudyReport(BaseModel):
     rankings: dict[str, dict[str, Any]]
     kendall_tau: dict[str, list[dict[str, Any]]]
     reversals: list[dict[str, Any]]
+    replicates: dict[str, Any] | None = Field(
+        default=None,
+        description="with replicate trainings per architecture: rankings, order probabilities "
+        "and reversals between the architectures over a two-stage (seeds, then samples) bootstrap",
+    )

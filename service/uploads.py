@@ -23,7 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.problems import ProblemError, problem_response
 from training.datasets import MANIFEST_NAME
-from training.imageio import DICOM_SUFFIXES, PIL_SUFFIXES, ImageReadError, read_image
+from training.imageio import (
+    DICOM_SUFFIXES,
+    PIL_FORMATS,
+    PIL_SUFFIXES,
+    ImageReadError,
+    read_image,
+)
 from worker.store.settings import Settings
 
 JSON_BODY_LIMIT = 1 << 20  # every non-upload body
@@ -260,9 +266,25 @@ async def receive_upload(
 # --------------------------------------------------------------------------- zip
 
 
+_ZIP_UTF8 = 0x800  # general purpose flag bit 11: the name is UTF-8
+
+
+def _decoded_name(info: zipfile.ZipInfo) -> str:
+    """The entry's name as its writer meant it. Without the UTF-8 flag Python decodes names
+    as cp437, but ``zip -r`` on Linux and macOS writes UTF-8 without setting it: a name whose
+    bytes are valid UTF-8 is read as UTF-8 (as unzip and 7-Zip do), so an uploaded
+    ``Zürich.png`` keeps its name and the dataset's digest equals the local folder's."""
+    if info.flag_bits & _ZIP_UTF8 or info.filename.isascii():
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename  # really cp437 (old DOS tools)
+
+
 def _entry_name(info: zipfile.ZipInfo) -> PurePosixPath | None:
     """The entry's safe relative path; None for entries to skip; Rejected for unsafe ones."""
-    raw = info.filename
+    raw = _decoded_name(info)
     name = raw.replace("\\", "/")
     if "\x00" in name:
         raise Rejected(f"zip entry {raw!r}: NUL in the name")
@@ -529,7 +551,7 @@ def _check_pil(path: Path, max_pixels: int) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=("PNG", "JPEG")) as img:
+            with Image.open(path, formats=PIL_FORMATS) as img:
                 width, height = img.size
                 if width * height > max_pixels:
                     return _bomb(width, height, max_pixels)
@@ -537,7 +559,7 @@ def _check_pil(path: Path, max_pixels: int) -> str | None:
     except Image.DecompressionBombError as exc:
         return f"image too large, possible decompression bomb ({exc})"
     except Image.UnidentifiedImageError:
-        return "not an image (no PNG/JPEG data)"
+        return "not an image (no PNG/JPEG/TIFF data)"
     except Exception as exc:
         return f"corrupt image ({exc})"
     return None

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from training.checkpoint_format import sha256_file
-from training.imageio import IMAGE_SUFFIXES
+from training.imageio import is_image_file
 
 MANIFEST_NAME = "manifest.csv"
 MASKS_DIR = "masks"
@@ -470,7 +470,7 @@ def _class_folders(root: Path, skipped: list[tuple[str, str]]) -> dict[str, Path
         if entry.is_dir():
             if entry.name not in REGION_DIRS.values():
                 folders[entry.name] = entry
-        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+        elif is_image_file(entry):
             skipped.append((entry.name, "image outside any class folder"))
     return folders
 
@@ -486,7 +486,7 @@ def _folder_images(
                 continue
             path = Path(dirpath) / name
             rel = _relative(root, path)
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image_file(path):
                 skipped.append((rel, "not an image suffix"))
             elif not _inside(root, path):
                 raise DatasetError(f"{rel}: resolves outside the dataset root (symlink)")
@@ -537,6 +537,39 @@ def assign_splits(
             split_of[pos] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     samples = [replace(s, split=split_of[i]) for i, s in enumerate(index.samples)]
     return replace(index, samples=samples, skipped=list(index.skipped))
+
+
+SPLIT_RECORD_KIND = "camdrift-split-v1"
+
+
+def split_record(index: DatasetIndex, val: float, test: float, seed: int) -> dict[str, Any]:
+    """What a training run stores (in its checkpoints' metadata) when it drew the split itself:
+    enough to draw the same split again, and the dataset it belongs to. :func:`assign_splits`
+    is deterministic for a seed and independent of discovery order, so this is the split."""
+    split = assign_splits(index, val, test, seed)
+    return {
+        "kind": SPLIT_RECORD_KIND,
+        "fingerprint": index.fingerprint(),
+        "val": val,
+        "test": test,
+        "seed": seed,
+        "counts": {name: sum(s.split == name for s in split.samples) for name in SPLITS},
+    }
+
+
+def apply_split_record(index: DatasetIndex, record: Any) -> DatasetIndex | None:
+    """The training run's split of ``index`` when ``record`` (a :func:`split_record`) belongs
+    to this very dataset (same fingerprint) and the dataset has no split of its own; else
+    None. An audit then evaluates the held-out images, not the ones the model learned."""
+    if not isinstance(record, dict) or record.get("kind") != SPLIT_RECORD_KIND:
+        return None
+    if any(s.split for s in index.samples) or record.get("fingerprint") != index.fingerprint():
+        return None
+    try:
+        val, test, seed = float(record["val"]), float(record["test"]), int(record["seed"])
+        return assign_splits(index, val, test, seed)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _positions_by_class(index: DatasetIndex) -> dict[int, list[int]]:

@@ -4,13 +4,21 @@ Every decoder failure (truncated file, wrong content, decompression bomb, undeco
 becomes an :class:`ImageReadError` that names the file, so a bad upload is reported instead
 of crashing a training run or a worker with a bare traceback.
 
-PNG and JPEG go through Pillow (restricted to those two decoders), DICOM through pydicom with
-the modality LUT, VOI LUT / windowing and MONOCHROME1 inversion applied, so that "higher =
-brighter" holds for every source.
+PNG, JPEG and TIFF go through Pillow (restricted to those decoders), DICOM through pydicom
+with the modality LUT, VOI LUT / windowing and MONOCHROME1 inversion applied, so that "higher =
+brighter" holds for every source. DICOM is recognised by its ``DICM`` magic whatever the file
+is called (PACS exports like ``IM0001`` have no suffix).
+
+16-bit grayscale (PNG ``I;16``, TIFF) is scaled by its real bit depth: the PNG ``sBIT`` chunk
+when the file has one, else the caller's ``bit_depth`` (``--bit-depth``), else 16 bits -- with
+a :class:`BitDepthWarning` when every value fits in far fewer bits (12-bit detector data in a
+16-bit container reads almost black divided by 65535).
 """
 
 from __future__ import annotations
 
+import struct
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,18 +28,27 @@ from PIL import Image, ImageOps
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 DICOM_SUFFIXES = (".dcm", ".dicom")
-PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 # Refuse images with more pixels than this (decompression-bomb guard); tests monkeypatch it.
 MAX_PIXELS: int = 50_000_000
 
-_PIL_FORMATS = ("PNG", "JPEG")
+PIL_FORMATS = ("PNG", "JPEG", "TIFF")  # the only decoders Pillow may use here
+CONTAINER_BITS = 16
+# a 16-bit image whose maximum needs this many bits or fewer is probably N-bit data in a 16-bit
+# container (12-bit detectors are common): warn, since dividing by 65535 makes it almost black
+LOW_BITS_WARNING = 12
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DICM_OFFSET = 128
 _EXIF_ORIENTATION = 0x0112
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class BitDepthWarning(UserWarning):
+    """A 16-bit image looks like fewer-bit data read as 16 bits (pass ``bit_depth``)."""
 
 
 class ImageReadError(ValueError):
@@ -47,9 +64,14 @@ class ImageReadError(ValueError):
         return (type(self), (self.path, self.reason))
 
 
-def read_image(path: Path) -> np.ndarray:
-    """float32 [C, H, W] in [0, 1], C = 1 (grayscale) or 3 (colour)."""
+def read_image(path: Path, bit_depth: int | None = None) -> np.ndarray:
+    """float32 [C, H, W] in [0, 1], C = 1 (grayscale) or 3 (colour).
+
+    ``bit_depth``: significant bits of 16-bit grayscale files without an ``sBIT`` chunk (e.g.
+    12); None reads them as 16-bit. DICOM carries its own (BitsStored) and ignores it.
+    """
     path = Path(path)
+    check_bit_depth(bit_depth)
     try:
         is_dicom = _has_dicm_magic(path)
     except OSError as exc:
@@ -58,8 +80,66 @@ def read_image(path: Path) -> np.ndarray:
     if is_dicom or suffix in DICOM_SUFFIXES:
         return _read_dicom(path, force=not is_dicom)
     if suffix in PIL_SUFFIXES:
-        return _read_pil(path)
+        return _read_pil(path, bit_depth)
     raise ImageReadError(path, f"not an image (unsupported suffix {suffix!r})")
+
+
+def check_bit_depth(bit_depth: int | None) -> None:
+    """A bit depth is 1..16 bits (what a 16-bit container can hold)."""
+    if bit_depth is not None and not (
+        isinstance(bit_depth, int) and 1 <= bit_depth <= CONTAINER_BITS
+    ):
+        raise ValueError(f"bit_depth must be 1..{CONTAINER_BITS} bits, got {bit_depth!r}")
+
+
+def is_image_file(path: Path) -> bool:
+    """An image suffix, or DICOM by its magic whatever the name (a folder scan asks this)."""
+    path = Path(path)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        return _has_dicm_magic(path)
+    except OSError:
+        return False
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the header alone, without decoding pixels."""
+    path = Path(path)
+    try:
+        if _has_dicm_magic(path) or path.suffix.lower() in DICOM_SUFFIXES:
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+            return int(ds.Rows), int(ds.Columns)
+        with Image.open(path, formats=PIL_FORMATS) as img:
+            width, height = img.size
+            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width  # shown turned by a quarter
+            return height, width
+    except Exception as exc:
+        raise ImageReadError(path, f"cannot read the image header ({exc})") from exc
+
+
+def png_significant_bits(path: Path) -> int | None:
+    """The grayscale sample's significant bits from a PNG ``sBIT`` chunk (None: no chunk).
+
+    Pillow does not expose sBIT, so the chunks before the first IDAT are walked here.
+    """
+    with Path(path).open("rb") as fh:
+        if fh.read(8) != _PNG_SIGNATURE:
+            return None
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                return None
+            data = fh.read(length)
+            fh.seek(4, 1)  # CRC
+            if kind == b"sBIT" and data:
+                return int(data[0])
 
 
 def _has_dicm_magic(path: Path) -> bool:
@@ -82,10 +162,10 @@ def _check_pixels(path: Path, width: int, height: int) -> None:
 # --------------------------------------------------------------------------- PNG / JPEG
 
 
-def _read_pil(path: Path) -> np.ndarray:
+def _read_pil(path: Path, bit_depth: int | None = None) -> np.ndarray:
     """Decode with Pillow; the header-only open lets the bomb guard run before decoding."""
     try:
-        img = Image.open(path, formats=_PIL_FORMATS)
+        img = Image.open(path, formats=PIL_FORMATS)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"image too large ({exc})") from exc
     except Image.UnidentifiedImageError as exc:
@@ -97,6 +177,8 @@ def _read_pil(path: Path) -> np.ndarray:
         try:
             img.load()
             img = _exif_upright(img)
+            if img.mode.startswith("I;16") or img.mode == "I":
+                return _wide_gray_to_unit(path, img, bit_depth)
             return _pil_to_array(img)
         except ImageReadError:
             raise
@@ -114,9 +196,6 @@ def _exif_upright(img: Image.Image) -> Image.Image:
 def _pil_to_array(img: Image.Image) -> np.ndarray:
     """Map any Pillow mode to float32 [C, H, W] in [0, 1] using the real bit depth."""
     mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img).astype(np.float32) / 65535.0
-        return np.clip(arr, 0.0, 1.0)[None]
     if mode in ("1", "L", "LA", "La"):
         arr = np.asarray(img.getchannel(0) if mode != "1" else img.convert("L"))
         return (arr.astype(np.float32) / 255.0)[None]
@@ -124,6 +203,44 @@ def _pil_to_array(img: Image.Image) -> np.ndarray:
         img = img.convert("RGBA" if mode in ("P", "PA") else "RGB")
     rgb = np.asarray(img)[..., :3]
     return _collapse_gray(rgb.astype(np.float32).transpose(2, 0, 1) / 255.0)
+
+
+def _wide_gray_to_unit(path: Path, img: Image.Image, bit_depth: int | None) -> np.ndarray:
+    """16-bit grayscale by its real bit depth: sBIT, else ``bit_depth``, else 16 (and a
+    warning when the data fit in far fewer bits).
+
+    With sBIT = n the PNG spec wants samples scaled up to 16 bits; writers that store the raw
+    n-bit values instead are recognised by a maximum below 2**n and read as they are.
+    """
+    arr = np.asarray(img).astype(np.int64)
+    top = int(arr.max()) if arr.size else 0
+    sbit = png_significant_bits(path) if img.format == "PNG" else None
+    if sbit is not None and 0 < sbit < CONTAINER_BITS:
+        if top > 2**sbit - 1:
+            arr = arr >> (CONTAINER_BITS - sbit)  # spec-conformant: scaled up, shift back
+        bits = sbit
+    elif bit_depth is not None:
+        if top > 2**bit_depth - 1:
+            raise ImageReadError(
+                path,
+                f"pixel value {top} does not fit bit depth {bit_depth} "
+                f"(max {2**bit_depth - 1}); use a larger --bit-depth",
+            )
+        bits = bit_depth
+    else:
+        bits = CONTAINER_BITS
+        used = max(top, 1).bit_length()
+        if used <= LOW_BITS_WARNING:
+            warnings.warn(
+                BitDepthWarning(
+                    f"{path.name}: 16-bit image whose maximum {top} fits in {used} bits; "
+                    f"read as 16-bit it is almost black: pass --bit-depth {used} (or the "
+                    "detector's bit depth) if the data are fewer-bit"
+                ),
+                stacklevel=4,
+            )
+    unit = arr.astype(np.float64) / float(2**bits - 1)
+    return np.clip(unit, 0.0, 1.0).astype(np.float32)[None]
 
 
 def _collapse_gray(arr: np.ndarray) -> np.ndarray:

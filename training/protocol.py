@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from training.checkpoints import model_metadata, save_checkpoint
-from training.datasets import DatasetIndex, assign_splits, discover
+from training.datasets import DatasetIndex, assign_splits, discover, split_record
 from training.evaluation import classification_metrics
 from training.image_dataset import ImageDataset
 from training.progress import progress
@@ -83,12 +83,51 @@ class Loaders:
     test: DataLoader
     class_names: list[str]
     fingerprint: str
+    split: dict[str, Any] | None = None  # the split this run drew (None: the data's own)
+
+
+def split_for_training(index: DatasetIndex, run: TrainConfig) -> tuple[DatasetIndex, dict | None]:
+    """The data's own split when it has one, else a seeded one -- and then its record, which
+    the checkpoints carry so that audits of the same data evaluate the held-out images."""
+    own = bool(index.samples) and all(s.split for s in index.samples)
+    split = assign_splits(index, run.val_fraction, run.test_fraction, run.seed)
+    if own:
+        return split, None
+    return split, split_record(index, run.val_fraction, run.test_fraction, run.seed)
+
+
+def _warn_if_upsampled(index: DatasetIndex, size: tuple[int, int], probe: int = 32) -> None:
+    """Say so when the images are smaller than the input size: the model then learns from
+    interpolated pixels, and its maps resolve no finer detail than the images hold."""
+    import warnings
+
+    from training.imageio import ImageReadError, image_size
+
+    sides = []
+    for sample in index.samples[:probe]:
+        try:
+            sides.append(min(image_size(sample.path)))
+        except ImageReadError:
+            continue
+    if sides and sorted(sides)[len(sides) // 2] < min(size):
+        message = (
+            f"the images (median side {sorted(sides)[len(sides) // 2]} px) are upsampled to the "
+            f"input size {size[0]}x{size[1]}; pass --input-size to train at their size"
+        )
+        log.warning("upsampled images: %s", message)
+        warnings.warn(message, stacklevel=3)
 
 
 def make_loaders(
-    index: DatasetIndex, model: ZooModel, size: tuple[int, int], cfg: TrainConfig, batch: int
+    index: DatasetIndex,
+    model: ZooModel,
+    size: tuple[int, int],
+    cfg: TrainConfig,
+    batch: int,
+    drawn: dict[str, Any] | None = None,
 ) -> Loaders:
-    """Train/val/test loaders over a split dataset; every split must hold images."""
+    """Train/val/test loaders over a split dataset; every split must hold images. ``drawn``:
+    the record of a split this run drew (:func:`split_for_training`), kept for the checkpoints."""
     subsets = {s: index.subset(s) for s in ("train", "val", "test")}
     counts = {s: len(subset.samples) for s, subset in subsets.items()}
     empty = [s for s, n in counts.items() if n == 0]
@@ -99,6 +138,7 @@ def make_loaders(
             "add images or change the split fractions"
         )
     spec = model.spec
+    _warn_if_upsampled(index, size)
 
     def dataset(split: str, augment: bool) -> ImageDataset:
         return ImageDataset(
@@ -113,6 +153,7 @@ def make_loaders(
         test=DataLoader(dataset("test", False), shuffle=False, **common),
         class_names=index.class_names,
         fingerprint=index.fingerprint(),
+        split=drawn,
     )
 
 
@@ -240,6 +281,7 @@ def _save(model: ZooModel, path: Path, loaders: Loaders, run: TrainConfig, extra
         loaders.class_names,
         input_size=size,
         dataset_fingerprint=loaders.fingerprint,
+        **({"split": loaders.split} if loaders.split else {}),
         **extra,
     )
     return save_checkpoint(path, model, meta)
@@ -250,11 +292,11 @@ def train_two_phase(data: Path, out_dir: Path, run: TrainConfig) -> dict[str, An
     training-curve PNG into ``out_dir``. Returns the metrics document."""
     seed_everything(run.seed)
     device = resolve_device(run.device)
-    index = assign_splits(discover(Path(data)), run.val_fraction, run.test_fraction, run.seed)
+    index, record = split_for_training(discover(Path(data)), run)
     model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
     size = tuple(run.input_size or model.spec.input_size)
     batch = run.tl.batch_size
-    loaders = make_loaders(index, model, size, run, batch)
+    loaders = make_loaders(index, model, size, run, batch, drawn=record)
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {
         "arch": run.arch,
@@ -267,7 +309,7 @@ def train_two_phase(data: Path, out_dir: Path, run: TrainConfig) -> dict[str, An
     parent = None
     for phase, cfg in (("tl", run.tl), ("ft", run.ft)):
         if cfg.batch_size != batch:
-            loaders = make_loaders(index, model, size, run, cfg.batch_size)
+            loaders = make_loaders(index, model, size, run, cfg.batch_size, drawn=record)
             batch = cfg.batch_size
         extra = {"parent_sha256": parent} if parent else {}
         log.info("phase start phase=%s epochs=%d lr=%g", phase, cfg.epochs, cfg.lr)
@@ -298,10 +340,10 @@ def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[
     device = resolve_device(run.device)
     model, meta = load_checkpoint(Path(parent), map_location=device)
     index = discover(Path(data), class_names=list(meta["class_names"]))
-    index = assign_splits(index, run.val_fraction, run.test_fraction, run.seed)
+    index, record = split_for_training(index, run)
     size = tuple(run.input_size or meta["input_size"])
     run.input_size = size
-    loaders = make_loaders(index, model, size, run, run.ft.batch_size)
+    loaders = make_loaders(index, model, size, run, run.ft.batch_size, drawn=record)
     fit = run_phase(
         model, "ft", loaders, run.ft, run, device, out_dir, {"parent_sha256": meta["sha256"]}
     )
@@ -329,10 +371,10 @@ def pretrain(data: Path, out: Path, run: TrainConfig) -> dict[str, Any]:
     """Train every layer on a source task: offline stand-in for ImageNet weights."""
     seed_everything(run.seed)
     device = resolve_device(run.device)
-    index = assign_splits(discover(Path(data)), run.val_fraction, run.test_fraction, run.seed)
+    index, record = split_for_training(discover(Path(data)), run)
     model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
     size = tuple(run.input_size or model.spec.input_size)
-    loaders = make_loaders(index, model, size, run, run.ft.batch_size)
+    loaders = make_loaders(index, model, size, run, run.ft.batch_size, drawn=record)
     fit = run_phase(model, "pretrain", loaders, run.ft, run, device)
     test = evaluate(model, loaders.test, device, loaders.class_names)
     sha = _save(

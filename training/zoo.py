@@ -323,7 +323,49 @@ def _build_net(spec: ArchSpec, num_classes: int, in_chans: int, imagenet: bool) 
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans}
     if spec.tokens:
         kwargs["dynamic_img_size"] = True
-    return timm.create_model(spec.timm_name, pretrained=imagenet, **kwargs)
+    if not imagenet:
+        return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    return _imagenet_net(spec, kwargs)
+
+
+HUB_HOST = ("huggingface.co", 443)
+HUB_PROBE_S = 3.0  # how long to wait for the hub before calling the machine offline
+
+
+def hub_reachable(host: tuple[str, int] = HUB_HOST, timeout: float = HUB_PROBE_S) -> bool:
+    """Whether the weights hub answers a TCP connect (offline machines fail at once)."""
+    import socket
+
+    try:
+        with socket.create_connection(host, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _imagenet_net(spec: ArchSpec, kwargs: dict) -> nn.Module:
+    """timm's ImageNet weights: from the hub when it answers, else from the local cache only.
+
+    Offline, the hub client retries every file for about a minute before it gives up, and its
+    message then says nothing about what to do; here an unreachable hub switches it to offline
+    mode (cached weights still load) and a miss becomes one line with the way out."""
+    import huggingface_hub.constants as hub
+
+    offline = hub.HF_HUB_OFFLINE or not hub_reachable()
+    before = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = offline
+    try:
+        return timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+    except Exception as exc:
+        if not offline:
+            raise
+        raise ValueError(
+            f"pretrained 'imagenet': {spec.name}'s ImageNet weights are not in the local cache "
+            f"and {HUB_HOST[0]} cannot be reached ({type(exc).__name__}); use pretrained "
+            "'none', or a weights file (a path: a camdrift checkpoint or a state dict)"
+        ) from None
+    finally:
+        hub.HF_HUB_OFFLINE = before
 
 
 def create_model(

@@ -10,6 +10,7 @@ right), see :data:`GATE_SAMPLE_FILTER`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ AUTOCAST_DTYPES: tuple[str, ...] = ("bf16", "fp16")
 DEFAULT_SAMPLE_FILTER = "true_positive"  # the paper's
 GATE_SAMPLE_FILTER = "all"  # camdrift gate's default
 DEFAULT_N_BOOT = 2000
+CEILING_LAYERS = re.compile(r"head(\+[1-9][0-9]*)?")  # training.randomise.parse_layers' syntax
 DEFAULT_SPLIT = "auto"  # the test split when the dataset has one, else every sample
 EXECUTION_ONLY: tuple[str, ...] = ("batch_size", "device", "workers")
 # ... of which the results still depend on, at float precision: the batch size picks the
@@ -55,6 +57,9 @@ class JobConfig(BaseModel):
     autocast: str | None = None  # "bf16" on GPU
     n_boot: int = DEFAULT_N_BOOT
     noise_floor: bool = False  # also measure baseline-vs-perturbed-baseline drift per sample
+    # also measure drift to a copy of the baseline with these top layers re-initialised
+    # ("head" or "head+N", seeded by ``seed``): the randomisation ceiling (MPRT-style)
+    ceiling: str | None = None
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -83,6 +88,13 @@ class JobConfig(BaseModel):
     def _autocast(cls, value: str | None) -> str | None:
         if value not in (None, *AUTOCAST_DTYPES):
             raise ValueError(f"autocast: choose from {', '.join(AUTOCAST_DTYPES)} or null")
+        return value
+
+    @field_validator("ceiling")
+    @classmethod
+    def _ceiling(cls, value: str | None) -> str | None:
+        if value is not None and CEILING_LAYERS.fullmatch(value) is None:
+            raise ValueError(f"ceiling: {value!r}: use head or head+N (N >= 1), or null")
         return value
 
     @field_validator("n_boot")

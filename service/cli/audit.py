@@ -62,6 +62,13 @@ def drift(
     replica: Annotated[
         Path | None, typer.Option(help="A baseline replica (other seed): its drift floor")
     ] = None,
+    ceiling: Annotated[
+        str | None,
+        typer.Option(
+            help="Also audit against the baseline with these top layers re-initialised (head "
+            "or head+N): each drift on the floor (0) -> random model (1) scale"
+        ),
+    ] = None,
     via: Via = None,
     policy: Annotated[
         Path | None,
@@ -81,6 +88,7 @@ def drift(
         "methods": csv(methods) or [],
         "metrics": csv(metrics) or [],
         "noise_floor": noise_floor,
+        "ceiling": ceiling,
     }
     rules = None
     if policy is not None:  # what it reads is computed, and it fits the job, before the audit

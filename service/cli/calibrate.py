@@ -375,7 +375,7 @@ def run_calibration(plan: Plan) -> Calibration:
         min_samples=plan.min_samples,
         min_class_samples=plan.min_class_samples,
     )
-    cal.audit = _gate_options(config)
+    cal.audit = calib.gate_options(config)
     ceiling = _ceiling(plan, refs, methods)
     if ceiling is not None:
         report, model = ceiling
@@ -485,20 +485,6 @@ def _check_baseline_sha(ceiling: ReferenceReport, ref: ReferenceReport) -> None:
 def _ref_name(ref: ReferenceReport) -> str:
     candidate = (ref.report.get("models") or {}).get("candidate") or {}
     return str(candidate.get("source") or ref.path)
-
-
-def _gate_options(config: dict[str, Any]) -> dict[str, Any]:
-    """The references' audit options in ``camdrift gate``'s words."""
-    out: dict[str, Any] = {
-        "--sample-filter": config.get("sample_filter"),
-        "--split": config.get("split") or "all",
-    }
-    if config.get("max_samples") is not None:
-        out["--max-samples"] = config["max_samples"]
-    out["--seed"] = config.get("seed")
-    if config.get("target_layer"):
-        out["target_layer"] = config["target_layer"]
-    return out
 
 
 def _warn(cal: Calibration, config: dict[str, Any]) -> None:

@@ -123,8 +123,30 @@ def print_report(report: dict[str, Any]) -> None:
             )
         table.add_row(metric, *cells)
     console.print(table)
+    for warning in report.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    if report.get("ceiling"):
+        print_ceiling(report["ceiling"])
     if report.get("trajectory"):
         print_trajectory(report["trajectory"])
+
+
+def print_ceiling(section: dict[str, Any]) -> None:
+    """Per method x metric (overall): the drift, the floor, the random model's drift, and where
+    the drift sits on that scale (0 = floor, 1 = random model)."""
+    from rich.table import Table
+
+    table = Table(title="drift on the floor (0) -> randomised model (1) scale, overall")
+    for col in ("method", "metric", "drift", "floor", "random model", "position"):
+        table.add_column(col, justify="left" if col in ("method", "metric") else "right")
+    for method, per_metric in section.items():
+        for metric, groups in per_metric.items():
+            e = groups["overall"]
+            position = fmt(e["position"], 2) if e["separable"] else "no separation"
+            table.add_row(
+                method, metric, fmt(e["drift"]), fmt(e["floor"]), fmt(e["ceiling"]), position
+            )
+    console.print(table)
 
 
 def print_trajectory(section: dict[str, Any]) -> None:
@@ -182,13 +204,43 @@ def print_study(document: dict[str, Any]) -> None:
                 metric, " vs ".join(item["methods"]), fmt(item["tau"]), fmt(item["p_value"])
             )
     console.print(taus)
-    if not document["reversals"]:
-        console.print("no ranking reversals")
+    _print_reversals(document["reversals"], "ranking reversals")
+    replicates = document.get("replicates")
+    if not replicates:
         return
-    rev = Table(title="ranking reversals (confidence = min of both orders' probabilities)")
+    groups = "; ".join(f"{g}: {len(names)}" for g, names in replicates["groups"].items())
+    across = Table(title=f"across replicate trainings ({groups}): mean ± seed SD")
+    across.add_column("metric")
+    for method in document["methods"]:
+        across.add_column(method)
+    for metric in document["metrics"]:
+        cells = []
+        for method in document["methods"]:
+            r = replicates["rankings"][method][metric]
+            sd = r.get("seed_sd", {})
+            cells.append(
+                " > ".join(
+                    f"{g} ({fmt(r['means'][g])}"
+                    + (f" ± {fmt(sd[g])})" if sd.get(g) is not None else ")")
+                    for g in r["ranking"]
+                )
+                or "-"
+            )
+        across.add_row(metric, *cells)
+    console.print(across)
+    _print_reversals(replicates["reversals"], "reversals between architectures (seeds and samples)")
+
+
+def _print_reversals(reversals: list[dict[str, Any]], title: str) -> None:
+    from rich.table import Table
+
+    if not reversals:
+        console.print(f"no {title}")
+        return
+    rev = Table(title=f"{title} (confidence = min of both orders' probabilities)")
     for col in ("metric", "pair", "orders", "confidence"):
         rev.add_column(col)
-    for r in document["reversals"]:
+    for r in reversals:
         orders = "; ".join(
             f"{m}: {o['more_stable']} ({fmt(o['probability'], 2)})" for m, o in r["orders"].items()
         )

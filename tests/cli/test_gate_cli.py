@@ -178,7 +178,7 @@ def test_local_with_the_default_policy(world, tmp_path) -> None:
     skipped = root.findall("testcase/skipped")
     assert len(skipped) == 3 * len(CLASSES)
     assert {s.get("message") for s in skipped} == {"undecided: 6 samples, min_class_samples 30"}
-    assert "overlap held" in result.output and "min_samples >=" in result.output
+    assert "spearman mean" in result.output and "min_samples >=" in result.output
 
 
 def test_local_along_a_sequence_reports_the_trajectory(world, tmp_path) -> None:

@@ -31,6 +31,7 @@ JOB: dict[str, Any] = {
     "split": None,
     "seed": 0,
     "noise_floor": True,
+    "ceiling": "head",
 }
 
 
@@ -54,6 +55,7 @@ def local_audit(
         split=None,
         seed=0,
         noise_floor=True,
+        ceiling=JOB["ceiling"],
         **batching,
     )
     return run_audit(

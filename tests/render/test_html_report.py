@@ -33,7 +33,7 @@ from worker.results.report_schema import Stats, TrajectorySeries, read_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-OPTIONAL = ("floor", "trajectory")  # shown only when the audit measured them
+OPTIONAL = ("floor", "ceiling", "trajectory")  # shown only when the audit measured them
 SECTION_IDS = [sid for sid, _ in SECTIONS if sid not in OPTIONAL]
 assert SECTION_IDS == [
     "verdict",

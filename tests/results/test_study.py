@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -236,3 +237,111 @@ def test_cli_study_writes_the_report_and_prints_the_tables(tmp_path, entries) ->
     (tmp_path / "B.samples.jsonl").unlink()
     no_rows = CliRunner().invoke(app, ["study", "--report", paths[0], "--report", paths[1]])
     assert no_rows.exit_code == 2 and "per-sample rows" in no_rows.output
+
+
+# --------------------------------------------------------------------------- replicates
+# two architectures, three replicate trainings each; every replicate's mean is pinned (tiny
+# sample noise), so the sample bootstrap alone is sure of every pairwise order, while the
+# replicates' spread (training seeds) leaves the architectures' order uncertain
+REPLICATE_MEANS = {
+    ("X", "layercam"): (0.50, 0.70, 0.90),
+    ("Y", "layercam"): (0.60, 0.65, 0.68),
+    ("X", "gradcam++"): (0.40, 0.62, 0.75),
+    ("Y", "gradcam++"): (0.66, 0.70, 0.72),
+}
+
+
+def make_replicate(arch: str, k: int, n: int = 200) -> dict:
+    rng = np.random.default_rng(100 * ord(arch) + k)
+    rows = []
+    for i in range(n):
+        metrics = {
+            m: {"pearson": REPLICATE_MEANS[arch, m][k] + float(rng.normal(0, 1e-4))}
+            for m in METHODS
+        }
+        rows.append({"index": i, "label": i % 3, "included": True, "metrics": metrics})
+    report = {
+        "models": {
+            "baseline": {"arch": arch, "phase": "tl", "sha256": f"{arch}{k}" * 32},
+            "candidate": {"arch": arch, "phase": "ft", "sha256": f"{arch}{k}".lower() * 32},
+        },
+        "dataset": {"fingerprint": "f" * 64, "num_evaluated": n},
+        "config": {"methods": METHODS, "metrics": ["pearson"]},
+    }
+    return {"name": f"{arch}-seed{k}", "job_id": None, "report": report, "rows": rows}
+
+
+def exact_group_probability(x: tuple[float, ...], y: tuple[float, ...]) -> float:
+    """The oracle: P(mean of len(x) draws with replacement from x > the same from y), by
+    enumerating every draw (sample noise is negligible here), ties one half."""
+    means_x = [np.mean(d) for d in itertools.product(x, repeat=len(x))]
+    means_y = [np.mean(d) for d in itertools.product(y, repeat=len(y))]
+    wins = sum((a > b) + 0.5 * (a == b) for a in means_x for b in means_y)
+    return wins / (len(means_x) * len(means_y))
+
+
+def test_replicates_rank_architectures_over_seeds_not_only_samples() -> None:
+    entries = [make_replicate(arch, k) for arch in "XY" for k in range(3)]
+    n_boot = 4000
+    document = study_report(entries, n_boot=n_boot, seed=5)
+    replicates = document["replicates"]
+    assert replicates["groups"] == {
+        "X": ["X-seed0", "X-seed1", "X-seed2"],
+        "Y": ["Y-seed0", "Y-seed1", "Y-seed2"],
+    }
+    for method in METHODS:
+        ranking = replicates["rankings"][method]["pearson"]
+        x, y = REPLICATE_MEANS["X", method], REPLICATE_MEANS["Y", method]
+        assert ranking["means"]["X"] == pytest.approx(np.mean(x), abs=1e-4)
+        assert ranking["means"]["Y"] == pytest.approx(np.mean(y), abs=1e-4)
+        assert ranking["seed_sd"]["X"] == pytest.approx(np.std(x, ddof=1), abs=1e-4)
+        assert ranking["replicates"] == {"X": 3, "Y": 3}
+        want = exact_group_probability(x, y)
+        got = ranking["order_probability"]["X"]["Y"]
+        se = math.sqrt(want * (1 - want) / n_boot)
+        assert abs(got - want) < 4 * se + 1e-3, (method, got, want)
+        assert 0.1 < want < 0.9  # the seeds leave the order uncertain
+        # the sample bootstrap alone is sure of every single-replicate pair
+        entry_probs = document["rankings"][method]["pearson"]["order_probability"]
+        assert entry_probs["X-seed2"]["Y-seed2"] in (0.0, 1.0)
+    # layercam: X ahead (0.70 vs 0.643); gradcam++: Y ahead (0.59 vs 0.693)
+    (reversal,) = replicates["reversals"]
+    assert reversal["pair"] == ["X", "Y"] and not reversal["confident"]
+    assert reversal["confidence"] == pytest.approx(
+        min(
+            exact_group_probability(
+                REPLICATE_MEANS["X", "layercam"], REPLICATE_MEANS["Y", "layercam"]
+            ),
+            exact_group_probability(
+                REPLICATE_MEANS["Y", "gradcam++"], REPLICATE_MEANS["X", "gradcam++"]
+            ),
+        ),
+        abs=0.03,
+    )
+    # replicate by replicate, the sample bootstrap calls some reversals sure
+    assert any(r["confident"] for r in document["reversals"])
+
+
+def test_no_replicate_section_without_replicates(study) -> None:
+    assert study["replicates"] is None
+
+
+def test_cli_and_markdown_show_the_architectures_across_replicates(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+    from worker.render.markdown import render_study_markdown
+
+    entries = [make_replicate(arch, k) for arch in "XY" for k in range(3)]
+    args = ["study", "--out", str(tmp_path / "study.json"), "--n-boot", "300"]
+    for entry in entries:
+        args += ["--report", _write_local(tmp_path, entry)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "across replicate trainings (X: 3; Y: 3)" in result.output
+    assert "reversals between architectures" in result.output
+    text = render_study_markdown(json.loads((tmp_path / "study.json").read_text()))
+    assert "### Across replicate trainings (seeds and samples)" in text
+    assert "X: X-seed0, X-seed1, X-seed2" in text
+    sd = np.std(REPLICATE_MEANS["X", "layercam"], ddof=1)
+    assert f"X (0.7 ± {sd:.3g})" in text or f"X (0.700 ± {sd:.3f})" in text, text

@@ -152,6 +152,7 @@ def test_openapi_is_complete(client) -> None:
         ("/drift-jobs/{job_id}/samples/{index}/overlay.png", "get"),
         ("/drift-studies", "post"),
         ("/drift-studies/{study_id}", "get"),
+        ("/drift-calibrations", "post"),
         ("/drift-studies/{study_id}/report", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),

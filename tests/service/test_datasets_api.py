@@ -459,3 +459,57 @@ def test_server_path_images_are_decoded_too(make_client, roots) -> None:
     client = make_client(data_roots=[str(root)])
     body = assert_problem(client.post("/datasets", json={"path": str(allowed)}), 422, "body.path")
     assert any(e["message"].startswith("normal/bad.png: ") for e in body["errors"])
+
+
+class _RawNameInfo(zipfile.ZipInfo):
+    """A zip entry written as ``zip -r`` on Linux writes it: the name's UTF-8 bytes without
+    the UTF-8 flag (Python would set the flag for a non-ASCII name)."""
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__(raw.decode("cp437"))  # what a reader without the flag sees
+        self.raw = raw
+
+    def _encodeFilenameFlags(self):
+        return self.raw, self.flag_bits
+
+
+@pytest.mark.parametrize("name", ["normal/Zürich ärztlich.png", "covid/患者-01.png"])
+def test_utf8_names_without_the_zip_flag_keep_their_name_and_digest(client, tmp_path, name) -> None:
+    tree = dict(image_folder(), **{name: png_bytes(seed=5)})
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for entry, data in tree.items():
+            info = _RawNameInfo(entry.encode("utf-8"))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, data)
+    with zipfile.ZipFile(io.BytesIO(out.getvalue())) as zf:  # what Python alone makes of it
+        assert name not in zf.namelist()
+        assert not any(i.flag_bits & 0x800 for i in zf.infolist())
+    response = upload_zip(client, out.getvalue())
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["content_sha256"] == content_digest(write_tree(tmp_path / "local", tree))
+    assert (client.app.state.store.dataset_dir(body["id"]) / name).is_file()
+
+
+def test_cp437_names_stay_cp437(client) -> None:
+    """A name that is not valid UTF-8 is what old DOS tools wrote: read as cp437."""
+    tree = image_folder()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for entry, data in tree.items():
+            zf.writestr(entry, data)
+        zf.writestr(_RawNameInfo(b"normal/caf\x82.png"), png_bytes(seed=6))
+    response = upload_zip(client, out.getvalue())
+    assert response.status_code == 201, response.text
+    stored = client.app.state.store.dataset_dir(response.json()["id"])
+    assert (stored / "normal" / "café.png").is_file()
+
+
+def test_a_tiff_upload_is_an_image(client) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buffer, format="TIFF")
+    tree = dict(image_folder(), **{"normal/scan.tif": buffer.getvalue()})
+    response = upload_zip(client, make_zip(tree))
+    assert response.status_code == 201, response.text
+    assert response.json()["num_samples"] == 7

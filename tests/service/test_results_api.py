@@ -260,7 +260,7 @@ def test_overlay_404s(world, job) -> None:
 def test_report_html_page_with_rows_from_sql_and_overlays_from_the_store(world, job, db) -> None:
     """?format=html: one self-contained page; the most drifted included samples (iou 0.1,
     0.3, 0.6, 0.9 ...) get overlays where the store has their maps (rows 0-2 here)."""
-    from worker.render.html_report import SECTIONS
+    from worker.render.html_report import OPTIONAL, SECTIONS
 
     _write_maps(world, job, [0, 1, 2])
     assert_problem(world.client.get(f"/drift-jobs/{job}/report", params={"format": "html"}), 409)
@@ -274,7 +274,7 @@ def test_report_html_page_with_rows_from_sql_and_overlays_from_the_store(world, 
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
-    for sid, _ in (s for s in SECTIONS if s[0] not in ("floor", "trajectory")):  # optional
+    for sid, _ in (s for s in SECTIONS if s[0] not in OPTIONAL):  # shown when measured
         assert f'<section id="{sid}"' in page, sid
     assert 'class="banner v-fail"' in page
     assert "<b>pneu</b>" not in page and "&lt;b&gt;pneu&lt;/b&gt;" in page

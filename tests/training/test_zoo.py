@@ -121,3 +121,33 @@ def test_errors_name_the_problem(tmp_path) -> None:
     save_checkpoint(path, other, model_metadata(other, list("abcde")))
     with pytest.raises(ValueError, match="not a tinycnn backbone"):
         create_model("tinycnn", 5, pretrained=path)
+
+
+def test_imagenet_weights_offline_fail_at_once_with_the_way_out(monkeypatch, tmp_path) -> None:
+    """No hub and nothing cached: one clear error instead of a minute of retries (the hub
+    client is put in offline mode, so it never tries the network)."""
+    import huggingface_hub.constants as hub
+
+    import training.zoo as zoo
+
+    monkeypatch.setattr(zoo, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    calls = []
+
+    def no_network(*args, **kwargs):  # any HTTP attempt would be a test bug
+        calls.append(args)
+        raise AssertionError("the hub client went to the network")
+
+    monkeypatch.setattr("huggingface_hub.file_download.get_session", no_network, raising=False)
+    with pytest.raises(
+        ValueError, match=r"cannot be reached.*pretrained 'none', or a weights file"
+    ):
+        create_model("resnet18", 5, pretrained="imagenet")
+    assert not calls
+    assert hub.HF_HUB_OFFLINE is False  # restored
+
+
+def test_hub_probe_says_no_for_a_closed_port() -> None:
+    from training.zoo import hub_reachable
+
+    assert hub_reachable(("127.0.0.1", 1), timeout=1.0) is False

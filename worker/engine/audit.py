@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader, Subset
 
 from training.checkpoint_format import CheckpointError
 from training.checkpoints import load_checkpoint
-from training.datasets import DatasetIndex, discover
+from training.datasets import DatasetIndex, apply_split_record, discover
 from training.image_dataset import ImageDataset
+from training.imageio import ImageReadError, image_size
 from training.protocol import resolve_device
 from training.zoo import ZooModel, named_module
 from worker.catalog import required_regions
@@ -89,11 +90,16 @@ def check_compatible(baseline: dict[str, Any], candidate: dict[str, Any]) -> Non
         )
 
 
+def evaluated_split(index: DatasetIndex, cfg: AuditConfig) -> str | None:
+    """The split an audit evaluates: ``auto`` is the test split when there is one, else all."""
+    if cfg.split == "auto":
+        return "test" if any(s.split == "test" for s in index.samples) else None
+    return cfg.split
+
+
 def evaluation_positions(index: DatasetIndex, cfg: AuditConfig) -> list[int]:
     """Positions (into ``index.samples``) the audit evaluates: split, then seeded subsample."""
-    split = cfg.split
-    if split == "auto":
-        split = "test" if any(s.split == "test" for s in index.samples) else None
+    split = evaluated_split(index, cfg)
     positions = [i for i, s in enumerate(index.samples) if split is None or s.split == split]
     if not positions:
         raise ValueError(f"split: the dataset has no samples in split {split!r}")
@@ -139,6 +145,11 @@ class Audit:
         ]
         for step in self.trajectory:
             check_compatible(self.baseline.meta, step.meta)
+        # the randomisation ceiling: the baseline with its top layers re-initialised (seeded,
+        # so every shard of a job builds the same copy)
+        self.ceiling: LoadedModel | None = None
+        if self.config.ceiling:
+            self.ceiling = _randomised(self.baseline, self.config.ceiling, self.config.seed)
         if self.config.target_layer:
             for loaded in (*models, *([replica] if replica else []), *self.trajectory):
                 named_module(loaded.model, self.config.target_layer)
@@ -147,6 +158,15 @@ class Audit:
             self.index = data
         else:
             self.index = discover(Path(data), class_names=self.class_names)
+        self.split_source = "dataset" if any(s.split for s in self.index.samples) else None
+        # data without splits of its own that a checkpoint was trained on: its training split
+        # again (the record in its metadata), so the audit sees held-out images, not training
+        # ones; the candidate's record first (it was trained on the audited data, if either)
+        for loaded in (self.candidate, self.baseline):
+            again = apply_split_record(self.index, loaded.meta.get("split"))
+            if again is not None:
+                self.index, self.split_source = again, f"training record ({loaded.meta['phase']})"
+                break
         self.positions = evaluation_positions(self.index, self.config)
         self.analysis_size = self.baseline.input_size
         # the one place a job's metrics are resolved against the data: a job that names none
@@ -253,6 +273,10 @@ class Audit:
         if self.replica is not None and bool(keep.any()):
             twin = self._attribute(self.replica, images01[keep], results[0].targets[keep])
             replica = _metrics(kept, twin.maps, None, cfg, kept_regions)
+        ceiling = None
+        if self.ceiling is not None and bool(keep.any()):
+            rand = self._attribute(self.ceiling, images01[keep], results[0].targets[keep])
+            ceiling = _metrics(kept, rand.maps, None, cfg, kept_regions)
         steps = None
         if self.trajectory:
             steps = self._trajectory(images01, targets, results, kept, keep, values, kept_regions)
@@ -265,7 +289,10 @@ class Audit:
                 cfg.methods,
             )
         return _rows(
-            self, BatchOutputs(rows, labels, preds, results, chosen, values, floor, replica, steps)
+            self,
+            BatchOutputs(
+                rows, labels, preds, results, chosen, values, floor, replica, steps, ceiling
+            ),
         )
 
     def _trajectory(
@@ -398,6 +425,18 @@ def stacked_metrics(
 Values = dict[str, dict[str, np.ndarray]]  # method -> metric -> values of the kept samples
 
 
+def _randomised(baseline: LoadedModel, layers: str, seed: int) -> LoadedModel:
+    """A copy of the baseline with ``layers`` (head, or head+N) re-initialised."""
+    import copy
+
+    from training.randomise import parse_layers, randomise
+
+    model = copy.deepcopy(baseline.model)
+    names = randomise(model, parse_layers(layers), seed)
+    meta = {**baseline.meta, "randomised": {"layers": layers, "modules": names, "seed": seed}}
+    return LoadedModel(model.eval(), meta)
+
+
 @dataclass
 class BatchOutputs:
     """What one batch's rows are built from."""
@@ -411,6 +450,7 @@ class BatchOutputs:
     floor: Values | None = None  # baseline vs a perturbed baseline
     replica: Values | None = None  # baseline vs its replica
     steps: Trajectory | None = None
+    ceiling: Values | None = None  # baseline vs its randomised-top-layers copy
 
 
 def _rows(audit: Audit, batch: BatchOutputs) -> list[dict]:
@@ -455,6 +495,8 @@ def _rows(audit: Audit, batch: BatchOutputs) -> list[dict]:
                 }
             if batch.floor is not None:
                 extra["floor"] = at(batch.floor, k)
+            if batch.ceiling is not None:
+                extra["ceiling"] = at(batch.ceiling, k)
         record = SampleRow(
             index=row,
             path=_relative(sample.path, audit.index.root),
@@ -535,6 +577,22 @@ def describe_model(loaded: LoadedModel, source: str) -> dict[str, Any]:
     }
 
 
+SIZE_PROBE = 32  # evaluated images whose headers tell the data's typical size
+
+
+def median_image_size(audit: Audit) -> list[int] | None:
+    """[H, W]: the median of the first evaluated images' sizes, from their headers only."""
+    sizes = []
+    for position in audit.positions[:SIZE_PROBE]:
+        try:
+            sizes.append(image_size(audit.index.samples[position].path))
+        except ImageReadError:
+            continue
+    if not sizes:
+        return None
+    return [int(np.median([h for h, _ in sizes])), int(np.median([w for _, w in sizes]))]
+
+
 def describe_dataset(audit: Audit, source: str) -> dict[str, Any]:
     return {
         "source": source,
@@ -543,6 +601,11 @@ def describe_dataset(audit: Audit, source: str) -> dict[str, Any]:
         "num_evaluated": audit.total,
         "class_names": audit.class_names,
         "split": audit.config.split,
+        # what was evaluated, and where that split came from: the dataset's own (a manifest
+        # column), a training run's record (data without splits), or none (every sample)
+        "evaluated_split": evaluated_split(audit.index, audit.config),
+        "median_image_size": median_image_size(audit),
+        "split_source": audit.split_source,
         "analysis_size": list(audit.analysis_size),
     }
 

@@ -90,11 +90,12 @@ SECTIONS = (
     ("distributions", "Distributions"),
     ("per-class", "Per class"),
     ("floor", "Noise floor"),
+    ("ceiling", "Ceiling"),
     ("trajectory", "Trajectory"),
     ("samples", "Most drifted"),
     ("settings", "Settings"),
 )
-OPTIONAL = ("floor", "trajectory")  # on the page only when the audit measured them
+OPTIONAL = ("floor", "ceiling", "trajectory")  # on the page only when the audit measured them
 
 VERDICT_TEXT = {
     "pass": ("PASS", "The candidate passes the policy."),
@@ -449,6 +450,18 @@ def _per_class(report: DriftReport) -> dict[str, Any]:
     return {"metrics": measured, "blocks": blocks}
 
 
+def _ceiling(report: DriftReport) -> list[dict[str, Any]] | None:
+    """Per method x metric x class: the drift on the floor (0) -> random model (1) scale."""
+    if not report.ceiling:
+        return None
+    rows = []
+    for method, per_metric in report.ceiling.items():
+        for metric, groups in per_metric.items():
+            for klass, entry in groups.items():
+                rows.append({"method": method, "metric": metric, "klass": klass, "e": entry})
+    return rows
+
+
 def _floor(report: DriftReport) -> dict[str, Any] | None:
     """Drift next to its floor(s): the share of samples beyond the floor's 95% tail, and the
     policy's ``beyond_floor`` checks of each row (the gate reads the noise floor only)."""
@@ -626,18 +639,22 @@ def render_html(
     its :class:`DriftReport`, read once (:func:`report_view`)."""
     view = report_view(report)
     floor = _floor(view)
+    ceiling = _ceiling(view)
     trajectory = html_trajectory.trajectory_context(view)
-    shown = {sid for sid, held in (("floor", floor), ("trajectory", trajectory)) if held}
+    held = (("floor", floor), ("ceiling", ceiling), ("trajectory", trajectory))
+    shown = {sid for sid, section in held if section}
     template = html_environment().get_template("report.html.j2")
     return template.render(
         css=stylesheet(),
         page=_page(view, shown),
         verdict=_verdict(view),
+        warnings=list(view.warnings),
         performance=_performance(view),
         subsets=_subsets(view, rows),
         distributions=_distributions(view, rows),
         per_class=_per_class(view),
         floor=floor,
+        ceiling=ceiling,
         trajectory=trajectory,
         samples=_samples(view, rows, overlay_png, top_k),
         settings=_settings(view),

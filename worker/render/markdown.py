@@ -103,6 +103,7 @@ def render_markdown(
             (role, plain_number(p.n), plain_number(p.accuracy), plain_number(p.macro_auc))
             for role, p in view.performance.items()
         ],
+        warnings=list(view.warnings),
         subset_keys=SUBSET_KEYS,
         subset_values=[plain_number(getattr(view.subsets, k)) for k in SUBSET_KEYS],
         drift=drift,
@@ -191,18 +192,58 @@ def gate_section(verdict: Verdict | Mapping[str, Any]) -> list[str]:
 def render_study_markdown(document: Mapping[str, Any]) -> str:
     """A study report (``worker.results.study.study_report``) as markdown: the entries, per
     metric each method's ranking (most stable first, with the means), Kendall tau between the
-    methods' rankings, and the ranking reversals with their bootstrap confidence."""
+    methods' rankings, and the ranking reversals with their bootstrap confidence; with
+    replicate trainings, the same between the architectures over seeds and samples."""
     methods = list(document["methods"])
-    rankings = document["rankings"]
+    table, taus, reversals = _study_tables(document, methods, document["metrics"])
+    replicates = document.get("replicates")
+    across = None
+    if replicates:
+        across = dict(
+            zip(
+                ("rankings", "taus", "reversals"),
+                _study_tables(replicates, methods, document["metrics"], spread=True),
+                strict=True,
+            )
+        )
+        across["groups"] = [
+            (md_cell(g), ", ".join(md_cell(n) for n in names))
+            for g, names in replicates["groups"].items()
+        ]
+    return _template("study.md.j2").render(
+        name=document.get("name"),
+        study_id=document.get("study_id"),
+        entries=document["entries"],
+        n_common=document["n_common"],
+        fingerprint=str(document["dataset"]["fingerprint"] or "")[:12],
+        methods=methods,
+        rankings=table,
+        taus=taus,
+        reversals=reversals,
+        across=across,
+        threshold=document["config"]["reversal_confidence"],
+    )
+
+
+def _study_tables(
+    section: Mapping[str, Any], methods: list[str], metrics: list[str], *, spread: bool = False
+) -> tuple[list, list, list]:
+    """The ranking rows, Kendall tau rows and reversal rows of a study section (the entries',
+    or the replicate groups'); ``spread`` adds each group's seed-to-seed SD to its mean."""
+    rankings = section["rankings"]
     table = []
-    for metric in document["metrics"]:
+    for metric in metrics:
         cells = []
         for method in methods:
             ranked = rankings[method][metric]
-            order = [
-                f"{md_cell(n)} ({plain_number(ranked['means'][n])})" for n in ranked["ranking"]
-            ]
-            cells.append(" > ".join(order) or "–")
+            sd = ranked.get("seed_sd", {}) if spread else {}
+
+            def shown(n: str, ranked: Mapping[str, Any] = ranked, sd: Mapping = sd) -> str:
+                mean = plain_number(ranked["means"][n])
+                extra = f" ± {plain_number(sd[n])}" if sd.get(n) is not None else ""
+                return f"{md_cell(n)} ({mean}{extra})"
+
+            cells.append(" > ".join(shown(n) for n in ranked["ranking"]) or "–")
         direction = rankings[methods[0]][metric]["direction"] if methods else None
         table.append((metric, STABLE.get(direction, "–"), cells))
     taus = [
@@ -212,7 +253,7 @@ def render_study_markdown(document: Mapping[str, Any]) -> str:
             plain_number(item["tau"]),
             plain_number(item["p_value"]),
         )
-        for metric, items in document["kendall_tau"].items()
+        for metric, items in section["kendall_tau"].items()
         for item in items
     ]
     reversals = [
@@ -226,17 +267,6 @@ def render_study_markdown(document: Mapping[str, Any]) -> str:
             "confidence": plain_number(r["confidence"], 2),
             "confident": r["confident"],
         }
-        for r in document["reversals"]
+        for r in section["reversals"]
     ]
-    return _template("study.md.j2").render(
-        name=document.get("name"),
-        study_id=document.get("study_id"),
-        entries=document["entries"],
-        n_common=document["n_common"],
-        fingerprint=str(document["dataset"]["fingerprint"] or "")[:12],
-        methods=methods,
-        rankings=table,
-        taus=taus,
-        reversals=reversals,
-        threshold=document["config"]["reversal_confidence"],
-    )
+    return table, taus, reversals

@@ -50,13 +50,17 @@ import numpy as np
 from scipy import stats as sps
 
 from worker.catalog import Direction, metric_info
+from worker.results.ceiling import scale_position
 from worker.results.gate.policy import Policy, parse_policy
 from worker.results.rows import DRIFT, RowTable
 from worker.results.study import load_local_entry
 
 DEFAULT_ALPHA = 0.05
 MIN_REFERENCES = 3
-DEFAULT_METRICS: tuple[str, ...] = ("iou_top20", "pearson", "displacement")  # the default policy's
+# what a calibration checks unless told: three signals every audit computes (overlap, pattern,
+# location); the benchmark adds consistency_change and outside_lung_change
+# (docs/gate-calibration.md)
+DEFAULT_METRICS: tuple[str, ...] = ("iou_top20", "pearson", "displacement")
 LOGIT_EPS = 1e-6  # class means of exactly 0 or 1 sit this far inside (0, 1) before the logit
 DIGITS = 6  # thresholds are written rounded outward (towards "pass") to this many decimals
 
@@ -429,17 +433,17 @@ def ceiling_scale(
             floor, source = float(np.mean(floors[fit.check])), "noise floor"
         else:
             floor, source = fit.mean, "references"
-        floor = float(worse.magnitude(floor))
         top, _ = ceiling.get(fit.check, (None, 0))
-        top = None if top is None else float(worse.magnitude(top))
-        span = None if top is None else top - floor
-        separable = span is not None and (span < 0 if worse is Direction.LOWER else span > 0)
-        separable = separable and abs(span or 0.0) > 1e-12
-        positions: tuple[float | None, ...] = tuple(
-            (float(worse.magnitude(b.value)) - floor) / span if separable and span else None
-            for b in fit.bounds
+        metric = fit.check.metric
+        _, separable = scale_position(metric, None, floor, top)
+        positions = tuple(scale_position(metric, b.value, floor, top)[0] for b in fit.bounds)
+        out[fit.check] = CeilingEntry(
+            float(worse.magnitude(floor)),
+            source,
+            None if top is None else float(worse.magnitude(top)),
+            positions,
+            separable,
         )
-        out[fit.check] = CeilingEntry(floor, source, top, positions, separable)
     return out
 
 
@@ -459,6 +463,21 @@ def load_reference_report(path: Path | str) -> ReferenceReport:
     """A report and the ``.samples.jsonl`` next to it (``samples.location``)."""
     entry = load_local_entry(Path(path))
     return ReferenceReport(Path(path), entry["report"], RowTable.from_rows(entry["rows"]))
+
+
+def gate_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The references' audit options in ``camdrift gate``'s words (the policy's comments say
+    how to run the gate so it audits what the references audited)."""
+    out: dict[str, Any] = {
+        "--sample-filter": config.get("sample_filter"),
+        "--split": config.get("split") or "all",
+    }
+    if config.get("max_samples") is not None:
+        out["--max-samples"] = config["max_samples"]
+    out["--seed"] = config.get("seed")
+    if config.get("target_layer"):
+        out["target_layer"] = config["target_layer"]
+    return out
 
 
 AUDIT_KEYS = ("sample_filter", "split", "max_samples", "seed", "target_layer")

@@ -7,6 +7,7 @@ same rows, so they produce the same report. Torch-free, so the service can rebui
 from __future__ import annotations
 
 import itertools
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ import numpy as np
 import training
 from training.evaluation import classification_metrics
 from worker.catalog import metric_info, pair_metrics
+from worker.results.ceiling import ceiling_section
 from worker.results.consistency import CONSISTENCY_FT, CONSISTENCY_TL, consistency_section
 from worker.results.report_schema import REPORT_KIND
 from worker.results.rows import RowTable
@@ -54,6 +56,9 @@ def build_report(
             )
             for metric in metrics
         }
+    performance = {
+        role: _performance(table, role, class_names) for role in ("baseline", "candidate")
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": REPORT_KIND,
@@ -63,9 +68,8 @@ def build_report(
         "dataset": dataset,
         "config": config,
         "subsets": subset_counts(table, class_names),
-        "performance": {
-            role: _performance(table, role, class_names) for role in ("baseline", "candidate")
-        },
+        "performance": performance,
+        "warnings": audit_warnings(performance, dataset, models),
         "summaries": summaries,
         "method_comparisons": _comparisons(included, methods, metrics),
         "degenerate": _degenerate_counts(included, methods),
@@ -83,6 +87,7 @@ def build_report(
             seed=seed,
             key="replica_floor",
         ),
+        "ceiling": ceiling_section(included, methods, paired, class_names),
         "trajectory": trajectory_section(
             table,
             methods,
@@ -181,6 +186,33 @@ def subset_counts(rows: list[dict[str, Any]] | RowTable, class_names: list[str])
         "disagreement": int((pa != pb).sum()),
         "per_class": per_class,
     }
+
+
+CHANCE_MARGIN = 0.1  # a macro AUC within this of 0.5 is "near chance"
+
+
+def audit_warnings(
+    performance: dict[str, Any], dataset: dict[str, Any], models: dict[str, dict[str, Any]]
+) -> list[str]:
+    """What makes the drift figures mean less than they seem, said once in the report: a
+    model near chance on the audited data (its maps carry little evidence to drift from), and
+    images smaller than the analysis size (upsampled: the maps see interpolation)."""
+    out = []
+    for role in ("baseline", "candidate"):
+        auc = (performance.get(role) or {}).get("macro_auc")
+        if auc is not None and math.isfinite(auc) and auc < 0.5 + CHANCE_MARGIN:
+            out.append(
+                f"the {role} ({(models.get(role) or {}).get('phase') or '?'}) scores a macro AUC "
+                f"of {auc:.2f} on the audited images, near chance: its maps carry little "
+                "evidence, so drift to or from them means little"
+            )
+    seen, analysis = dataset.get("median_image_size"), dataset.get("analysis_size")
+    if seen and analysis and min(seen) < min(analysis):
+        out.append(
+            f"the images (median {seen[0]}x{seen[1]} px) are upsampled to the analysis size "
+            f"{analysis[0]}x{analysis[1]}: the maps resolve no finer detail than the images hold"
+        )
+    return out
 
 
 def _performance(rows: list[dict[str, Any]] | RowTable, role: str, class_names: list[str]) -> dict:

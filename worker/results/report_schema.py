@@ -226,6 +226,18 @@ class Verdict(_Open):
         return sorted(self.rules, key=lambda c: rank[c.passed])
 
 
+class CeilingPosition(_Open):
+    """A class mean on the floor (0) -> randomised model (1) scale (worker.results.ceiling)."""
+
+    n: int
+    drift: float | None
+    floor: float | None
+    floor_source: Literal["noise floor", "identical maps"] | None = None
+    ceiling: float | None
+    position: float | None
+    separable: bool
+
+
 class DriftReport(BaseModel):
     """A drift report, ``schema_version`` 1.x. Sections it does not declare are kept."""
 
@@ -240,6 +252,8 @@ class DriftReport(BaseModel):
     config: ReportConfig
     subsets: Subsets
     performance: dict[Role, Performance]
+    # what makes the figures mean less than they seem (a model near chance, upsampled images)
+    warnings: list[str] = Field(default_factory=list)
     # method -> metric (any catalogued name, worker.catalog.metric_info) -> overall/class
     summaries: dict[str, dict[str, dict[str, Stats]]]
     method_comparisons: list[Comparison]
@@ -248,6 +262,8 @@ class DriftReport(BaseModel):
     noise_floor: dict[str, dict[str, FloorEntry]] | None = None
     replica_floor: dict[str, dict[str, FloorEntry]] | None = None
     trajectory: TrajectorySection | None = None
+    # method -> metric -> overall/class: the drift on the floor -> ceiling scale (job ``ceiling``)
+    ceiling: dict[str, dict[str, dict[str, CeilingPosition]]] | None = None
     # method -> map consistency across images (None: the audit computed no consistency_tl/_ft)
     consistency: dict[str, ConsistencyMethod] | None = None
     verdict: Verdict | None = None

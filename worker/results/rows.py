@@ -6,7 +6,7 @@ On the wire (the ``*.samples.jsonl`` file, the SQL loader, the API) a row stays 
      "probs_candidate", "target_baseline", "target_candidate", "included",
      "metrics": {method: {metric: float | None}}, "degenerate": {method: [bool, bool]},
      optional "probs_trajectory": [[p, ...] per intermediate checkpoint],
-     optional "floor" / "replica_floor": {method: {metric: float | None}},
+     optional "floor" / "replica_floor" / "ceiling": {method: {metric: float | None}},
      optional "trajectory": {method: {"from_first": [{metric: v} per step], "consecutive": ...}}}
 
 :class:`SampleRow` is that dict as a frozen dataclass (``from_dict`` / ``to_dict`` round-trip it
@@ -40,11 +40,14 @@ SAMPLE_FIELDS: tuple[str, ...] = (
 )
 REQUIRED = (*SAMPLE_FIELDS, "metrics", "degenerate")
 # the optional keys, in the order an audit writes them
-OPTIONAL = ("probs_trajectory", "replica_floor", "trajectory", "floor")
+OPTIONAL = ("probs_trajectory", "replica_floor", "trajectory", "floor", "ceiling")
 FLOOR_SERIES = ("floor", "replica_floor")
+# baseline vs another model, one value per sample and method: the floors, and the ceiling
+# (baseline vs a copy with re-initialised top layers)
+REFERENCE_SERIES = (*FLOOR_SERIES, "ceiling")
 TRAJECTORY_KINDS = ("from_first", "consecutive")
 DRIFT = "drift"  # the series name of the ``metrics`` key
-SERIES = (DRIFT, *FLOOR_SERIES, *TRAJECTORY_KINDS)
+SERIES = (DRIFT, *REFERENCE_SERIES, *TRAJECTORY_KINDS)
 
 
 def _values(named: Mapping[str, Mapping[str, Any]]) -> Values:
@@ -72,6 +75,7 @@ class SampleRow:
     replica_floor: Values | None = None
     trajectory: dict[str, dict[str, tuple[dict[str, Any], ...]]] | None = None
     floor: Values | None = None
+    ceiling: Values | None = None
     # the optional keys present, in the order ``to_dict`` writes them (``from_dict`` keeps the
     # order it read); None = the audit's order
     key_order: tuple[str, ...] | None = field(default=None, compare=False, repr=False)
@@ -110,6 +114,7 @@ class SampleRow:
                 for method, kinds in trajectory.items()
             },
             floor=None if row.get("floor") is None else _values(row["floor"]),
+            ceiling=None if row.get("ceiling") is None else _values(row["ceiling"]),
             key_order=tuple(k for k in row if k in OPTIONAL),
         )
 
@@ -192,7 +197,7 @@ class _Collector:
 class RowTable:
     """Rows as columns, sorted by ``index``. Value columns are float64, NaN where a row has no
     (or a None) value; ``present[series]`` marks the rows that carry a series at all (a
-    non-empty ``floor`` / ``replica_floor`` / ``trajectory``)."""
+    non-empty ``floor`` / ``replica_floor`` / ``ceiling`` / ``trajectory``)."""
 
     index: np.ndarray
     label: np.ndarray
@@ -228,13 +233,13 @@ class RowTable:
         rows = sorted(rows, key=lambda r: r["index"])
         n = len(rows)
         values = _Collector(n)
-        present = {key: np.zeros(n, dtype=bool) for key in (*FLOOR_SERIES, "trajectory")}
+        present = {key: np.zeros(n, dtype=bool) for key in (*REFERENCE_SERIES, "trajectory")}
         flags: dict[str, np.ndarray] = {}
         lengths = np.full(n, -1, dtype=np.int64)
         for i, r in enumerate(rows):
             if DRIFT in wanted:
                 values.named(DRIFT, i, r.get("metrics"))
-            for key in FLOOR_SERIES:
+            for key in REFERENCE_SERIES:
                 named = r.get(key)
                 if named:
                     present[key][i] = True

@@ -23,6 +23,12 @@ the evaluated sample set. For each method x metric present in every entry:
   methods for the same metric, reported with both orders' bootstrap probabilities; its
   confidence is the smaller of the two (high only when both methods' orders hold under
   resampling). ``confident`` marks reversals with confidence >= ``REVERSAL_CONFIDENCE``.
+* **replicates** (when several entries are replicate trainings of one model family: the same
+  ``group``, by default the candidate's architecture): the same rankings, order probabilities and
+  reversals between the *groups*, a group's score being the mean of its replicates' means. Its
+  bootstrap is two-stage -- each replicate redraws the group's members with replacement
+  (training-seed variation) and the samples as above (paired) -- so a reversal between two
+  architectures must hold across seeds, not only across images: the stronger test.
 
 Each entry's report is read once as its model (``report_schema.report_view``). Torch-free
 (numpy + scipy), so the API process can build it from stored rows.
@@ -129,6 +135,7 @@ def study_report(
         RowTable.from_rows(list({int(r["index"]): r for r in e["rows"]}.values()), ["drift"])
         for e in entries
     ]
+    groups = replicate_groups(entries, reports)
     common = np.logical_and.reduce([t.included for t in tables])
     n = int(common.sum())
 
@@ -144,71 +151,28 @@ def study_report(
         scores[method, metric] = shown if direction == "higher" else -shown
 
     probabilities = _order_probabilities(scores, n, n_boot=n_boot, seed=seed)
-
-    rankings: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    point: dict[tuple[str, str], np.ndarray] = {}
-    for (method, metric), score in scores.items():
-        valid = np.isfinite(score).all(axis=0)
-        n_valid = int(valid.sum())
-        if n_valid:
-            mean_score = score[:, valid].mean(axis=1)
-            means = values[method, metric][:, valid].mean(axis=1)
-            ranks = sps.rankdata(-mean_score, method="average")
-            order = sorted(range(len(names)), key=lambda e: (ranks[e], e))
-        else:
-            mean_score = np.full(len(names), np.nan)
-            means, ranks, order = mean_score, None, []
-        point[method, metric] = mean_score
-        prob = probabilities[method, metric]
-        rankings[method][metric] = {
-            "direction": stability_direction(metric),
-            "n": n_valid,
-            "means": {name: _float(means[e]) for e, name in enumerate(names)},
-            "ranking": [names[e] for e in order],
-            "ranks": {
-                name: None if ranks is None else float(ranks[e]) for e, name in enumerate(names)
-            },
-            "order_probability": {
-                a: {b: _float(prob[i, j]) for j, b in enumerate(names) if j != i}
-                for i, a in enumerate(names)
-            },
+    singletons = [[e] for e in range(len(names))]
+    rankings, point = _rankings(names, singletons, scores, values, probabilities)
+    taus, reversals = _agreement(names, methods, metrics, point, probabilities)
+    replicates = None
+    if groups is not None:
+        labels, members = list(groups), list(groups.values())
+        group_probabilities = _order_probabilities(
+            scores, n, n_boot=n_boot, seed=seed, groups=members
+        )
+        group_rankings, group_point = _rankings(
+            labels, members, scores, values, group_probabilities
+        )
+        group_taus, group_reversals = _agreement(
+            labels, methods, metrics, group_point, group_probabilities
+        )
+        replicates = {
+            "groups": {g: [names[e] for e in m] for g, m in groups.items()},
+            "bootstrap": "two-stage: replicates within each group, then samples (paired)",
+            "rankings": group_rankings,
+            "kendall_tau": group_taus,
+            "reversals": group_reversals,
         }
-
-    taus: dict[str, list[dict[str, Any]]] = {}
-    reversals: list[dict[str, Any]] = []
-    for metric in metrics:
-        taus[metric] = []
-        for m1, m2 in itertools.combinations(methods, 2):
-            x, y = point[m1, metric], point[m2, metric]
-            ok = np.isfinite(x) & np.isfinite(y)
-            tau = p_value = None
-            if ok.sum() >= 2:
-                result = sps.kendalltau(x[ok], y[ok])
-                tau, p_value = _float(result.statistic), _float(result.pvalue)
-            taus[metric].append({"methods": [m1, m2], "tau": tau, "p_value": p_value})
-            p1, p2 = probabilities[m1, metric], probabilities[m2, metric]
-            for i, j in itertools.combinations(range(len(names)), 2):
-                d1, d2 = x[i] - x[j], y[i] - y[j]
-                if not (np.isfinite(d1) and np.isfinite(d2)) or d1 * d2 >= 0:
-                    continue
-                # under m1 the more stable is `a`, under m2 it is `b`
-                a, b = (i, j) if d1 > 0 else (j, i)
-                first, second = _float(p1[a, b]), _float(p2[b, a])
-                confidence = None if first is None or second is None else min(first, second)
-                reversals.append(
-                    {
-                        "metric": metric,
-                        "methods": [m1, m2],
-                        "pair": [names[a], names[b]],
-                        "orders": {
-                            m1: {"more_stable": names[a], "probability": first},
-                            m2: {"more_stable": names[b], "probability": second},
-                        },
-                        "confidence": confidence,
-                        "confident": confidence is not None and confidence >= REVERSAL_CONFIDENCE,
-                    }
-                )
-    reversals.sort(key=lambda r: -(r["confidence"] or 0.0))
 
     return {
         "schema_version": STUDY_SCHEMA_VERSION,
@@ -225,37 +189,166 @@ def study_report(
         "rankings": rankings,
         "kendall_tau": taus,
         "reversals": reversals,
+        "replicates": replicates,
     }
 
 
+def replicate_groups(
+    entries: list[dict[str, Any]], reports: list[DriftReport]
+) -> dict[str, list[int]] | None:
+    """Entries that are replicate trainings of one model family, by group label: an entry's
+    ``group`` when given, else its candidate's architecture. None unless some group has two or
+    more members and there are at least two groups (else there is nothing to rank)."""
+    groups: dict[str, list[int]] = {}
+    for e, (entry, report) in enumerate(zip(entries, reports, strict=True)):
+        label = entry.get("group") or _entry_meta(entry, report)["arch"] or entry["name"]
+        groups.setdefault(str(label), []).append(e)
+    if len(groups) < 2 or max(len(m) for m in groups.values()) < 2:
+        return None
+    return groups
+
+
+def _rankings(
+    labels: list[str],
+    members: list[list[int]],
+    scores: dict[tuple[str, str], np.ndarray],
+    values: dict[tuple[str, str], np.ndarray],
+    probabilities: dict[tuple[str, str], np.ndarray],
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], np.ndarray]]:
+    """Per method x metric: the ranking of ``labels`` (each the mean of its ``members``' means
+    over the samples defined for every entry), ranks, order probabilities; and the point scores
+    the reversals compare."""
+    rankings: dict[str, dict[str, Any]] = {}
+    point: dict[tuple[str, str], np.ndarray] = {}
+    for (method, metric), score in scores.items():
+        valid = np.isfinite(score).all(axis=0)
+        n_valid = int(valid.sum())
+        if n_valid:
+            entry_score = score[:, valid].mean(axis=1)
+            entry_means = values[method, metric][:, valid].mean(axis=1)
+            mean_score = np.array([entry_score[m].mean() for m in members])
+            means = np.array([entry_means[m].mean() for m in members])
+            ranks = sps.rankdata(-mean_score, method="average")
+            order = sorted(range(len(labels)), key=lambda e: (ranks[e], e))
+        else:
+            mean_score = np.full(len(labels), np.nan)
+            means, ranks, order = mean_score, None, []
+        point[method, metric] = mean_score
+        prob = probabilities[method, metric]
+        rankings.setdefault(method, {})[metric] = {
+            "direction": stability_direction(metric),
+            "n": n_valid,
+            "means": {name: _float(means[e]) for e, name in enumerate(labels)},
+            "ranking": [labels[e] for e in order],
+            "ranks": {
+                name: None if ranks is None else float(ranks[e]) for e, name in enumerate(labels)
+            },
+            "order_probability": {
+                a: {b: _float(prob[i, j]) for j, b in enumerate(labels) if j != i}
+                for i, a in enumerate(labels)
+            },
+        }
+        if any(len(m) > 1 for m in members):
+            spread = [np.std(entry_means[m], ddof=1) if len(m) > 1 else math.nan for m in members]
+            rankings[method][metric]["replicates"] = {
+                name: len(m) for name, m in zip(labels, members, strict=True)
+            }
+            rankings[method][metric]["seed_sd"] = {
+                name: _float(spread[e]) for e, name in enumerate(labels)
+            }
+    return rankings, point
+
+
+def _agreement(
+    labels: list[str],
+    methods: list[str],
+    metrics: list[str],
+    point: dict[tuple[str, str], np.ndarray],
+    probabilities: dict[tuple[str, str], np.ndarray],
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+    """Kendall tau between every pair of methods' rankings per metric, and the ranking
+    reversals (most confident first)."""
+    taus: dict[str, list[dict[str, Any]]] = {}
+    reversals: list[dict[str, Any]] = []
+    for metric in metrics:
+        taus[metric] = []
+        for m1, m2 in itertools.combinations(methods, 2):
+            x, y = point[m1, metric], point[m2, metric]
+            ok = np.isfinite(x) & np.isfinite(y)
+            tau = p_value = None
+            if ok.sum() >= 2:
+                result = sps.kendalltau(x[ok], y[ok])
+                tau, p_value = _float(result.statistic), _float(result.pvalue)
+            taus[metric].append({"methods": [m1, m2], "tau": tau, "p_value": p_value})
+            p1, p2 = probabilities[m1, metric], probabilities[m2, metric]
+            for i, j in itertools.combinations(range(len(labels)), 2):
+                d1, d2 = x[i] - x[j], y[i] - y[j]
+                if not (np.isfinite(d1) and np.isfinite(d2)) or d1 * d2 >= 0:
+                    continue
+                # under m1 the more stable is `a`, under m2 it is `b`
+                a, b = (i, j) if d1 > 0 else (j, i)
+                first, second = _float(p1[a, b]), _float(p2[b, a])
+                confidence = None if first is None or second is None else min(first, second)
+                reversals.append(
+                    {
+                        "metric": metric,
+                        "methods": [m1, m2],
+                        "pair": [labels[a], labels[b]],
+                        "orders": {
+                            m1: {"more_stable": labels[a], "probability": first},
+                            m2: {"more_stable": labels[b], "probability": second},
+                        },
+                        "confidence": confidence,
+                        "confident": confidence is not None and confidence >= REVERSAL_CONFIDENCE,
+                    }
+                )
+    reversals.sort(key=lambda r: -(r["confidence"] or 0.0))
+    return taus, reversals
+
+
 def _order_probabilities(
-    scores: dict[tuple[str, str], np.ndarray], n: int, *, n_boot: int, seed: int
+    scores: dict[tuple[str, str], np.ndarray],
+    n: int,
+    *,
+    n_boot: int,
+    seed: int,
+    groups: list[list[int]] | None = None,
 ) -> dict[tuple[str, str], np.ndarray]:
     """P(row i's mean score > row j's) over a paired bootstrap of the ``n`` common samples.
 
     One resample of sample indices per replicate, shared by every method x metric; samples whose
     value is undefined for some entry are left out of that method x metric's means (replicates
     without any defined sample do not count). Ties count one half.
+
+    With ``groups`` (lists of row indices) the probabilities are between groups, and each
+    replicate also redraws every group's members with replacement (its own seeded stream, so
+    the sample draws are the same as without groups): the group's mean is the mean of the drawn
+    members' resampled means.
     """
     out: dict[tuple[str, str], np.ndarray] = {}
     wins: dict[tuple[str, str], np.ndarray] = {}
     counted: dict[tuple[str, str], int] = {}
     prepared: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    size_out = None if groups is None else len(groups)
     for key, score in scores.items():
         valid = np.isfinite(score).all(axis=0)
         prepared[key] = (np.where(valid, score, 0.0), valid.astype(np.float64))
-        e = score.shape[0]
+        e = size_out or score.shape[0]
         wins[key] = np.zeros((e, e))
         counted[key] = 0
     if n == 0:
         return {key: np.full_like(w, np.nan) for key, w in wins.items()}
     rng = np.random.default_rng(seed)
+    pick_rng = np.random.default_rng([seed, 1])
     done = 0
     while done < n_boot:
         size = min(_CHUNK, n_boot - done)
         draws = rng.integers(0, n, size=(size, n))
         flat = (np.arange(size)[:, None] * n + draws).ravel()
         counts = np.bincount(flat, minlength=size * n).reshape(size, n).astype(np.float64)
+        picks = None
+        if groups is not None:  # the members each replicate draws, per group
+            picks = [np.asarray(m)[pick_rng.integers(0, len(m), (size, len(m)))] for m in groups]
         done += size
         for key, (filled, valid) in prepared.items():
             weight = counts @ valid  # (size,)
@@ -263,6 +356,11 @@ def _order_probabilities(
             if not ok.any():
                 continue
             means = (counts[ok] @ filled.T) / weight[ok, None]  # (replicates, entries)
+            if picks is not None:
+                means = np.stack(
+                    [np.take_along_axis(means, p[ok], axis=1).mean(axis=1) for p in picks],
+                    axis=1,
+                )
             diff = means[:, :, None] - means[:, None, :]
             wins[key] += (diff > 0).sum(axis=0) + 0.5 * (diff == 0).sum(axis=0)
             counted[key] += int(ok.sum())

@@ -47,11 +47,14 @@ class Series(StrEnum):
     DRIFT = "drift"  # baseline vs candidate: the row's ``metrics``
     FLOOR = "floor"  # baseline vs a perturbed baseline: the row's ``floor``
     REPLICA_FLOOR = "replica_floor"  # baseline vs a baseline replica: ``replica_floor``
+    CEILING = "ceiling"  # baseline vs its randomised-top-layers copy: ``ceiling``
     FROM_FIRST = "from_first"  # trajectory step k vs the baseline (k = 1, 2, ...)
     CONSECUTIVE = "consecutive"  # trajectory step k vs step k - 1
 
 
 FLOOR_SERIES: tuple[Series, ...] = (Series.FLOOR, Series.REPLICA_FLOOR)  # = their row keys
+# baseline vs another model (the floors and the ceiling): one value per sample, row key = name
+REFERENCE_SERIES: tuple[Series, ...] = (*FLOOR_SERIES, Series.CEILING)
 TRAJECTORY_SERIES: tuple[Series, ...] = (Series.FROM_FIRST, Series.CONSECUTIVE)  # = kinds
 
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")

@@ -7,6 +7,7 @@ flags) and one ``sample_values`` record per metric value (long format)::
     row["metrics"][method][metric]                   series drift          step 0
     row["floor"][method][metric]                     series floor          step 0
     row["replica_floor"][method][metric]             series replica_floor  step 0
+    row["ceiling"][method][metric]                   series ceiling        step 0
     row["trajectory"][method][kind][k - 1][metric]   series kind           step k (1, 2, ...)
 
 so a metric added to ``worker.catalog`` is stored, loaded and sorted on without a migration.
@@ -25,7 +26,7 @@ from sqlalchemy.orm import Session
 from worker.catalog import METRICS, pair_metrics, topq
 from worker.results.rows import SAMPLE_FIELDS
 from worker.store.models import (
-    FLOOR_SERIES,
+    REFERENCE_SERIES,
     TRAJECTORY_SERIES,
     JobSample,
     SampleMetric,
@@ -76,7 +77,7 @@ def method_values(row: dict[str, Any], method: str) -> Iterator[tuple[str, int, 
     """(series, step, metric, value) of every value the row holds for ``method``."""
     for metric, value in ((row.get("metrics") or {}).get(method) or {}).items():
         yield Series.DRIFT.value, 0, metric, _value(value)
-    for series in FLOOR_SERIES:
+    for series in REFERENCE_SERIES:
         for metric, value in ((row.get(series.value) or {}).get(method) or {}).items():
             yield series.value, 0, metric, _value(value)
     kinds = (row.get("trajectory") or {}).get(method) or {}
@@ -133,7 +134,7 @@ def assemble(
     for method, values in drift.items():
         row["metrics"][method] = _pick(values, names)
         row["degenerate"][method] = [bool(flags[method][0]), bool(flags[method][1])]
-    for series in FLOOR_SERIES:
+    for series in REFERENCE_SERIES:
         for method, values in floors.get(series.value, {}).items():
             row.setdefault(series.value, {})[method] = _pick(values, pair_names)
     for method, kinds in steps.items():
