@@ -10,4 +10,5 @@ COPY migrations ./migrations
 RUN pip install ".[postgres]"
 RUN useradd --uid 10001 camdrift && mkdir -p /data && chown camdrift /data
 USER camdrift
-CMD ["celery", "-A", "worker.runtime.tasks", "worker", "--pool", "solo", "-Q", "camdrift", "--loglevel", "INFO"]
+# one pinned Celery worker per GPU of the container (all of the host's): worker/runtime/fleet.py
+CMD ["camdrift", "fleet"]

@@ -184,17 +184,7 @@ def print_study(document: dict[str, Any]) -> None:
     console.print(
         f"study of {len(document['entries'])} model pairs on {document['n_common']} common samples"
     )
-    table = Table(title="ranking, most stable first (mean)")
-    table.add_column("metric")
-    for method in document["methods"]:
-        table.add_column(method)
-    for metric in document["metrics"]:
-        cells = []
-        for method in document["methods"]:
-            r = document["rankings"][method][metric]
-            cells.append(" > ".join(f"{n} ({fmt(r['means'][n])})" for n in r["ranking"]) or "-")
-        table.add_row(metric, *cells)
-    console.print(table)
+    console.print(_ranking_table(document, document, "ranking, most stable first (mean)"))
     taus = Table(title="Kendall tau between the methods' rankings")
     for col in ("metric", "methods", "tau", "p"):
         taus.add_column(col)
@@ -209,26 +199,35 @@ def print_study(document: dict[str, Any]) -> None:
     if not replicates:
         return
     groups = "; ".join(f"{g}: {len(names)}" for g, names in replicates["groups"].items())
-    across = Table(title=f"across replicate trainings ({groups}): mean ± seed SD")
-    across.add_column("metric")
+    title = f"across replicate trainings ({groups}): mean ± seed SD"
+    console.print(_ranking_table(document, replicates, title))
+    _print_reversals(replicates["reversals"], "reversals between architectures (seeds and samples)")
+
+
+def _ranking_table(document: dict[str, Any], section: dict[str, Any], title: str) -> Any:
+    """Per metric (rows) and method (columns): the ranking, most stable first, with the means
+    (and the seed-to-seed SD where the section has replicates)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
     for method in document["methods"]:
-        across.add_column(method)
+        table.add_column(method)
     for metric in document["metrics"]:
         cells = []
         for method in document["methods"]:
-            r = replicates["rankings"][method][metric]
+            r = section["rankings"][method][metric]
             sd = r.get("seed_sd", {})
             cells.append(
                 " > ".join(
-                    f"{g} ({fmt(r['means'][g])}"
-                    + (f" ± {fmt(sd[g])})" if sd.get(g) is not None else ")")
-                    for g in r["ranking"]
+                    f"{n} ({fmt(r['means'][n])}"
+                    + (f" ± {fmt(sd[n])})" if sd.get(n) is not None else ")")
+                    for n in r["ranking"]
                 )
                 or "-"
             )
-        across.add_row(metric, *cells)
-    console.print(across)
-    _print_reversals(replicates["reversals"], "reversals between architectures (seeds and samples)")
+        table.add_row(metric, *cells)
+    return table
 
 
 def _print_reversals(reversals: list[dict[str, Any]], title: str) -> None:

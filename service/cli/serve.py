@@ -90,6 +90,37 @@ def run_worker(
     )
 
 
+def fleet(
+    queues: Annotated[str, typer.Option()] = "camdrift",
+    max_restarts: Annotated[
+        int, typer.Option(help="Restarts of one worker within 5 minutes before giving up on it")
+    ] = 5,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (one worker per GPU) and exit")
+    ] = False,
+) -> None:
+    """One Celery worker per visible GPU, each pinned to its device; restarts a worker that
+    dies, stops all on SIGTERM (the compose worker's command)."""
+    from worker.runtime.fleet import Fleet, plan, visible_devices
+    from worker.store import get_settings
+
+    members = plan(visible_devices(), queues=queues)
+    for m in members:
+        console.print(f"{m.name}: device {m.device or 'cpu'} ({' '.join(m.argv[1:4])} ...)")
+    if dry_run:
+        return
+    if not get_settings().broker_url:
+        error(
+            "CAMDRIFT_BROKER_URL is not set: workers take their jobs from a broker",
+            line_err_console,
+        )
+        raise typer.Exit(EXIT_USAGE)
+    if max_restarts < 0:
+        error("--max-restarts must be >= 0", line_err_console)
+        raise typer.Exit(EXIT_USAGE)
+    raise typer.Exit(Fleet(members, max_restarts=max_restarts).run())
+
+
 # --------------------------------------------------------------------------- config
 
 

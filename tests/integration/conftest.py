@@ -149,23 +149,11 @@ class Processes:
         return f"http://127.0.0.1:{port}"
 
     def celery_worker(self, name: str, env: dict[str, str]) -> subprocess.Popen:
-        """One ``celery worker --pool solo`` (the compose ``worker`` service's command)."""
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.runtime.tasks",
-            "worker",
-            "--pool",
-            "solo",
-            "-n",
-            f"{name}@%h",
-            "-Q",
-            "camdrift",
-            "--loglevel",
-            "INFO",
-        ]
+        """One Celery worker as ``camdrift fleet`` starts it per GPU (``--pool solo``,
+        prefetch 1): the compose ``worker`` service's processes."""
+        from worker.runtime.fleet import worker_argv
+
+        args = list(worker_argv(f"{name}@%h"))
         return self.start(name, args, env)
 
     def log(self, proc: subprocess.Popen) -> str:
@@ -265,6 +253,9 @@ def assert_reports_equal(a: Any, b: Any, path: str = "report") -> None:
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_reports_equal(x, y, f"{path}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6), f"{path}: {a} != {b}"
+        # a ceiling position is a ratio (drift - floor) / (ceiling - floor): where the span is
+        # small it multiplies its inputs' float noise (those are compared at 1e-5 above it)
+        rel = 1e-3 if path.endswith(".position") else 1e-5
+        assert math.isclose(a, b, rel_tol=rel, abs_tol=1e-6), f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"

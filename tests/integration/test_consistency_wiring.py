@@ -67,7 +67,13 @@ def _local(inputs, out: Path, policy: dict[str, Any] | None = None) -> dict[str,
     from worker.runtime.local_run import run_audit
 
     cfg = AuditConfig(
-        methods=METHODS, sample_filter="all", split=None, seed=0, noise_floor=True, batch_size=BATCH
+        methods=METHODS,
+        sample_filter="all",
+        split=None,
+        seed=0,
+        noise_floor=True,
+        ceiling=JOB["ceiling"],
+        batch_size=BATCH,
     )
     return run_audit(
         inputs.baseline,
