@@ -30,7 +30,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import training
-from service.api.routes import calibrations, checkpoints, datasets, health, jobs, results
+from service.api.routes import (
+    calibrations,
+    checkpoints,
+    datasets,
+    health,
+    jobs,
+    pages,
+    results,
+)
 from service.api.routes import studies as studies_api
 from service.api.routes.health import job_counts
 from service.auth import OPEN_PATHS, BearerAuthMiddleware
@@ -108,7 +116,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     install_problem_handlers(app)
     app.add_exception_handler(Rejected, _rejected)
-    for module in (checkpoints, datasets, jobs, results, calibrations, health):
+    for module in (checkpoints, datasets, jobs, results, calibrations, health, pages):
         app.include_router(module.router)
     app.include_router(studies_api.router)
     _install_docs(app)

@@ -153,6 +153,7 @@ def test_openapi_is_complete(client) -> None:
         ("/drift-studies", "post"),
         ("/drift-studies/{study_id}", "get"),
         ("/drift-calibrations", "post"),
+        ("/", "get"),
         ("/drift-studies/{study_id}/report", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
