@@ -90,6 +90,9 @@ class GateArgs:
     markdown: Path | None = None
     report: Path | None = None
     html: Path | None = None
+    mlflow: bool = False
+    mlflow_run_id: str | None = None
+    mlflow_experiment: str | None = None
 
 
 def gate(
@@ -129,6 +132,20 @@ def gate(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the job before giving up")
     ] = 3600.0,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow",
+            help="Log the verdict, every check's value and the files to MLflow (the active "
+            "run, MLFLOW_RUN_ID, --mlflow-run-id, or a new run); needs camdrift[mlflow]",
+        ),
+    ] = False,
+    mlflow_run_id: Annotated[
+        str | None, typer.Option(help="With --mlflow: log to this run")
+    ] = None,
+    mlflow_experiment: Annotated[
+        str | None, typer.Option(help="With --mlflow and no run: the experiment of a new run")
+    ] = None,
 ) -> None:
     """Gate a fine-tuned checkpoint on attribution drift: exit 0 pass, 1 fail, 3 inconclusive,
     2 usage or infrastructure error."""
@@ -154,6 +171,9 @@ def gate(
         markdown=markdown,
         report=report,
         html=html,
+        mlflow=mlflow,
+        mlflow_run_id=mlflow_run_id,
+        mlflow_experiment=mlflow_experiment,
     )
     try:
         verdict = run_gate(args)
@@ -190,6 +210,13 @@ def run_gate(args: GateArgs) -> dict[str, Any]:
         raise GateError(f"no such dataset folder: {args.data} (--data)")
     if args.timeout <= 0:
         raise GateError("--timeout must be a positive number of seconds")
+    if (args.mlflow_run_id or args.mlflow_experiment) and not args.mlflow:
+        raise GateError("--mlflow-run-id and --mlflow-experiment go with --mlflow")
+    if args.mlflow:
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise GateError("--mlflow needs MLflow: pip install 'camdrift[mlflow]'")
     try:
         trajectory = expand_sequence(args.via)
     except FileNotFoundError as exc:
@@ -229,7 +256,23 @@ def run_gate(args: GateArgs) -> dict[str, Any]:
         _write(args.junit, junit_xml(doc, verdict), "--junit")
     if args.markdown is not None:
         _write(args.markdown, render_markdown(doc, verdict, job_id=job_id), "--markdown")
+    if args.mlflow:
+        _log_mlflow(args, doc, verdict)
     return verdict
+
+
+def _log_mlflow(args: GateArgs, doc: dict[str, Any], verdict: dict[str, Any]) -> None:
+    from service.mlflow_log import log_gate
+
+    files = {"report": args.report, "html": args.html, "junit": args.junit}
+    files["markdown"] = args.markdown
+    try:
+        run_id = log_gate(
+            doc, verdict, files, run_id=args.mlflow_run_id, experiment=args.mlflow_experiment
+        )
+    except RuntimeError as exc:
+        raise GateError(str(exc)) from None
+    say(f"mlflow: logged the verdict to run {run_id}")
 
 
 def audit_on_server(

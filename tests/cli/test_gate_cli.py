@@ -556,3 +556,48 @@ def test_the_client_completes_what_a_policy_reads(world, server) -> None:
         )
     assert report["config"]["noise_floor"] is True and "ssim" in report["config"]["metrics"]
     assert report["verdict"]["verdict"] == "pass", report["verdict"]["reason"]
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def test_mlflow_gets_the_verdict_every_check_and_the_files(world, tmp_path, monkeypatch) -> None:
+    """Against a local MLflow store (SQLite): a new run in the named experiment, then the
+    active run of a training script; the logged values equal the verdict's checks."""
+    from tests.ci import require_module
+
+    mlflow = require_module("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    junit, report = tmp_path / "gate.xml", tmp_path / "report.json"
+    policy = ("--policy", str(world / "pass.toml"))
+    files = ("--junit", str(junit), "--report", str(report))
+    result = _gate(
+        world, "--local", *policy, *files, "--mlflow", "--mlflow-experiment", "ci", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    client = mlflow.tracking.MlflowClient()
+    experiment = client.get_experiment_by_name("ci")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["camdrift.verdict"] == "pass" and run.data.metrics["camdrift.gate"] == 1.0
+    verdict = json.loads(report.read_text())["verdict"]
+    decided = [c for c in verdict["rules"] if c.get("observed") is not None and c.get("metric")]
+    assert decided
+    for check in decided:
+        key = f"camdrift.{check['method']}.{check['metric']}.{check['class']}.{check['stat']}"
+        assert run.data.metrics[key] == pytest.approx(check["observed"]), key
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "camdrift")}
+    assert logged == {"camdrift/gate.xml", "camdrift/report.json"}
+
+    with mlflow.start_run(run_name="training") as active:
+        again = _gate(world, "--local", *policy, "--mlflow", *FAST)
+        assert again.exit_code == 0, again.output
+    logged = client.get_run(active.info.run_id)
+    assert logged.data.tags["camdrift.verdict"] == "pass"
+    names = {a.path for a in client.list_artifacts(active.info.run_id, "camdrift")}
+    assert names == {"camdrift/report.json"}  # the report goes along even when not asked for
+
+
+def test_mlflow_options_without_the_flag_are_a_usage_error(world) -> None:
+    result = _gate(world, "--local", "--mlflow-run-id", "abc", *FAST)
+    assert result.exit_code == 2 and "go with --mlflow" in result.output
