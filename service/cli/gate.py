@@ -51,6 +51,7 @@ from service.cli.output import (
 from service.cli.sequence import expand_sequence
 from service.client import Client, ClientError
 from worker.catalog import SPLITS, check_method, check_sample_filter
+from worker.job_config import CEILING_LAYERS
 from worker.render.markdown import render_markdown
 from worker.results.gate import (
     Policy,
@@ -83,7 +84,7 @@ class GateArgs:
     server: str
     token: str | None
     local: bool
-    audit: dict[str, Any]  # job options: methods, sample_filter, max_samples, split, seed
+    audit: dict[str, Any]  # job options: methods, sample_filter, max_samples, split, seed, ceiling
     via: list[str] = field(default_factory=list)
     timeout: float = 3600.0
     junit: Path | None = None
@@ -132,6 +133,13 @@ def gate(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the job before giving up")
     ] = 3600.0,
+    ceiling: Annotated[
+        str | None,
+        typer.Option(
+            help="Also audit against the baseline with these top layers re-initialised (head "
+            "or head+N): the report reads each drift on the floor -> random model scale"
+        ),
+    ] = None,
     mlflow: Annotated[
         bool,
         typer.Option(
@@ -164,6 +172,7 @@ def gate(
             "max_samples": max_samples,
             "split": split,
             "seed": seed,
+            "ceiling": ceiling,
         },
         via=list(via or []),
         timeout=timeout,
@@ -326,6 +335,9 @@ def _check_options(options: dict[str, Any]) -> dict[str, Any]:
         raise GateError("--max-samples must be >= 1")
     if options["seed"] is not None and not 0 <= options["seed"] < 2**32:
         raise GateError("--seed must be in 0..2**32-1")
+    ceiling = options.get("ceiling")
+    if ceiling is not None and CEILING_LAYERS.fullmatch(ceiling) is None:
+        raise GateError(f"--ceiling {ceiling!r}: use head or head+N (N >= 1)")
     return options
 
 

@@ -601,3 +601,14 @@ def test_mlflow_gets_the_verdict_every_check_and_the_files(world, tmp_path, monk
 def test_mlflow_options_without_the_flag_are_a_usage_error(world) -> None:
     result = _gate(world, "--local", "--mlflow-run-id", "abc", *FAST)
     assert result.exit_code == 2 and "go with --mlflow" in result.output
+
+
+def test_the_ceiling_travels_with_the_gate(world, tmp_path) -> None:
+    report = tmp_path / "report.json"
+    policy = ("--policy", str(world / "pass.toml"))
+    result = _gate(world, "--local", *policy, "--ceiling", "head", "--report", str(report), *FAST)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["config"]["ceiling"] == "head" and doc["ceiling"]["layercam"]
+    bad = _gate(world, "--local", *policy, "--ceiling", "everything", *FAST)
+    assert bad.exit_code == 2 and "--ceiling 'everything'" in bad.output
