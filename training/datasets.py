@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from training.checkpoint_format import sha256_file
-from training.imageio import is_image_file
+from training.imageio import ImageReadError, image_size, is_image_file
 
 MANIFEST_NAME = "manifest.csv"
 MASKS_DIR = "masks"
@@ -142,13 +142,20 @@ class DatasetIndex:
 
 
 def discover(
-    root: Path, *, class_names: list[str] | None = None, on_error: str = "raise"
+    root: Path,
+    *,
+    class_names: list[str] | None = None,
+    on_error: str = "raise",
+    check_headers: bool = False,
 ) -> DatasetIndex:
     """Index a dataset directory (manifest.csv if present, else an ImageFolder tree).
 
     ``on_error="skip"`` records missing files (and empty class folders) in ``skipped``
     instead of raising; structural problems (bad manifest rows, paths escaping the root,
     unknown labels) always raise, because skipping them would hide a wrong dataset.
+    ``check_headers`` also reads every image's header (not its pixels): a file that is no
+    readable image is skipped with its reason, or (``raise``) stops discovery naming it, before
+    hours of training reach it.
     """
     _check_on_error(on_error)
     root = Path(root)
@@ -161,10 +168,49 @@ def discover(
         index = _from_manifest(root, manifest, wanted, on_error)
     else:
         index = _from_folders(root, wanted, on_error)
+    if check_headers:
+        index = _readable(index, on_error)
     if not index.samples:
         extra = f" ({len(index.skipped)} skipped)" if index.skipped else ""
         raise DatasetError(f"{root}: no images found{extra}")
     return index
+
+
+def _readable(index: DatasetIndex, on_error: str) -> DatasetIndex:
+    """``index`` without the samples whose header does not read (each skipped, or the first
+    one raised)."""
+    kept, skipped = [], list(index.skipped)
+    for sample in index.samples:
+        try:
+            image_size(sample.path)
+        except ImageReadError as exc:
+            if on_error == "raise":
+                raise DatasetError(
+                    f"{index.relative(sample)}: {exc.reason} (--on-bad-file skip leaves such "
+                    "files out and lists them)"
+                ) from None
+            skipped.append((index.relative(sample), exc.reason))
+            continue
+        kept.append(sample)
+    return replace(index, samples=kept, skipped=skipped)
+
+
+def summary(index: DatasetIndex) -> dict[str, Any]:
+    """What a command that read the dataset says about it: images per class and split, and
+    every skipped file with its reason."""
+    per_class = {name: 0 for name in index.class_names}
+    per_split: dict[str, int] = {}
+    for sample in index.samples:
+        per_class[index.class_names[sample.label]] += 1
+        if sample.split:
+            per_split[sample.split] = per_split.get(sample.split, 0) + 1
+    return {
+        "root": str(index.root),
+        "images": len(index.samples),
+        "classes": per_class,
+        "splits": per_split,
+        "skipped": [{"path": path, "reason": reason} for path, reason in index.skipped],
+    }
 
 
 def _check_on_error(on_error: str) -> None:

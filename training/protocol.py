@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from training.checkpoints import model_metadata, save_checkpoint
 from training.datasets import DatasetIndex, assign_splits, discover, split_record
+from training.datasets import summary as dataset_summary
 from training.evaluation import classification_metrics
 from training.image_dataset import ImageDataset
 from training.progress import progress
@@ -62,6 +63,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     save_every_epoch: bool = False
     progress: bool = True
+    on_bad_file: str = "raise"  # a file that is no readable image: stop naming it, or "skip"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,6 +86,14 @@ class Loaders:
     class_names: list[str]
     fingerprint: str
     split: dict[str, Any] | None = None  # the split this run drew (None: the data's own)
+
+
+def _discover(data: Path, run: TrainConfig, class_names: list[str] | None = None) -> DatasetIndex:
+    """The training data, every image's header read first (``run.on_bad_file``: stop at a file
+    that is no readable image, naming it, or skip it and list it in the result's ``data``)."""
+    return discover(
+        Path(data), class_names=class_names, on_error=run.on_bad_file, check_headers=True
+    )
 
 
 def split_for_training(index: DatasetIndex, run: TrainConfig) -> tuple[DatasetIndex, dict | None]:
@@ -292,7 +302,7 @@ def train_two_phase(data: Path, out_dir: Path, run: TrainConfig) -> dict[str, An
     training-curve PNG into ``out_dir``. Returns the metrics document."""
     seed_everything(run.seed)
     device = resolve_device(run.device)
-    index, record = split_for_training(discover(Path(data)), run)
+    index, record = split_for_training(_discover(data, run), run)
     model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
     size = tuple(run.input_size or model.spec.input_size)
     batch = run.tl.batch_size
@@ -305,6 +315,7 @@ def train_two_phase(data: Path, out_dir: Path, run: TrainConfig) -> dict[str, An
         "dataset_fingerprint": loaders.fingerprint,
         "config": _jsonable(asdict(run)),
         "split_counts": {s: len(index.subset(s).samples) for s in ("train", "val", "test")},
+        "data": dataset_summary(index),
     }
     parent = None
     for phase, cfg in (("tl", run.tl), ("ft", run.ft)):
@@ -339,7 +350,7 @@ def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[
     seed_everything(run.seed)
     device = resolve_device(run.device)
     model, meta = load_checkpoint(Path(parent), map_location=device)
-    index = discover(Path(data), class_names=list(meta["class_names"]))
+    index = _discover(data, run, list(meta["class_names"]))
     index, record = split_for_training(index, run)
     size = tuple(run.input_size or meta["input_size"])
     run.input_size = size
@@ -362,6 +373,7 @@ def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[
         "dataset": str(data),
         "parent": str(parent),
         "ft": {"fit": fit, "test": test, "sha256": sha},
+        "data": dataset_summary(index),
     }
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
@@ -371,7 +383,7 @@ def pretrain(data: Path, out: Path, run: TrainConfig) -> dict[str, Any]:
     """Train every layer on a source task: offline stand-in for ImageNet weights."""
     seed_everything(run.seed)
     device = resolve_device(run.device)
-    index, record = split_for_training(discover(Path(data)), run)
+    index, record = split_for_training(_discover(data, run), run)
     model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
     size = tuple(run.input_size or model.spec.input_size)
     loaders = make_loaders(index, model, size, run, run.ft.batch_size, drawn=record)
@@ -380,7 +392,7 @@ def pretrain(data: Path, out: Path, run: TrainConfig) -> dict[str, Any]:
     sha = _save(
         model, Path(out), loaders, run, {"phase": "pretrain", "train_metrics": _brief(test)}
     )
-    return {"fit": fit, "test": test, "sha256": sha}
+    return {"fit": fit, "test": test, "sha256": sha, "data": dataset_summary(index)}
 
 
 def _brief(metrics: dict) -> dict:

@@ -11,6 +11,7 @@ one documented difference is the gate's sample filter (``all``,
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -82,6 +83,27 @@ PER_CLASS_DEFAULT = 200
 
 ImageSize = Annotated[int, typer.Option(help="Image side in pixels")]
 IMAGE_SIZE_DEFAULT = 96
+
+
+class OnBadFile(StrEnum):
+    """What a command that reads a dataset does with a file that is no readable image."""
+
+    FAIL = "fail"
+    SKIP = "skip"
+
+    def on_error(self) -> str:
+        """training.datasets.discover's word for it."""
+        return "raise" if self is OnBadFile.FAIL else "skip"
+
+
+BadFile = Annotated[
+    OnBadFile,
+    typer.Option(
+        help="A file that is no readable image: stop and name it (fail), or leave it out and "
+        "list it (skip)"
+    ),
+]
+ON_BAD_FILE_DEFAULT = OnBadFile.FAIL
 
 
 def csv(value: str | None) -> list[str] | None:

@@ -70,6 +70,25 @@ def redact(url: str) -> str:
 # --------------------------------------------------------------------------- training
 
 
+SKIPPED_SHOWN = 20  # skipped files listed by name; the rest are counted
+
+
+def print_data(data: dict[str, Any]) -> None:
+    """What the command read: images per class and split, and each skipped file's reason."""
+    classes = ", ".join(f"{name} {n}" for name, n in data["classes"].items())
+    splits = ", ".join(f"{name} {n}" for name, n in data["splits"].items()) or "none"
+    console.print(f"data {escape(data['root'])}: {data['images']} images ({escape(classes)})")
+    console.print(f"splits: {splits}")
+    skipped = data["skipped"]
+    if not skipped:
+        return
+    console.print(f"[yellow]skipped {len(skipped)} file(s):[/]")
+    for entry in skipped[:SKIPPED_SHOWN]:
+        console.print(f"  {escape(entry['path'])}: {escape(entry['reason'])}", highlight=False)
+    if len(skipped) > SKIPPED_SHOWN:
+        console.print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more")
+
+
 def print_training(result: dict[str, Any]) -> None:
     from rich.table import Table
 

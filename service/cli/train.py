@@ -13,10 +13,12 @@ from service.cli.options import (
     ARCH_DEFAULT,
     DEVICE_DEFAULT,
     IMAGE_SIZE_DEFAULT,
+    ON_BAD_FILE_DEFAULT,
     PER_CLASS_DEFAULT,
     TRAIN_BATCH_SIZE_DEFAULT,
     TRAIN_SEED_DEFAULT,
     Arch,
+    BadFile,
     Device,
     ImageSize,
     InputSize,
@@ -24,7 +26,7 @@ from service.cli.options import (
     TrainBatchSize,
     TrainSeed,
 )
-from service.cli.output import console, print_training, user_errors
+from service.cli.output import console, print_data, print_training, user_errors
 
 
 @user_errors
@@ -147,6 +149,7 @@ def train(
     workers: Annotated[int, typer.Option(help="Data-loader worker processes")] = 0,
     save_every_epoch: Annotated[bool, typer.Option(help="Also keep per-epoch checkpoints")] = False,
     augment: Annotated[bool, typer.Option(help="Light label-preserving augmentation")] = True,
+    on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
 ) -> None:
     """Two-phase training: TL (frozen backbone, new head), then FT (all layers, lower lr)."""
     from training.protocol import train_two_phase
@@ -168,7 +171,9 @@ def train(
         save_every_epoch=save_every_epoch,
         augment=augment,
     )
+    cfg.on_bad_file = on_bad_file.on_error()
     result = train_two_phase(data, out, cfg)
+    print_data(result["data"])
     print_training(result)
     console.print(f"checkpoints: {out / 'tl.safetensors'}  {out / 'ft.safetensors'}")
 
@@ -183,12 +188,15 @@ def finetune(
     batch_size: TrainBatchSize = TRAIN_BATCH_SIZE_DEFAULT,
     seed: TrainSeed = TRAIN_SEED_DEFAULT,
     device: Device = DEVICE_DEFAULT,
+    on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
 ) -> None:
     """Phase FT alone from an existing TL checkpoint (e.g. one TL, several fine-tunes)."""
     from training.protocol import finetune as run_finetune
 
     cfg = _one_phase_config(ARCH_DEFAULT, None, epochs, lr, batch_size, seed, device)
+    cfg.on_bad_file = on_bad_file.on_error()
     result = run_finetune(data, parent, out, cfg)
+    print_data(result["data"])
     test = result["ft"]["test"]
     console.print(
         f"fine-tuned from {parent}: test accuracy {test['accuracy']:.3f}, "
@@ -207,12 +215,15 @@ def pretrain(
     batch_size: TrainBatchSize = TRAIN_BATCH_SIZE_DEFAULT,
     seed: TrainSeed = TRAIN_SEED_DEFAULT,
     device: Device = DEVICE_DEFAULT,
+    on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
 ) -> None:
     """Pretrain a backbone on a source task offline (our stand-in for ImageNet weights)."""
     from training.protocol import pretrain as run_pretrain
 
     cfg = _one_phase_config(arch, input_size, epochs, lr, batch_size, seed, device)
+    cfg.on_bad_file = on_bad_file.on_error()
     result = run_pretrain(data, out, cfg)
+    print_data(result["data"])
     test = result["test"]
     console.print(
         f"pretrained {arch}: source-task test accuracy {test['accuracy']:.3f}, "
