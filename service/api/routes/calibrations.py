@@ -70,7 +70,7 @@ def _rows(session: Session, job_id: str, metrics: list[str]) -> RowTable:
             "model": CalibrationOut,
             "content": {"application/toml": {"schema": {"type": "string"}}},
         },
-        **problem_responses(422),
+        **problem_responses(400, 422),
     },
 )
 def create_calibration(
