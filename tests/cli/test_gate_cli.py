@@ -569,6 +569,8 @@ def test_mlflow_gets_the_verdict_every_check_and_the_files(world, tmp_path, monk
     mlflow = require_module("mlflow")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # artifacts under tmp_path, not ./mlruns (the SQLite store's default artifact root)
+    mlflow.create_experiment("ci", artifact_location=(tmp_path / "artifacts").as_uri())
     junit, report = tmp_path / "gate.xml", tmp_path / "report.json"
     policy = ("--policy", str(world / "pass.toml"))
     files = ("--junit", str(junit), "--report", str(report))
@@ -579,6 +581,7 @@ def test_mlflow_gets_the_verdict_every_check_and_the_files(world, tmp_path, monk
     client = mlflow.tracking.MlflowClient()
     experiment = client.get_experiment_by_name("ci")
     (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.artifact_uri.startswith((tmp_path / "artifacts").as_uri())
     assert run.data.tags["camdrift.verdict"] == "pass" and run.data.metrics["camdrift.gate"] == 1.0
     verdict = json.loads(report.read_text())["verdict"]
     decided = [c for c in verdict["rules"] if c.get("observed") is not None and c.get("metric")]
@@ -589,6 +592,7 @@ def test_mlflow_gets_the_verdict_every_check_and_the_files(world, tmp_path, monk
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "camdrift")}
     assert logged == {"camdrift/gate.xml", "camdrift/report.json"}
 
+    mlflow.set_experiment("ci")
     with mlflow.start_run(run_name="training") as active:
         again = _gate(world, "--local", *policy, "--mlflow", *FAST)
         assert again.exit_code == 0, again.output
