@@ -165,7 +165,8 @@ class Audit:
         for loaded in (self.candidate, self.baseline):
             again = apply_split_record(self.index, loaded.meta.get("split"))
             if again is not None:
-                self.index, self.split_source = again, f"training record ({loaded.meta['phase']})"
+                phase = loaded.meta.get("phase") or "?"
+                self.index, self.split_source = again, f"training record ({phase})"
                 break
         self.positions = evaluation_positions(self.index, self.config)
         self.analysis_size = self.baseline.input_size
