@@ -7,7 +7,7 @@ COPY training ./training
 COPY worker ./worker
 COPY service ./service
 COPY migrations ./migrations
-RUN pip install ".[postgres]"
+RUN pip install ".[postgres,mlflow]"
 RUN useradd --uid 10001 camdrift && mkdir -p /data && chown camdrift /data
 USER camdrift
 # one pinned Celery worker per GPU of the container (all of the host's): worker/runtime/fleet.py

@@ -140,6 +140,14 @@ class Policy(GatePolicy):
 SERVER_CHOSEN: tuple[str, ...] = ("autocast", "n_boot")
 
 
+class MlflowTarget(_In):
+    """Where the worker logs the job's verdict, checks and report when it succeeds (the
+    worker's ``MLFLOW_TRACKING_URI``): a run, or a new run of an experiment."""
+
+    run_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[\w-]+$")
+    experiment: str | None = Field(default=None, min_length=1, max_length=255, pattern=NO_NUL)
+
+
 class JobIn(_In):
     """The body of ``POST /drift-jobs`` (docs/architecture.md, "REST API"): the job
     configuration (``worker.job_config.JobConfig`` less :data:`SERVER_CHOSEN`, with its
@@ -182,6 +190,11 @@ class JobIn(_In):
     )
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     policy: Policy | None = None
+    mlflow: MlflowTarget | None = Field(
+        default=None,
+        description="log the verdict, every check's value and the report to MLflow when the "
+        "job succeeds (needs camdrift[mlflow] and MLFLOW_TRACKING_URI on the worker)",
+    )
 
     def normalised(self) -> dict[str, Any]:
         """Defaults filled in, names de-duplicated: the job's stored config."""
@@ -192,6 +205,8 @@ class JobIn(_In):
         doc["metrics"] = unique(self.metrics) if self.metrics else None
         if not self.trajectory_ids:  # absent, as before trajectories existed: same request hash
             del doc["trajectory_ids"]
+        if self.mlflow is None:  # absent, as before the option existed: same request hash
+            del doc["mlflow"]
         return doc
 
 

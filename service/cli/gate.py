@@ -271,7 +271,7 @@ def run_gate(args: GateArgs) -> dict[str, Any]:
 
 
 def _log_mlflow(args: GateArgs, doc: dict[str, Any], verdict: dict[str, Any]) -> None:
-    from service.mlflow_log import log_gate
+    from worker.runtime.mlflow_log import log_gate
 
     files = {"report": args.report, "html": args.html, "junit": args.junit}
     files["markdown"] = args.markdown

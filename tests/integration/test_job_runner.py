@@ -250,3 +250,49 @@ def test_every_log_line_of_a_shard_names_its_job_shard_and_attempt(ctx, inputs, 
     for record, attempt in zip(ours, ("1", "2"), strict=True):
         assert (record.job, record.shard, record.attempt) == (job_id, "0", attempt)
         assert record.getMessage().endswith(f"job={job_id} shard=0 attempt={attempt}")
+
+
+def _run_to_the_end(ctx: jobs.WorkerContext, job_id: str) -> None:
+    jobs.plan_job(ctx, job_id)
+    for job, no in ctx.enqueue.take(jobs.SHARD):
+        jobs.run_shard(ctx, job, no)
+    for (job,) in ctx.enqueue.take(jobs.FINALIZE):
+        jobs.finalize_job(ctx, job)
+
+
+def test_a_job_with_an_mlflow_target_logs_its_verdict(ctx, inputs, tmp_path, monkeypatch) -> None:
+    """The job's ``mlflow`` option: when it succeeds the worker logs the verdict, the checks'
+    values and the report to a new run of the named experiment; a tracking server that fails
+    costs a warning, not the job."""
+    from tests.ci import require_module
+
+    mlflow = require_module("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("nightly", artifact_location=(tmp_path / "artifacts").as_uri())
+    rule = {"method": "*", "metric": "pearson", "stat": "mean", "class": "*", "op": ">="}
+    policy = {"min_samples": 1, "rule": [{**rule, "value": -1}]}
+    job_id = make_job(ctx, inputs, policy=policy, mlflow={"experiment": "nightly"})
+    _run_to_the_end(ctx, job_id)
+    assert job_row(ctx, job_id).status == "succeeded"
+    client = mlflow.tracking.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("nightly").experiment_id])
+    assert run.data.tags["camdrift.verdict"] == "pass" and run.data.metrics["camdrift.gate"] == 1
+    with session_scope(ctx.sessions) as s:
+        verdict = s.get(Report, job_id).document["verdict"]
+    for check in verdict["rules"]:
+        if check.get("metric") and check.get("observed") is not None:
+            method = check["method"].replace("+", "_")  # MLflow's names take no "+"
+            key = f"camdrift.{method}.pearson.{check['class']}.mean"
+            assert run.data.metrics[key] == pytest.approx(check["observed"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "camdrift")} == {
+        "camdrift/report.json"
+    }
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens
+    mlflow.set_tracking_uri("http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    other = make_job(ctx, inputs, seed=1, mlflow={"experiment": "nightly"})
+    _run_to_the_end(ctx, other)
+    assert job_row(ctx, other).status == "succeeded"

@@ -434,7 +434,27 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
             rows, samples_location=f"/drift-jobs/{job_id}/samples", **describe(s, job, audit)
         )
         report["verdict"] = job_verdict(job, report)
+        target = (job.config or {}).get("mlflow")
         s.add(Report(job_id=job_id, document=report))
         s.flush()
         state.succeed(s, job_id, verdict=report.get("verdict"), total=audit.total)
     log.info("job succeeded samples=%d", len(rows))
+    if target:
+        _log_to_mlflow(report, target)
+
+
+def _log_to_mlflow(report: dict[str, Any], target: dict[str, Any]) -> None:
+    """The job's ``mlflow`` option: its verdict, checks and report in the named (or a new) run
+    of the tracking server this worker's ``MLFLOW_TRACKING_URI`` names. The job has succeeded
+    already; a tracking server that is down costs a warning, not the job."""
+    from worker.runtime.mlflow_log import log_gate
+
+    verdict = report.get("verdict") or {"verdict": "none", "rules": []}
+    try:
+        run_id = log_gate(
+            report, verdict, {}, run_id=target.get("run_id"), experiment=target.get("experiment")
+        )
+    except Exception as exc:  # any failure of a side channel
+        log.warning("mlflow_log_failed error=%s", f"{type(exc).__name__}: {exc}")
+        return
+    log.info("mlflow_logged run_id=%s", run_id)

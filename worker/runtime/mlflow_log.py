@@ -1,4 +1,5 @@
-"""The gate's outcome in MLflow (``camdrift gate --mlflow``; extra ``camdrift[mlflow]``).
+"""The gate's outcome in MLflow (``camdrift gate --mlflow``, or a job's ``mlflow`` option,
+logged by the worker that finalises it; extra ``camdrift[mlflow]``).
 
 Logs to the run named by ``run_id``, else the active run (``MLFLOW_RUN_ID`` in a training
 pipeline), else a new run in ``experiment``: the verdict as a tag and a metric (1 pass, 0 fail,
@@ -77,9 +78,11 @@ def log_gate(
             "camdrift.dataset.fingerprint": (report.get("dataset") or {}).get("fingerprint"),
         }
         mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
-        mlflow.log_metrics(
-            {"camdrift.gate": VERDICT_VALUE.get(state, -1.0), **check_metrics(verdict)}
-        )
+        metrics = check_metrics(verdict)
+        if state in VERDICT_VALUE:  # a job without a policy has no verdict to count
+            metrics["camdrift.gate"] = VERDICT_VALUE[state]
+        if metrics:
+            mlflow.log_metrics(metrics)
         with tempfile.TemporaryDirectory() as folder:
             stored = dict(files)
             if stored.get("report") is None:  # the report always goes with the verdict
