@@ -208,6 +208,7 @@ def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) ->
         "finalize_ok": count("camdrift_worker_tasks_total", task=jobs.FINALIZE, outcome="ok"),
         "samples": count("camdrift_worker_samples_total"),
         "shards": count("camdrift_worker_shard_seconds_count"),
+        "batches": count("camdrift_worker_batch_seconds_count"),
     }
     bad = make_job(ctx, inputs, target_layer="net.nope")
     runner = EmbeddedRunner(ctx.settings, device="cpu", batch_size=8)
@@ -231,6 +232,10 @@ def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) ->
         )
         assert count("camdrift_worker_samples_total") == before["samples"] + good.progress_total
         assert count("camdrift_worker_shard_seconds_count") == before["shards"] + good.shards_total
+        # one latency per batch: shards of 10 samples in batches of 8 -> two batches a shard
+        batches = count("camdrift_worker_batch_seconds_count") - before["batches"]
+        assert batches == 2 * good.shards_total
+        assert REGISTRY.get_sample_value("camdrift_worker_gpu_memory_peak_bytes") == 0.0  # CPU
     finally:
         runner.stop()
 

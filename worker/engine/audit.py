@@ -181,6 +181,14 @@ class Audit:
     def total(self) -> int:
         return len(self.positions)
 
+    def device_memory(self) -> int | None:
+        """Peak CUDA memory (bytes) since the last call, which resets it; None off CUDA."""
+        if self.device.type != "cuda":
+            return None
+        peak = int(torch.cuda.max_memory_allocated(self.device))
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return peak
+
     def _loader(self, rows: Sequence[int]) -> DataLoader:
         dataset = ImageDataset(
             self.index,

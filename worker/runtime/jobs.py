@@ -304,7 +304,13 @@ def _run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
         except (ValueError, OSError) as exc:
             raise JobFailed(str(exc)) from exc
 
-    def progress(n: int) -> None:  # after each batch: progress and a heartbeat
+    last_batch = _clock()
+
+    def progress(n: int) -> None:  # after each batch: progress, a heartbeat, its latency
+        nonlocal last_batch
+        now = _clock()
+        worker_metrics.BATCH_SECONDS.observe(now - last_batch)
+        last_batch = now
         with session_scope(ctx.sessions) as s2:
             state.add_progress(s2, job_id, n)
             state.beat_shard(s2, job_id, shard_no)
@@ -341,6 +347,9 @@ def _run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
     last = _store_shard(ctx, job_id, shard_no, start, stop, rows)
     worker_metrics.SAMPLES.inc(len(rows))
     worker_metrics.SHARD_SECONDS.observe(_clock() - began)
+    memory = audit.device_memory()
+    if memory is not None:  # CUDA: the shard's peak, then the peak starts again
+        worker_metrics.GPU_MEMORY.set(memory)
     if last:
         ctx.enqueue(FINALIZE, [job_id])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     start_http_server,
@@ -31,6 +32,18 @@ SHARD_SECONDS = Histogram(
     "camdrift_worker_shard_seconds",
     "Wall time of one shard: attribution, metrics and row writes.",
     buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+    registry=REGISTRY,
+)
+
+BATCH_SECONDS = Histogram(
+    "camdrift_worker_batch_seconds",
+    "Wall time of one batch of a shard: loading, attribution of every model, metrics.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+GPU_MEMORY = Gauge(
+    "camdrift_worker_gpu_memory_peak_bytes",
+    "Peak CUDA memory allocated during the last shard (stays 0 on CPU).",
     registry=REGISTRY,
 )
 
