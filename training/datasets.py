@@ -34,6 +34,7 @@ MASKS_DIR = "masks"
 # the reference regions a sample can bring (worker.catalog.REGIONS names the same three): the
 # manifest column of its mask PNG and, in an ImageFolder tree, the folder mirroring the images
 REGION_COLUMNS = {"lesion": "mask", "lung": "lung_mask", "shortcut": "shortcut_mask"}
+GROUP_COLUMN = "group"  # the patient (or study) an image belongs to: splits never divide one
 REGION_DIRS = {"lesion": MASKS_DIR, "lung": "lung_masks", "shortcut": "shortcut_masks"}
 BBOX_COLUMN = "bbox"  # lesion boxes "x0 y0 x1 y1" in image pixels; several joined by ";"
 Box = tuple[float, float, float, float]
@@ -71,6 +72,7 @@ class Sample:
     lung_mask: Path | None = None
     shortcut_mask: Path | None = None
     bbox: tuple[Box, ...] | None = None
+    group: str | None = None  # patient / study (manifest ``group``): one split for all its images
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -109,7 +111,12 @@ class DatasetIndex:
         digest = hashlib.sha256()
         header = {"v": _FINGERPRINT_VERSION, "class_names": list(self.class_names)}
         digest.update(json.dumps(header, sort_keys=True).encode())
-        rows = sorted((self.relative(s), s.label, _file_size(s.path)) for s in self.samples)
+        # a sample's group counts where there is one (it decides the split); without groups the
+        # fingerprint is what it always was
+        rows = sorted(
+            (self.relative(s), s.label, _file_size(s.path), *((s.group,) if s.group else ()))
+            for s in self.samples
+        )
         for row in rows:
             digest.update(b"\n" + json.dumps(row).encode())
         return digest.hexdigest()
@@ -285,6 +292,7 @@ class _Row:
     lung_mask: Path | None = None
     shortcut_mask: Path | None = None
     bbox: tuple[Box, ...] | None = None
+    group: str | None = None
 
 
 def _from_manifest(
@@ -318,6 +326,7 @@ def _from_manifest(
                 row.lung_mask,
                 row.shortcut_mask,
                 row.bbox,
+                row.group,
             )
         )
     return DatasetIndex(root, list(names), samples, skipped)
@@ -407,6 +416,7 @@ def _parse_row(root: Path, line: int, raw: dict[str, Any], columns: dict[str, st
         masks["lung"],
         masks["shortcut"],
         bbox,
+        cell(GROUP_COLUMN) or None,
     )
 
 
@@ -559,7 +569,9 @@ def _mask_for(root: Path, image: Path, folder: str = MASKS_DIR) -> Path | None:
 def assign_splits(
     index: DatasetIndex, val: float = 0.15, test: float = 0.15, seed: int = 0
 ) -> DatasetIndex:
-    """Keep complete manifest splits; otherwise a seeded split stratified by class.
+    """Keep complete manifest splits; otherwise a seeded split stratified by class -- or, when
+    the manifest names groups (patients), a seeded split of whole groups, so that no patient's
+    images are in two splits.
 
     Deterministic for a seed and independent of discovery order (samples are sorted by
     relative path per class before shuffling, each class with its own seeded stream).
@@ -574,6 +586,9 @@ def assign_splits(
             "some samples have a manifest split and some do not; reassigning all splits",
             stacklevel=2,
         )
+    if any(s.group for s in index.samples):
+        samples = _split_by_group(index, val, test, seed)
+        return replace(index, samples=samples, skipped=list(index.skipped))
     split_of: dict[int, str] = {}
     for label, positions in sorted(_positions_by_class(index).items()):
         positions.sort(key=lambda i: index.relative(index.samples[i]))
@@ -616,6 +631,33 @@ def apply_split_record(index: DatasetIndex, record: Any) -> DatasetIndex | None:
         return assign_splits(index, val, test, seed)
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _split_by_group(index: DatasetIndex, val: float, test: float, seed: int) -> list[Sample]:
+    """Whole groups (patients) to splits: groups in a seeded order fill test, then val, up to
+    their share of the images, the rest train. A sample without a group is a group of its
+    own. Not stratified by class (a patient's images go together whatever their labels)."""
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, sample in enumerate(index.samples):
+        members[sample.group or f"\0{index.relative(sample)}"].append(i)
+    order = sorted(members)
+    random.Random(f"{seed}/groups").shuffle(order)
+    n = len(index.samples)
+    want = {"test": math.floor(n * test + 0.5), "val": math.floor(n * val + 0.5)}
+    filled = {"test": 0, "val": 0}
+    split_of: dict[int, str] = {}
+    for group in order:
+        name = next((k for k in ("test", "val") if filled[k] < want[k]), "train")
+        if name != "train":
+            filled[name] += len(members[group])
+        for i in members[group]:
+            split_of[i] = name
+    if "train" not in split_of.values():
+        raise DatasetError(
+            f"{index.root}: {len(members)} groups are too few to split {val:.0%}/{test:.0%} and "
+            "keep any for training"
+        )
+    return [replace(s, split=split_of[i]) for i, s in enumerate(index.samples)]
 
 
 def _positions_by_class(index: DatasetIndex) -> dict[int, list[int]]:

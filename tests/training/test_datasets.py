@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -489,3 +490,53 @@ def test_region_masks_refuse_what_does_not_fit_the_image(tmp_path: Path) -> None
         ImageDataset(discover(tmp_path), (12, 16), [0.0], [1.0], regions=["heart"])
     with pytest.raises(ValueError, match="augment"):
         ImageDataset(discover(tmp_path), (12, 16), [0.0], [1.0], regions=["lesion"], augment=True)
+
+
+def _grouped_manifest(root, groups: dict[str, int], seed: int = 0) -> None:
+    """A manifest whose patients (group -> number of images) carry mixed labels."""
+    from PIL import Image
+
+    lines = ["path,label,group"]
+    k = 0
+    for group, count in groups.items():
+        for j in range(count):
+            name = f"img/{group}_{j:03d}.png"
+            (root / "img").mkdir(parents=True, exist_ok=True)
+            Image.new("L", (4, 4), color=(k * 7) % 256).save(root / name)
+            lines.append(f"{name},{['a', 'b', 'c'][k % 3]},{group}")
+            k += 1
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_patients_are_never_split_across_splits(tmp_path) -> None:
+    groups = {f"p{i:02d}": 1 + (i * 7) % 5 for i in range(40)}
+    _grouped_manifest(tmp_path, groups)
+    index = discover(tmp_path)
+    split = assign_splits(index, val=0.15, test=0.15, seed=3)
+    where: dict[str, set[str]] = {}
+    for sample in split.samples:
+        where.setdefault(sample.group, set()).add(sample.split)
+    assert all(len(splits) == 1 for splits in where.values()), "a patient in two splits"
+    n = len(split.samples)
+    counts = {
+        name: sum(s.split == name for s in split.samples) for name in ("train", "val", "test")
+    }
+    largest = max(groups.values())  # a group overshoots its split by less than its size
+    for name, share in (("test", 0.15), ("val", 0.15)):
+        assert round(n * share) <= counts[name] < round(n * share) + largest, (name, counts)
+    assert split == assign_splits(index, val=0.15, test=0.15, seed=3)
+    assert split != assign_splits(index, val=0.15, test=0.15, seed=4)
+    # groups are part of the data's identity; without them the fingerprint is the old one
+    plain = [
+        line.rsplit(",", 1)[0] for line in (tmp_path / "manifest.csv").read_text().splitlines()
+    ]
+    other = tmp_path.parent / "plain"
+    shutil.copytree(tmp_path, other)
+    (other / "manifest.csv").write_text("\n".join(plain) + "\n")
+    assert discover(other).fingerprint() != index.fingerprint()
+
+
+def test_too_few_groups_is_a_clear_error(tmp_path) -> None:
+    _grouped_manifest(tmp_path, {"p1": 3, "p2": 3})
+    with pytest.raises(DatasetError, match="too few"):
+        assign_splits(discover(tmp_path), val=0.3, test=0.3, seed=0)
