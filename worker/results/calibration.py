@@ -483,22 +483,23 @@ def gate_options(config: Mapping[str, Any]) -> dict[str, Any]:
 AUDIT_KEYS = ("sample_filter", "split", "max_samples", "seed", "target_layer")
 
 
+def reference_key(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What every reference audit (and the ceiling's) must share: the baseline, the classes,
+    the dataset and the audit options."""
+    return {
+        "baseline": ((report.get("models") or {}).get("baseline") or {}).get("sha256"),
+        "class_names": (report.get("dataset") or {}).get("class_names"),
+        "dataset fingerprint": (report.get("dataset") or {}).get("fingerprint"),
+        **{k: (report.get("config") or {}).get(k) for k in AUDIT_KEYS},
+    }
+
+
 def check_reports_agree(reports: Sequence[ReferenceReport]) -> None:
     """References must share the baseline, the classes, the dataset and the audit options."""
     first = reports[0]
-
-    def key(rep: ReferenceReport) -> dict[str, Any]:
-        r = rep.report
-        return {
-            "baseline": ((r.get("models") or {}).get("baseline") or {}).get("sha256"),
-            "class_names": (r.get("dataset") or {}).get("class_names"),
-            "dataset fingerprint": (r.get("dataset") or {}).get("fingerprint"),
-            **{k: (r.get("config") or {}).get(k) for k in AUDIT_KEYS},
-        }
-
-    want = key(first)
+    want = reference_key(first.report)
     for rep in reports[1:]:
-        got = key(rep)
+        got = reference_key(rep.report)
         for name, value in got.items():
             if value != want[name]:
                 raise CalibrationError(

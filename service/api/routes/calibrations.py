@@ -23,7 +23,6 @@ from service.problems import invalid, problem_responses
 from service.schemas import CalibrationIn, CalibrationOut
 from worker.catalog import DEFAULT_METHODS, JobStatus
 from worker.results import calibration as calib
-from worker.results.report_schema import report_view
 from worker.results.rows import RowTable
 from worker.store import rows as stored_rows
 from worker.store.models import Checkpoint, Job, Report, is_id
@@ -39,18 +38,6 @@ def _succeeded_job(session: Session, job_id: str, field: str) -> tuple[Job, dict
     if job.status != JobStatus.SUCCEEDED or report is None:
         raise invalid(field, f"drift job {job_id!r} is {job.status}, not succeeded")
     return job, report.document
-
-
-def _same_audit(document: dict[str, Any]) -> dict[str, Any]:
-    """What every reference (and the ceiling) must share: baseline, data, audit options."""
-    view = report_view(document)
-    config = document.get("config") or {}
-    return {
-        "baseline": view.models["baseline"].sha256 if "baseline" in view.models else None,
-        "dataset": view.dataset.fingerprint,
-        "classes": list(view.dataset.class_names or []),
-        **{key: config.get(key) for key in calib.AUDIT_KEYS},
-    }
 
 
 def _rows(session: Session, job_id: str, metrics: list[str]) -> RowTable:
@@ -87,7 +74,7 @@ def create_calibration(
         if job_id in body.job_ids[:i]:
             raise invalid(field, f"job {job_id!r} is listed twice")
         job, document = _succeeded_job(session, job_id, field)
-        seen = _same_audit(document)
+        seen = calib.reference_key(document)
         if first is None:
             first = seen
         else:
@@ -128,7 +115,7 @@ def create_calibration(
     try:
         cal = calib.calibrate(
             tables,
-            first["classes"],
+            first["class_names"],
             methods,
             metrics,
             alpha=body.alpha,
@@ -142,8 +129,8 @@ def create_calibration(
     if body.ceiling_job_id is not None:
         field = "body.ceiling_job_id"
         _, document = _succeeded_job(session, body.ceiling_job_id, field)
-        seen = _same_audit(document)
-        for key in ("baseline", "dataset", "classes"):
+        seen = calib.reference_key(document)
+        for key in ("baseline", "dataset fingerprint", "class_names"):
             if seen[key] != first[key]:
                 raise invalid(field, f"the ceiling job's {key} differs from the references'")
         cal.ceiling = calib.ceiling_scale(cal, _rows(session, body.ceiling_job_id, metrics), tables)
