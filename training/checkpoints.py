@@ -32,7 +32,7 @@ def model_metadata(model: ZooModel, class_names: list[str], **extra: Any) -> dic
         "num_classes": len(class_names),
         "class_names": list(class_names),
         "input_size": list(spec.input_size),
-        "in_chans": 3,
+        "in_chans": model.in_chans,
         "mean": list(spec.mean),
         "std": list(spec.std),
         "phase": "other",
@@ -105,7 +105,15 @@ def load_checkpoint(
             "phase": "other",
         }
     state = read_state_dict(path)
-    model = create_model(meta["arch"], meta["num_classes"], pretrained="none")
+    model = create_model(
+        meta["arch"],
+        meta["num_classes"],
+        pretrained="none",
+        in_chans=int(meta.get("in_chans") or 3),
+        input_size=tuple(meta["input_size"]),
+        mean=meta.get("mean"),
+        std=meta.get("std"),
+    )
     try:
         model.net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

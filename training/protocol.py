@@ -51,6 +51,9 @@ class TrainConfig:
     arch: str = "tinycnn"
     pretrained: str = "none"
     input_size: tuple[int, int] | None = None  # None: the arch's default
+    in_chans: int = 3  # 1: the model reads one grey channel (radiographs)
+    mean: tuple[float, ...] | None = None  # None: the arch's config (averaged for 1 channel)
+    std: tuple[float, ...] | None = None
     tl: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=12, lr=1e-2))
     ft: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=10, lr=5e-4))
     seed: int = 0
@@ -64,6 +67,19 @@ class TrainConfig:
     save_every_epoch: bool = False
     progress: bool = True
     on_bad_file: str = "raise"  # a file that is no readable image: stop naming it, or "skip"
+
+
+def new_model(run: TrainConfig, num_classes: int) -> ZooModel:
+    """The run's architecture, built for its input size, channels and normalisation."""
+    return create_model(
+        run.arch,
+        num_classes,
+        run.pretrained,
+        in_chans=run.in_chans,
+        input_size=run.input_size,
+        mean=run.mean,
+        std=run.std,
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,7 +168,13 @@ def make_loaders(
 
     def dataset(split: str, augment: bool) -> ImageDataset:
         return ImageDataset(
-            subsets[split], size, spec.mean, spec.std, augment=augment, cache=cfg.cache
+            subsets[split],
+            size,
+            spec.mean,
+            spec.std,
+            augment=augment,
+            cache=cfg.cache,
+            channels=model.in_chans,
         )
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -199,7 +221,7 @@ def _train_mode(model: ZooModel, phase: str) -> None:
     model.train()
     if phase == "tl":
         model.eval()
-        model.net.get_classifier().train()
+        model.classifier().train()
 
 
 MIN_CYCLE_STEPS = 8  # below this a one-cycle schedule has no room for warm-up and annealing
@@ -303,7 +325,7 @@ def train_two_phase(data: Path, out_dir: Path, run: TrainConfig) -> dict[str, An
     seed_everything(run.seed)
     device = resolve_device(run.device)
     index, record = split_for_training(_discover(data, run), run)
-    model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
+    model = new_model(run, len(index.class_names)).to(device)
     size = tuple(run.input_size or model.spec.input_size)
     batch = run.tl.batch_size
     loaders = make_loaders(index, model, size, run, batch, drawn=record)
@@ -384,7 +406,7 @@ def pretrain(data: Path, out: Path, run: TrainConfig) -> dict[str, Any]:
     seed_everything(run.seed)
     device = resolve_device(run.device)
     index, record = split_for_training(_discover(data, run), run)
-    model = create_model(run.arch, len(index.class_names), run.pretrained).to(device)
+    model = new_model(run, len(index.class_names)).to(device)
     size = tuple(run.input_size or model.spec.input_size)
     loaders = make_loaders(index, model, size, run, run.ft.batch_size, drawn=record)
     fit = run_phase(model, "pretrain", loaders, run.ft, run, device)

@@ -57,7 +57,7 @@ def _is_weight_layer(module: nn.Module) -> bool:
 
 def top_layers(model: ZooModel, blocks: int) -> list[str]:
     """Names (in ``model.net``) of the modules ``head+blocks`` re-initialises, head first."""
-    classifier = model.net.get_classifier()
+    classifier = model.classifier()
     names = {id(m): name for name, m in model.net.named_modules()}
     head = [
         name

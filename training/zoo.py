@@ -9,13 +9,22 @@ backpropagate through the head alone.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 
+from training.hub import timm_pretrained
+from training.named_archs import (
+    build_named,
+    classifier_path,
+    is_named,
+    named_config,
+    named_split,
+)
+from training.splits import BlockSplit, NativeSplit, Split
 from training.weights import read_state_dict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -233,17 +242,26 @@ LOCAL_BUILDERS = {
 class ZooModel(nn.Module):
     """A classifier split at its feature map: ``forward = forward_head o forward_features``.
 
-    For transformers the split sits before the last block, so the "feature map" is the
-    token sequence entering it (patch tokens carry gradient there; after the last block
+    The split (:mod:`training.splits`) says where the feature map is and how it becomes a
+    grid; for class-token transformers it sits before the last block, so the "feature map" is
+    the token sequence entering it (patch tokens carry gradient there; after the last block
     only the class token would).
     """
 
-    def __init__(self, spec: ArchSpec, net: nn.Module, num_classes: int) -> None:
+    def __init__(
+        self,
+        spec: ArchSpec,
+        net: nn.Module,
+        num_classes: int,
+        split: Split | None = None,
+        in_chans: int = 3,
+    ) -> None:
         super().__init__()
-        self.spec = spec
         self.net = net
         self.num_classes = num_classes
-        self._token_grid: tuple[int, int] | None = None  # patch grid of the last ViT input
+        self.in_chans = in_chans
+        self.split = split or _zoo_split(spec, net)
+        self.spec = replace(spec, feature_layer=f"net.{self.split.layer}")
 
     @property
     def arch(self) -> str:
@@ -254,46 +272,27 @@ class ZooModel(nn.Module):
         return self.spec.input_size
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.spec.tokens:
-            net = self.net
-            # dynamic_img_size: the grid follows the input (4 x 4 at 64 px), not the 224 default
-            self._token_grid = tuple(net.patch_embed.dynamic_feat_size(tuple(x.shape[-2:])))
-            # the token sequence entering the last block (prefix tokens first, as the block
-            # expects): timm's own walk through embedding, pre-norm and the other blocks
-            ((patches, prefix),) = net.forward_intermediates(
-                x,
-                indices=[len(net.blocks) - 2],
-                intermediates_only=True,
-                stop_early=True,
-                output_fmt="NLC",
-                return_prefix_tokens=True,
-            )
-            return torch.cat([prefix, patches], dim=1)
-        return self.net.forward_features(x)
+        return self.split.features(x)
 
     def forward_head(self, a: torch.Tensor) -> torch.Tensor:
-        if self.spec.tokens:
-            x = self.net.norm(self.net.blocks[-1](a))
-            return self.net.forward_head(x)
-        return self.net.forward_head(a)
+        return self.split.head(a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        """The net's own forward (equal to ``forward_head o forward_features``): hooks on any
+        of its modules fire, containers included, which a traced graph would skip."""
+        return self.net(x)
 
     def to_grid(self, a: torch.Tensor) -> torch.Tensor:
         """The feature map as [N, C, h, w]; transformer tokens lose their prefix tokens."""
-        if not self.spec.tokens:
-            return a
-        prefix = getattr(self.net, "num_prefix_tokens", 1)
-        patches = a[:, prefix:, :]
-        h, w = self._token_grid or self.net.patch_embed.grid_size
-        if h * w != patches.shape[1]:
-            raise ValueError(f"{patches.shape[1]} patch tokens do not form a {h} x {w} grid")
-        return patches.transpose(1, 2).reshape(a.shape[0], a.shape[2], h, w)
+        return self.split.to_grid(a)
+
+    def classifier(self) -> nn.Module:
+        """The layer producing the logits (the new head of a transfer-learning phase)."""
+        return self.net.get_submodule(classifier_path(self.net, self.num_classes))
 
     def classifier_parameters(self) -> Iterator[nn.Parameter]:
         """The parameters a transfer-learning phase trains (the new head)."""
-        yield from self.net.get_classifier().parameters()
+        yield from self.classifier().parameters()
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         head = {id(p) for p in self.classifier_parameters()}
@@ -302,16 +301,28 @@ class ZooModel(nn.Module):
                 yield p
 
 
+def _zoo_split(spec: ArchSpec, net: nn.Module) -> Split:
+    if spec.tokens:
+        return BlockSplit(net)
+    return NativeSplit(net, spec.feature_layer.removeprefix("net."))
+
+
 def list_archs() -> list[str]:
     return sorted(ARCHS)
 
 
 def arch_spec(arch: str) -> ArchSpec:
+    """A zoo name, or ``timm/<name>`` / ``torchvision/<name>`` (config from the library; the
+    feature layer is found when the net is built)."""
+    if is_named(arch):
+        cfg = named_config(arch)
+        return ArchSpec(arch, cfg.input_size, cfg.mean, cfg.std, "")
     try:
         return ARCHS[arch]
     except KeyError:
         raise ValueError(
-            f"unknown arch {arch!r}; choose one of {', '.join(list_archs())}"
+            f"unknown arch {arch!r}; choose one of {', '.join(list_archs())}, or name any "
+            "timm or torchvision classifier as timm/<name> or torchvision/<name>"
         ) from None
 
 
@@ -325,67 +336,65 @@ def _build_net(spec: ArchSpec, num_classes: int, in_chans: int, imagenet: bool) 
         kwargs["dynamic_img_size"] = True
     if not imagenet:
         return timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-    return _imagenet_net(spec, kwargs)
-
-
-HUB_HOST = ("huggingface.co", 443)
-HUB_PROBE_S = 3.0  # how long to wait for the hub before calling the machine offline
-
-
-def hub_reachable(host: tuple[str, int] = HUB_HOST, timeout: float = HUB_PROBE_S) -> bool:
-    """Whether the weights hub answers a TCP connect (offline machines fail at once)."""
-    import socket
-
-    try:
-        with socket.create_connection(host, timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _imagenet_net(spec: ArchSpec, kwargs: dict) -> nn.Module:
-    """timm's ImageNet weights: from the hub when it answers, else from the local cache only.
-
-    Offline, the hub client retries every file for about a minute before it gives up, and its
-    message then says nothing about what to do; here an unreachable hub switches it to offline
-    mode (cached weights still load) and a miss becomes one line with the way out."""
-    import huggingface_hub.constants as hub
-
-    offline = hub.HF_HUB_OFFLINE or not hub_reachable()
-    before = hub.HF_HUB_OFFLINE
-    hub.HF_HUB_OFFLINE = offline
-    try:
-        return timm.create_model(spec.timm_name, pretrained=True, **kwargs)
-    except Exception as exc:
-        if not offline:
-            raise
-        raise ValueError(
-            f"pretrained 'imagenet': {spec.name}'s ImageNet weights are not in the local cache "
-            f"and {HUB_HOST[0]} cannot be reached ({type(exc).__name__}); use pretrained "
-            "'none', or a weights file (a path: a camdrift checkpoint or a state dict)"
-        ) from None
-    finally:
-        hub.HF_HUB_OFFLINE = before
+    return timm_pretrained(spec.timm_name, kwargs, spec.name)
 
 
 def create_model(
-    arch: str, num_classes: int, pretrained: str | Path = "none", in_chans: int = 3
+    arch: str,
+    num_classes: int,
+    pretrained: str | Path = "none",
+    in_chans: int = 3,
+    input_size: tuple[int, int] | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
 ) -> ZooModel:
     """Build ``arch`` with a fresh ``num_classes`` head.
 
-    ``pretrained``: ``"none"`` (random), ``"imagenet"`` (timm weights; downloads when online),
-    or a path to a weights file (a camdrift ``.safetensors`` checkpoint or a plain state dict)
-    whose backbone is loaded while the head stays new.
+    ``arch``: a zoo name or ``timm/<name>`` / ``torchvision/<name>``. ``pretrained``:
+    ``"none"`` (random), ``"imagenet"`` (the library's weights; downloads when online), or a
+    path to a weights file (a camdrift ``.safetensors`` checkpoint or a plain state dict)
+    whose backbone is loaded while the head stays new. ``input_size``: the size the net is
+    built for (default: its config's); fixed-size transformers are built at it. ``mean`` /
+    ``std``: the input normalisation (default: the config's, averaged for one channel).
     """
     spec = arch_spec(arch)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if not 1 <= in_chans <= 4:
+        raise ValueError(f"in_chans must be 1..4, got {in_chans}")
+    size = tuple(input_size or spec.input_size)
+    spec = replace(
+        spec,
+        input_size=size,
+        mean=_per_channel(tuple(mean or spec.mean), in_chans, "mean"),
+        std=_per_channel(tuple(std or spec.std), in_chans, "std"),
+    )
     source = str(pretrained)
-    net = _build_net(spec, num_classes, in_chans, imagenet=source == "imagenet")
-    model = ZooModel(spec, net, num_classes)
+    imagenet = source == "imagenet"
+    if is_named(arch):
+        net = build_named(arch, num_classes, in_chans, size, imagenet)
+        model = ZooModel(spec, net, num_classes, named_split(arch, net, size, in_chans), in_chans)
+    else:
+        net = _build_net(spec, num_classes, in_chans, imagenet=imagenet)
+        model = ZooModel(spec, net, num_classes, in_chans=in_chans)
     if source not in ("none", "imagenet"):
         load_backbone(model, Path(source))
     return model.eval()
+
+
+def _per_channel(values: tuple[float, ...], in_chans: int, what: str) -> tuple[float, ...]:
+    """Statistics for ``in_chans`` channels: one value is shared, RGB ones are averaged for
+    a one-channel model."""
+    values = tuple(float(v) for v in values)
+    if what == "std" and any(v <= 0 for v in values):
+        raise ValueError(f"std: every value must be > 0, got {list(values)}")
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    if in_chans == 1:
+        return (round(sum(values) / len(values), 6),)
+    raise ValueError(f"{what}: {len(values)} values for a {in_chans}-channel model")
 
 
 def load_backbone(model: ZooModel, path: Path) -> None:

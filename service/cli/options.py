@@ -67,8 +67,32 @@ BATCH_SIZE_DEFAULT = 16  # audits: AuditConfig.batch_size
 
 # --------------------------------------------------------------------------- training
 
-Arch = Annotated[str, typer.Option(help="Zoo architecture")]
+Arch = Annotated[
+    str,
+    typer.Option(help="Zoo architecture, or any timm/<name> or torchvision/<name> classifier"),
+]
 ARCH_DEFAULT = "tinycnn"
+
+InChans = Annotated[int, typer.Option(help="Input channels: 1 reads images as one grey channel")]
+IN_CHANS_DEFAULT = 3  # TrainConfig.in_chans
+Stats = Annotated[
+    str | None,
+    typer.Option(help="Input normalisation, comma-separated per channel (default: the arch's)"),
+]
+
+
+def channel_stats(text: str | None, name: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` -> (0.5, 0.5, 0.5); a clear error naming the option otherwise."""
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"--{name}: comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise ValueError(f"--{name}: at least one number")
+    return values
+
 
 InputSize = Annotated[int | None, typer.Option(help="Square input side (default: arch's)")]
 

@@ -13,6 +13,7 @@ from service.cli.options import (
     ARCH_DEFAULT,
     DEVICE_DEFAULT,
     IMAGE_SIZE_DEFAULT,
+    IN_CHANS_DEFAULT,
     ON_BAD_FILE_DEFAULT,
     PER_CLASS_DEFAULT,
     TRAIN_BATCH_SIZE_DEFAULT,
@@ -21,10 +22,13 @@ from service.cli.options import (
     BadFile,
     Device,
     ImageSize,
+    InChans,
     InputSize,
     PerClass,
+    Stats,
     TrainBatchSize,
     TrainSeed,
+    channel_stats,
 )
 from service.cli.output import console, print_data, print_training, user_errors
 
@@ -100,7 +104,13 @@ def _train_config(**kw: Any) -> Any:
         patience=kw.pop("patience"),
     )
     size = kw.pop("input_size")
-    return TrainConfig(tl=tl, ft=ft, input_size=(size, size) if size else None, **kw)
+    mean, std = (
+        channel_stats(kw.pop("mean", None), "mean"),
+        channel_stats(kw.pop("std", None), "std"),
+    )
+    return TrainConfig(
+        tl=tl, ft=ft, input_size=(size, size) if size else None, mean=mean, std=std, **kw
+    )
 
 
 def _one_phase_config(
@@ -137,6 +147,9 @@ def train(
     arch: Arch = ARCH_DEFAULT,
     pretrained: Annotated[str, typer.Option(help="none, imagenet or a weights file")] = "none",
     input_size: InputSize = None,
+    in_chans: InChans = IN_CHANS_DEFAULT,
+    mean: Stats = None,
+    std: Stats = None,
     tl_epochs: Annotated[int, typer.Option(help="Epochs of phase TL (frozen backbone)")] = 12,
     tl_lr: Annotated[float, typer.Option(help="Learning rate of phase TL")] = 1e-2,
     ft_epochs: Annotated[int, typer.Option(help="Epochs of phase FT (everything trains)")] = 10,
@@ -158,6 +171,9 @@ def train(
         arch=arch,
         pretrained=pretrained,
         input_size=input_size,
+        in_chans=in_chans,
+        mean=mean,
+        std=std,
         tl_epochs=tl_epochs,
         tl_lr=tl_lr,
         ft_epochs=ft_epochs,

@@ -128,9 +128,9 @@ def test_imagenet_weights_offline_fail_at_once_with_the_way_out(monkeypatch, tmp
     client is put in offline mode, so it never tries the network)."""
     import huggingface_hub.constants as hub
 
-    import training.zoo as zoo
+    import training.hub
 
-    monkeypatch.setattr(zoo, "hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(training.hub, "hub_reachable", lambda *a, **k: False)
     monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     calls = []
 
@@ -148,6 +148,6 @@ def test_imagenet_weights_offline_fail_at_once_with_the_way_out(monkeypatch, tmp
 
 
 def test_hub_probe_says_no_for_a_closed_port() -> None:
-    from training.zoo import hub_reachable
+    from training.hub import hub_reachable
 
     assert hub_reachable(("127.0.0.1", 1), timeout=1.0) is False

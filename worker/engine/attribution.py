@@ -277,7 +277,9 @@ def _forward_hooked(
             logits = logits.float()
     finally:
         handle.remove()
-    grid = to_grid if captured[0].ndim == 3 else _require_grid
+    # tokens, or a channels-last model's stage output, read the way the model's own map is
+    layout = getattr(getattr(model, "split", None), "layout", "NCHW")
+    grid = to_grid if captured[0].ndim == 3 or layout == "NHWC" else _require_grid
     return captured[0], logits, grid
 
 

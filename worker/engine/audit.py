@@ -77,6 +77,8 @@ class LoadedModel:
             images01 = F.interpolate(
                 images01, size=self.input_size, mode="bilinear", align_corners=False, antialias=True
             )
+        if self.model.in_chans == 1 and images01.shape[1] != 1:
+            images01 = images01.mean(dim=1, keepdim=True)  # grey images are read as 3 equal
         mean = torch.tensor(self.meta.get("mean") or self.model.spec.mean, device=images01.device)
         std = torch.tensor(self.meta.get("std") or self.model.spec.std, device=images01.device)
         return (images01 - mean[:, None, None]) / std[:, None, None]
