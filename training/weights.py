@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -18,13 +19,25 @@ PLAIN_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file or a plain state dict; pickled code is refused."""
     path = Path(path)
+    obj = load_tensors(path)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state dict (name -> tensor)")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_tensors(path: Path) -> Any:
+    """What the file holds, read without running code: a safetensors file's tensors, or the
+    ``torch.load(weights_only=True)`` object (tensors inside plain containers)."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix == ".safetensors":
         read_header(path)
         return safetensors.torch.load_file(str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{path}: refused; the file would unpickle code or objects other than tensors "
@@ -33,8 +46,3 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a state dict (name -> tensor)")
-    return {k.removeprefix("module."): v for k, v in obj.items()}

@@ -248,3 +248,49 @@ def pretrain(
 
 
 COMMANDS = (phantoms, train, finetune, pretrain)
+
+
+@user_errors
+def import_checkpoint(
+    source: Annotated[
+        Path, typer.Argument(help="Weights file (.pt/.pth/.bin/.ckpt/.safetensors) or folder")
+    ],
+    out: Annotated[Path, typer.Option(help="camdrift checkpoint to write (.safetensors)")],
+    arch: Annotated[
+        str | None,
+        typer.Option(help="timm/<name>, torchvision/<name> or a zoo name (default: config.json)"),
+    ] = None,
+    classes: Annotated[
+        str | None, typer.Option(help="Class names in logit order, comma-separated")
+    ] = None,
+    input_size: InputSize = None,
+    in_chans: Annotated[
+        int | None, typer.Option(help="Input channels (default: read from the stem's weights)")
+    ] = None,
+    mean: Stats = None,
+    std: Stats = None,
+    phase: Annotated[str, typer.Option(help="tl, ft or other")] = "other",
+) -> None:
+    """Turn a checkpoint trained elsewhere into a camdrift checkpoint (read weights-only)."""
+    from training.importing import ImportRequest
+    from training.importing import import_checkpoint as run_import
+
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    request = ImportRequest(
+        arch=arch,
+        class_names=names,
+        input_size=(input_size, input_size) if input_size else None,
+        mean=channel_stats(mean, "mean"),
+        std=channel_stats(std, "std"),
+        in_chans=in_chans,
+        phase=phase,
+    )
+    done = run_import(source, out, request)
+    meta = done.meta
+    for note in done.notes:
+        console.print(note)
+    console.print(
+        f"imported {meta['arch']} ({meta['num_classes']} classes, {meta['in_chans']} channel(s), "
+        f"input {meta['input_size'][0]}x{meta['input_size'][1]}): {done.path}  "
+        f"sha256 {done.sha256[:12]}"
+    )
