@@ -16,11 +16,13 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
 from training.checkpoint_format import sha256_file
 from training.datasets import content_digest
+from training.import_request import ImportRequest
 from worker.catalog import ACTIVE_STATUSES
 from worker.results.gate import Policy, audit_options
 
@@ -144,8 +146,11 @@ class Client:
                 return str(item["id"])
         return None
 
-    def upload(self, kind: str, path: Path, media_type: str) -> dict[str, Any]:
-        """POST one file to ``/{kind}s`` (a long timeout: large checkpoints and datasets)."""
+    def upload(
+        self, kind: str, path: Path, media_type: str, fields: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """POST one file (and form ``fields``) to ``/{kind}s`` (a long timeout: large
+        checkpoints and datasets)."""
         import httpx
 
         with open(path, "rb") as fh:
@@ -153,21 +158,52 @@ class Client:
                 "POST",
                 f"/{kind}s",
                 files={"file": (path.name, fh, media_type)},
+                data=fields or None,
                 timeout=httpx.Timeout(600.0, connect=10.0),
             )
 
-    def checkpoint_id(self, path: Path, role: str) -> str:
-        """The server's id for this file: found by sha256, uploaded only when missing."""
+    def checkpoint_id(
+        self, path: Path, role: str, weights: ImportRequest | None = None, timeout: float = 600.0
+    ) -> str:
+        """The server's id for this file: found by sha256, uploaded only when missing. With
+        ``weights`` the file was trained elsewhere: it is uploaded with those fields and the
+        server's import of it is awaited (the server answers a repeated upload at once)."""
         try:
             sha = sha256_file(path)
         except OSError as exc:
             raise ClientError(f"cannot read checkpoint {path} (--{role}): {exc.strerror}") from None
+        if weights is not None:
+            return self._imported(path, role, weights, timeout)
         found = self.find("checkpoint", "sha256", sha, f"{role}: {path.name}")
         if found is not None:
             return found
         record = self.upload("checkpoint", path, "application/octet-stream")
         self.say(f"{role}: uploaded {path.name} (checkpoint {record['id']}, sha256 {sha[:12]})")
         return str(record["id"])
+
+    def _imported(self, path: Path, role: str, weights: ImportRequest, timeout: float) -> str:
+        started = self.upload("checkpoint", path, "application/octet-stream", weights.to_form())
+        location = started["links"]["self"]
+        deadline = time.monotonic() + timeout
+        row, pause = started, 0.2
+        while row["status"] in ACTIVE:
+            if time.monotonic() > deadline:
+                raise ClientError(
+                    f"the server did not import {path.name} (--{role}) within {timeout:g} s — "
+                    f"is a worker running? see {self.server}{location}"
+                )
+            time.sleep(pause)
+            pause = min(pause * 1.5, 2.0)
+            row = self.call("GET", location)
+        if row["status"] != "succeeded":
+            raise ClientError(
+                f"the server could not import {path.name} (--{role}): "
+                f"{row.get('error') or 'no error message'}"
+            )
+        self.say(
+            f"{role}: imported {path.name} as {weights.arch} (checkpoint {row['checkpoint_id']})"
+        )
+        return str(row["checkpoint_id"])
 
     def dataset_id(self, data: Path | None, dataset_id: str | None = None) -> str:
         """``dataset_id`` checked on the server, or the folder ``data``: found by its content
@@ -249,6 +285,7 @@ class Client:
         policy: Policy,
         options: dict[str, Any],
         trajectory: Sequence[Path] = (),
+        weights: ImportRequest | None = None,
     ) -> dict[str, Any]:
         """Upload what the server lacks and submit the gated job; the job (:meth:`wait` for
         it, then fetch its :meth:`report`).
@@ -256,16 +293,19 @@ class Client:
         ``options`` are job-body fields, completed with what the policy reads
         (:func:`~worker.results.gate.audit_options`: the noise floor for ``beyond_floor``, the
         metrics its rules name; ``camdrift gate --local`` derives the same); None values are
-        left to the server, split ``all`` is sent as null (every sample)."""
+        left to the server, split ``all`` is sent as null (every sample). ``weights``: the
+        files were trained elsewhere, the server imports them (baseline tl, candidate ft)."""
+        tl = replace(weights, phase="tl") if weights is not None else None
+        ft = replace(weights, phase="ft") if weights is not None else None
         body: dict[str, Any] = {
-            "baseline_id": self.checkpoint_id(baseline, "baseline"),
-            "candidate_id": self.checkpoint_id(candidate, "candidate"),
+            "baseline_id": self.checkpoint_id(baseline, "baseline", tl),
+            "candidate_id": self.checkpoint_id(candidate, "candidate", ft),
             "dataset_id": self.dataset_id(data, dataset_id),
             "policy": policy.model_dump(by_alias=True, mode="json"),
         }
         if trajectory:
             body["trajectory_ids"] = [
-                self.checkpoint_id(path, f"via[{i}]") for i, path in enumerate(trajectory)
+                self.checkpoint_id(path, f"via[{i}]", ft) for i, path in enumerate(trajectory)
             ]
         for key, value in audit_options(policy, options).items():
             if value is not None:

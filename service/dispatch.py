@@ -1,4 +1,5 @@
-"""Hand a stored job to the runner: Celery when a broker is configured, else embedded.
+"""Hand a stored job (or a checkpoint import) to the runner: Celery when a broker is
+configured, else embedded.
 
 ``submit_job`` raises when the job cannot be enqueued (e.g. the broker is down); the API then
 marks the job failed and answers 503, so no queued row is left that nobody will run.
@@ -10,6 +11,7 @@ import threading
 from functools import lru_cache
 from typing import Any
 
+from worker.runtime.imports import IMPORT
 from worker.runtime.jobs import PLAN
 from worker.store.settings import Settings
 
@@ -47,14 +49,24 @@ def embedded_runner(settings: Settings):
 
 def submit_job(settings: Settings, job_id: str) -> None:
     """Enqueue job ``job_id``; raise :class:`BrokerUnavailable` when that is impossible."""
+    send(settings, PLAN, [job_id])
+
+
+def submit_import(settings: Settings, import_id: str) -> None:
+    """Enqueue the conversion of an uploaded weights file (``worker.runtime.imports``)."""
+    send(settings, IMPORT, [import_id])
+
+
+def send(settings: Settings, name: str, args: list[Any]) -> None:
+    """Task ``name`` to a worker: Celery's queue, or the embedded runner when no broker."""
     if not settings.broker_url:
-        embedded_runner(settings).submit(job_id)
+        embedded_runner(settings).enqueue(name, args)
         return
     app = _celery(settings.broker_url, settings.shard_time_limit_s, settings.visibility_timeout)
     try:
         app.send_task(
-            PLAN,
-            args=[job_id],
+            name,
+            args=args,
             retry=True,
             retry_policy={
                 "max_retries": 2,

@@ -81,6 +81,32 @@ class CheckpointPage(BaseModel):
     offset: int
 
 
+class CheckpointImportOut(_Out):
+    """A weights file trained elsewhere on its way to a checkpoint: ``queued`` / ``running``
+    until a worker converted it (``succeeded``: ``checkpoint_id``) or could not (``failed``:
+    ``error``). Poll ``links.self``."""
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    filename: str
+    name: str | None
+    fields: dict[str, Any] = Field(description="arch, class_names, input_size, ... as given")
+    source_sha256: str
+    size_bytes: int
+    checkpoint_id: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    links: Links
+
+
+class CheckpointImportPage(BaseModel):
+    items: list[CheckpointImportOut]
+    total: int
+    limit: int
+    offset: int
+
+
 # --------------------------------------------------------------------------- datasets
 
 

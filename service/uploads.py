@@ -614,9 +614,14 @@ def check_images(
     return bad
 
 
-def upload_body(description: str, json_schema: str | None = None) -> dict[str, Any]:
-    """The OpenAPI request body of an upload route: multipart ``file`` (+ optional ``name``),
-    and, for routes that also take JSON, that schema (a component name)."""
+def upload_body(
+    description: str,
+    json_schema: str | None = None,
+    extra_fields: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The OpenAPI request body of an upload route: multipart ``file`` (+ optional ``name``
+    and ``extra_fields``: name -> description), and, for routes that also take JSON, that
+    schema (a component name)."""
     content: dict[str, Any] = {
         "multipart/form-data": {
             "schema": {
@@ -625,6 +630,10 @@ def upload_body(description: str, json_schema: str | None = None) -> dict[str, A
                 "properties": {
                     "file": {"type": "string", "format": "binary", "description": description},
                     "name": {"type": "string", "maxLength": 255},
+                    **{
+                        f: {"type": "string", "description": d}
+                        for f, d in (extra_fields or {}).items()
+                    },
                 },
             }
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +21,13 @@ import torch
 
 from training.checkpoint_format import CheckpointError, sha256_file
 from training.checkpoints import model_metadata, save_checkpoint
+from training.import_request import ImportRequest
 from training.weights import PLAIN_SUFFIXES, load_tensors
 from training.zoo import ZooModel, create_model
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
 FOLDER_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 MAX_LISTED = 5
-
-
-@dataclass
-class ImportRequest:
-    """What the caller says about the checkpoint (``None``: read it from the source)."""
-
-    arch: str | None = None
-    class_names: list[str] | None = None
-    input_size: tuple[int, int] | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    in_chans: int | None = None
-    phase: str = "other"
 
 
 @dataclass
@@ -52,9 +40,21 @@ class Imported:
     notes: list[str] = field(default_factory=list)
 
 
-def import_checkpoint(source: Path, out: Path, request: ImportRequest) -> Imported:
-    """Read ``source``, fit it to the architecture, write a camdrift checkpoint to ``out``."""
-    source = Path(source)
+def import_checkpoint(
+    source: Path, out: Path, request: ImportRequest, source_name: str | None = None
+) -> Imported:
+    """Read ``source``, fit it to the architecture, write a camdrift checkpoint to ``out``.
+    ``source_name``: what the file is called where it came from (an upload's name; recorded
+    in the metadata and said in errors instead of where it lies now)."""
+    try:
+        return _import(Path(source), Path(out), request, source_name)
+    except CheckpointError as exc:
+        if source_name is None:
+            raise
+        raise CheckpointError(str(exc).replace(str(source), source_name), exc.field) from None
+
+
+def _import(source: Path, out: Path, request: ImportRequest, source_name: str | None) -> Imported:
     weights, request = _resolve_source(source, request)
     if request.arch is None:
         raise CheckpointError(
@@ -72,7 +72,7 @@ def import_checkpoint(source: Path, out: Path, request: ImportRequest) -> Import
         model.eval(),
         list(request.class_names),
         phase=request.phase,
-        imported_from={"file": weights.name, "sha256": sha256_file(weights)},
+        imported_from={"file": source_name or weights.name, "sha256": sha256_file(weights)},
     )
     sha = save_checkpoint(out, model, meta)
     notes = [f"feature layer {model.spec.feature_layer} (found automatically)"]
@@ -168,7 +168,7 @@ def _build(request: ImportRequest, state: dict[str, torch.Tensor]) -> ZooModel:
 
 
 def _with(request: ImportRequest, **changes: Any) -> ImportRequest:
-    return ImportRequest(**{**request.__dict__, **changes})
+    return replace(request, **changes)
 
 
 def _stem_key(model: ZooModel) -> str:

@@ -12,8 +12,9 @@ import safetensors.torch
 import torch
 
 from training.checkpoint_format import CheckpointError, read_header
+from training.import_request import WEIGHT_SUFFIXES
 
-PLAIN_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+PLAIN_SUFFIXES = tuple(s for s in WEIGHT_SUFFIXES if s != ".safetensors")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -37,7 +37,14 @@ from service.cli.options import (
     Seed,
     Split,
     Via,
+    WeightsArch,
+    WeightsClasses,
+    WeightsInChans,
+    WeightsInputSize,
+    WeightsMean,
+    WeightsStd,
     csv,
+    weights_request,
 )
 from service.cli.output import (
     EXIT_USAGE,
@@ -50,6 +57,7 @@ from service.cli.output import (
 )
 from service.cli.sequence import expand_sequence
 from service.client import Client, ClientError
+from training.import_request import ImportRequest
 from worker.catalog import SPLITS, check_method, check_sample_filter
 from worker.job_config import CEILING_LAYERS
 from worker.render.markdown import render_markdown
@@ -94,6 +102,7 @@ class GateArgs:
     mlflow: bool = False
     mlflow_run_id: str | None = None
     mlflow_experiment: str | None = None
+    weights: ImportRequest | None = None  # the files are weights trained elsewhere
 
 
 def gate(
@@ -154,9 +163,20 @@ def gate(
     mlflow_experiment: Annotated[
         str | None, typer.Option(help="With --mlflow and no run: the experiment of a new run")
     ] = None,
+    arch: WeightsArch = None,
+    classes: WeightsClasses = None,
+    input_size: WeightsInputSize = None,
+    in_chans: WeightsInChans = None,
+    mean: WeightsMean = None,
+    std: WeightsStd = None,
 ) -> None:
     """Gate a fine-tuned checkpoint on attribution drift: exit 0 pass, 1 fail, 3 inconclusive,
     2 usage or infrastructure error."""
+    try:
+        weights = weights_request(arch, classes, input_size, in_chans, mean, std)
+    except ValueError as exc:
+        error(exc, line_err_console)
+        raise typer.Exit(EXIT_USAGE) from None
     args = GateArgs(
         baseline=baseline,
         candidate=candidate,
@@ -183,6 +203,7 @@ def gate(
         mlflow=mlflow,
         mlflow_run_id=mlflow_run_id,
         mlflow_experiment=mlflow_experiment,
+        weights=weights,
     )
     try:
         verdict = run_gate(args)
@@ -249,6 +270,7 @@ def run_gate(args: GateArgs) -> dict[str, Any]:
                 options,
                 args.timeout,
                 trajectory,
+                args.weights,
             )
             if args.html is not None:
                 page = client.text(
@@ -294,13 +316,14 @@ def audit_on_server(
     options: dict[str, Any],
     timeout: float,
     trajectory: Sequence[Path] = (),
+    weights: ImportRequest | None = None,
 ) -> tuple[dict[str, Any], str]:
-    """Upload what the server lacks, run the gated job with a progress display, and return
-    (report, job id)."""
+    """Upload what the server lacks (``weights``: files to import), run the gated job with a
+    progress display, and return (report, job id)."""
     from training.progress import progress
 
     job = client.start_audit(
-        baseline, candidate, data, dataset_id, policy, options, trajectory=trajectory
+        baseline, candidate, data, dataset_id, policy, options, trajectory, weights
     )
     with progress(f"job {job['id']}", unit="img") as bar:
         job = client.wait(job, timeout, bar.update)
@@ -346,7 +369,10 @@ def _fit(rules: Policy, options: dict[str, Any], args: GateArgs) -> dict[str, An
     (read from the checkpoints' headers: nothing is uploaded or attributed yet)."""
     try:
         return fit_policy(
-            rules, options, [("--baseline", args.baseline), ("--candidate", args.candidate)]
+            rules,
+            options,
+            [("--baseline", args.baseline), ("--candidate", args.candidate)],
+            class_names=args.weights.class_names if args.weights is not None else None,
         )
     except PolicyMismatch as exc:
         hint = "fix the policy"
@@ -407,10 +433,11 @@ def _run_local(
         config = AuditConfig(**kw)
         with tempfile.TemporaryDirectory(prefix="camdrift-gate-") as tmp:
             out = args.report if args.report is not None else Path(tmp) / "report.json"
+            baseline, candidate, trajectory = _local_checkpoints(args, trajectory, Path(tmp))
             with progress("local audit", unit="img") as bar:
                 doc = run_audit(
-                    args.baseline,
-                    args.candidate,
+                    baseline,
+                    candidate,
                     args.data,
                     config,
                     out,
@@ -423,6 +450,31 @@ def _run_local(
             return doc
     except (ValueError, OSError) as exc:
         raise GateError(str(exc)) from None
+
+
+def _local_checkpoints(
+    args: GateArgs, trajectory: list[Path], tmp: Path
+) -> tuple[Path, Path, list[Path]]:
+    """The files as camdrift checkpoints: weights trained elsewhere are imported into ``tmp``
+    first (as ``camdrift import`` would), camdrift checkpoints are used as they are."""
+    if args.weights is None:
+        return args.baseline, args.candidate, trajectory
+    from dataclasses import replace
+
+    from training.importing import import_checkpoint
+
+    def imported(path: Path, role: str, phase: str) -> Path:
+        out = tmp / f"{role}.safetensors"
+        import_checkpoint(path, out, replace(args.weights, phase=phase))
+        say(f"{role}: imported {path.name} as {args.weights.arch}")
+        return out
+
+    steps = [imported(p, f"via{i}", "ft") for i, p in enumerate(trajectory)]
+    return (
+        imported(args.baseline, "baseline", "tl"),
+        imported(args.candidate, "candidate", "ft"),
+        steps,
+    )
 
 
 def _write_local_html(report: Path, html: Path) -> None:

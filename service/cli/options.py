@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from service.cli.sequence import VIA_HELP
+from training.import_request import ImportFieldError, ImportRequest, request_from_form
 from worker.catalog import DEFAULT_METHODS
 from worker.job_config import (
     DEFAULT_SAMPLE_FILTER,
@@ -134,3 +135,84 @@ def csv(value: str | None) -> list[str] | None:
     """A comma-separated option as names; None when it names nothing."""
     names = [v.strip() for v in value.split(",") if v.strip()] if value else []
     return names or None
+
+
+# --------------------------------------------------------------------------- weights to import
+
+WEIGHTS_PANEL = "Weights trained elsewhere (imported: plain, Lightning, DataParallel, safetensors)"
+WeightsArch = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        help="The files are weights trained elsewhere: timm/<name>, torchvision/<name> or a "
+        "zoo name",
+        rich_help_panel=WEIGHTS_PANEL,
+    ),
+]
+WeightsClasses = Annotated[
+    str | None,
+    typer.Option(
+        "--classes",
+        help="Their class names in logit order, comma-separated",
+        rich_help_panel=WEIGHTS_PANEL,
+    ),
+]
+WeightsInputSize = Annotated[
+    int | None,
+    typer.Option(
+        "--input-size", help="Square input side (default: arch's)", rich_help_panel=WEIGHTS_PANEL
+    ),
+]
+WeightsInChans = Annotated[
+    int | None,
+    typer.Option(
+        "--in-chans",
+        help="Input channels (default: read from the stem's weights)",
+        rich_help_panel=WEIGHTS_PANEL,
+    ),
+]
+WeightsMean = Annotated[
+    str | None,
+    typer.Option(
+        "--mean", help="Input normalisation mean, per channel", rich_help_panel=WEIGHTS_PANEL
+    ),
+]
+WeightsStd = Annotated[
+    str | None,
+    typer.Option(
+        "--std", help="Input normalisation std, per channel", rich_help_panel=WEIGHTS_PANEL
+    ),
+]
+WEIGHTS_FLAGS = {
+    "arch": "--arch",
+    "class_names": "--classes",
+    "input_size": "--input-size",
+    "in_chans": "--in-chans",
+    "mean": "--mean",
+    "std": "--std",
+    "phase": "--phase",
+}
+
+
+def weights_request(
+    arch: str | None,
+    classes: str | None,
+    input_size: int | None,
+    in_chans: int | None,
+    mean: str | None,
+    std: str | None,
+) -> ImportRequest | None:
+    """The import the weights options ask for (None: the files are camdrift checkpoints),
+    checked as ``POST /checkpoints`` checks its form; ValueError naming the option."""
+    form = {
+        "arch": arch,
+        "class_names": classes,
+        "input_size": None if input_size is None else str(input_size),
+        "in_chans": None if in_chans is None else str(in_chans),
+        "mean": mean,
+        "std": std,
+    }
+    try:
+        return request_from_form(form)
+    except ImportFieldError as exc:
+        raise ValueError(f"{WEIGHTS_FLAGS[exc.field]}: {exc.reason}") from None

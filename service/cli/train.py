@@ -272,10 +272,13 @@ def import_checkpoint(
     phase: Annotated[str, typer.Option(help="tl, ft or other")] = "other",
 ) -> None:
     """Turn a checkpoint trained elsewhere into a camdrift checkpoint (read weights-only)."""
-    from training.importing import ImportRequest
+    from training.import_request import ImportFieldError, ImportRequest, class_names
     from training.importing import import_checkpoint as run_import
 
-    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    try:
+        names = class_names(classes) if classes else None
+    except ImportFieldError as exc:
+        raise ValueError(f"--classes: {exc.reason}") from None
     request = ImportRequest(
         arch=arch,
         class_names=names,

@@ -616,3 +616,55 @@ def test_the_ceiling_travels_with_the_gate(world, tmp_path) -> None:
     assert doc["config"]["ceiling"] == "head" and doc["ceiling"]["layercam"]
     bad = _gate(world, "--local", *policy, "--ceiling", "everything", *FAST)
     assert bad.exit_code == 2 and "--ceiling 'everything'" in bad.output
+
+
+# --------------------------------------------------------------------------- weights to import
+
+
+def test_weights_trained_elsewhere_gate_as_their_checkpoints_do(world, tmp_path, server) -> None:
+    """Plain DataParallel state dicts of the two checkpoints, with --arch/--classes: imported
+    here (--local) or by the server (uploaded with form fields), the verdict and every check's
+    value equal the camdrift checkpoints' own."""
+    import torch
+
+    from training.checkpoints import load_checkpoint
+
+    plain = {}
+    for phase in ("tl", "ft"):
+        model, _ = load_checkpoint(world / f"{phase}.safetensors")
+        plain[phase] = tmp_path / f"{phase}-dataparallel.pt"
+        torch.save({f"module.{k}": v for k, v in model.net.state_dict().items()}, plain[phase])
+    weights = ("--arch", "tinycnn", "--classes", ",".join(CLASSES), "--input-size", "48")
+    fail = ("--policy", str(world / "fail.toml"), *FAST)
+
+    def gate_plain(*extra: str):
+        files = ("--baseline", str(plain["tl"]), "--candidate", str(plain["ft"]))
+        return runner.invoke(app, ["gate", *files, "--data", str(world / "data"), *extra])
+
+    def observed(path: Path) -> list[Any]:
+        return [c.get("observed") for c in json.loads(path.read_text())["verdict"]["rules"]]
+
+    ours = _gate(world, "--local", *fail, "--report", str(tmp_path / "ours.json"))
+    local = gate_plain("--local", *weights, *fail, "--report", str(tmp_path / "local.json"))
+    remote = gate_plain(
+        *("--server", server, "--token", TOKEN),
+        *weights,
+        *fail,
+        "--report",
+        str(tmp_path / "remote.json"),
+    )
+    for result in (ours, local, remote):
+        assert result.exit_code == 1, result.output
+    assert "baseline: imported tl-dataparallel.pt as tinycnn" in local.output
+    assert "candidate: imported ft-dataparallel.pt as tinycnn (checkpoint " in remote.output
+    expected = observed(tmp_path / "ours.json")
+    assert observed(tmp_path / "local.json") == expected
+    assert observed(tmp_path / "remote.json") == pytest.approx(expected)
+
+    # without --arch the server says what to send; a bad field is exit 2 before any upload
+    bare = gate_plain("--server", server, "--token", TOKEN, *fail)
+    assert bare.exit_code == 2 and "--arch and --classes name them" in bare.output, bare.output
+    typo = gate_plain("--server", "http://127.0.0.1:9", "--classes", "a,b", *fail)
+    assert typo.exit_code == 2 and "--arch: name the architecture" in typo.output, typo.output
+    wrong = gate_plain("--local", "--arch", "tinycnn", "--classes", "a,b", *fail)
+    assert wrong.exit_code == 2 and "2 class names were given" in wrong.output, wrong.output

@@ -28,7 +28,7 @@ from training.datasets import discover
 from training.image_dataset import ImageDataset
 from training.phantoms import CLASSES, generate_dataset
 from training.protocol import PhaseConfig, TrainConfig, train_two_phase
-from training.zoo import create_model
+from training.zoo import arch_spec, create_model
 from worker.catalog import DEFAULT_METRICS, pair_metrics
 from worker.engine.attribution import attribute, attribute_batch
 from worker.engine.audit import Audit, AuditConfig, LoadedModel
@@ -161,7 +161,8 @@ def test_two_phase_training_at_64px_writes_consistent_checkpoints(
 def test_checkpoint_input_size_sets_the_token_grid(loaded: dict[str, LoadedModel]) -> None:
     """LoadedModel honours the checkpoint's 64 px, not the arch's 224 px default."""
     model = loaded["ft"].model
-    assert loaded["ft"].input_size == (SIZE, SIZE) != model.spec.input_size
+    assert loaded["ft"].input_size == (SIZE, SIZE) == model.input_size
+    assert arch_spec(ARCH).input_size == (224, 224)
     images01 = torch.rand(2, 3, PHANTOM_SIZE, PHANTOM_SIZE)
     prepared = loaded["ft"].prepare(images01)
     assert tuple(prepared.shape) == (2, 3, SIZE, SIZE)

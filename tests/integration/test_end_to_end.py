@@ -137,8 +137,33 @@ def _two_workers_share_one_job(inputs, processes, tmp_path, local_report, db_url
         assert sum(shards_by_worker) == 8
         ready = client.get("/readyz").json()
         assert ready["checks"] == {"database": "ok", "broker": "ok"}, json.dumps(ready)
+        _import_through_celery(client, inputs, tmp_path, workers, processes)
     finally:
         processes.stop_all()
+
+
+def _import_through_celery(client, inputs, tmp_path, workers, processes) -> None:
+    """A plain state dict uploaded with its fields is converted by a Celery worker (the API
+    has no torch) into a checkpoint holding the same tensors."""
+    import torch
+
+    from training.checkpoints import load_checkpoint
+
+    model, meta = load_checkpoint(inputs.baseline)
+    plain = tmp_path / "trained-elsewhere.pt"
+    torch.save({f"module.{k}": v for k, v in model.net.state_dict().items()}, plain)
+    fields = {"arch": meta["arch"], "class_names": ",".join(meta["class_names"])}
+    with open(plain, "rb") as fh:
+        r = client.post("/checkpoints", files={"file": (plain.name, fh)}, data=fields)
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 60
+    while (row := client.get(r.headers["location"]).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, row
+        time.sleep(0.3)
+    assert row["status"] == "succeeded", row
+    record = client.get(f"/checkpoints/{row['checkpoint_id']}").json()
+    assert record["arch"] == meta["arch"] and record["class_names"] == meta["class_names"]
+    assert sum(processes.log(w).count("import succeeded") for w in workers) == 1
 
 
 def _env() -> dict[str, str]:

@@ -140,6 +140,8 @@ def test_openapi_is_complete(client) -> None:
         ("/checkpoints", "post"),
         ("/checkpoints", "get"),
         ("/checkpoints/{checkpoint_id}", "get"),
+        ("/checkpoint-imports", "get"),
+        ("/checkpoint-imports/{import_id}", "get"),
         ("/datasets", "post"),
         ("/datasets", "get"),
         ("/datasets/{dataset_id}", "get"),

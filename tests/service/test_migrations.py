@@ -21,9 +21,10 @@ from worker.store.models import Base
 from worker.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "0006_shard_heartbeats"  # the newest revision
+HEAD = "0007_checkpoint_imports"  # the newest revision
 TABLES = {
     "checkpoints",
+    "checkpoint_imports",
     "datasets",
     "jobs",
     "job_shards",

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from worker.runtime import jobs, logcontext
+from worker.runtime import imports, jobs, logcontext
 from worker.runtime import metrics as worker_metrics
 from worker.runtime.sweeper import SweepPolicy, safe_sweep
 from worker.store import Settings, session_scope, state
@@ -68,10 +68,11 @@ class EmbeddedRunner:
         self._thread.join(timeout=10)
 
     def _loop(self) -> None:
-        bodies = {
-            jobs.PLAN: jobs.plan_job,
-            jobs.SHARD: jobs.run_shard,
-            jobs.FINALIZE: jobs.finalize_job,
+        bodies = {  # task name -> (body, what records its failure)
+            jobs.PLAN: (jobs.plan_job, jobs.fail_job),
+            jobs.SHARD: (jobs.run_shard, jobs.fail_job),
+            jobs.FINALIZE: (jobs.finalize_job, jobs.fail_job),
+            imports.IMPORT: (imports.import_checkpoint, imports.fail_import),
         }
         interval = self.sweep_policy.interval_s
         while True:
@@ -84,29 +85,29 @@ class EmbeddedRunner:
                 break
             name, args = item
             try:
-                self._run(name, bodies[name], args)
+                self._run(name, *bodies[name], args)
             finally:
                 self._queue.task_done()
 
-    def _run(self, name: str, body, args: list[Any]) -> None:
+    def _run(self, name: str, body, fail, args: list[Any]) -> None:
         """One task; whatever happens, the runner thread lives on for the next job."""
         shard = args[1] if name == jobs.SHARD else None
         with logcontext.bound(job=args[0], shard=shard):
-            outcome = self._run_bound(body, args)
+            outcome = self._run_bound(body, args, fail)
         worker_metrics.TASKS.labels(name, outcome).inc()
 
-    def _run_bound(self, body, args: list[Any]) -> str:
+    def _run_bound(self, body, args: list[Any], fail) -> str:
         outcome = "ok"
         try:
             try:
                 body(self.ctx, *args)
             except jobs.JobFailed as exc:
                 outcome = "failed"
-                jobs.fail_job(self.ctx, args[0], str(exc))
+                fail(self.ctx, args[0], str(exc))
             except Exception as exc:
                 outcome = "crashed"
                 log.exception("task crashed task=%s", body.__name__)
-                jobs.fail_job(self.ctx, args[0], f"{type(exc).__name__}: {exc}")
+                fail(self.ctx, args[0], f"{type(exc).__name__}: {exc}")
         except Exception:  # e.g. the database itself is gone: log, keep the thread
             log.exception("could not record the task's failure")
         return outcome

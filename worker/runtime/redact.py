@@ -35,6 +35,11 @@ def _forms(path: str | Path) -> list[str]:
     return forms if resolved == given else [given, resolved]
 
 
+def file_labels(path: str | Path, name: str) -> list[tuple[str, str]]:
+    """``path`` (as given and resolved) labelled ``name``: an upload named as it was sent."""
+    return [(form, name) for form in _forms(path)]
+
+
 def job_labels(session: Session, job: Job, store: ArtifactStore) -> list[tuple[str, str]]:
     """(server path, public name) of the checkpoints and the dataset a job uses."""
     config = job.config or {}

@@ -17,7 +17,7 @@ from celery.signals import worker_ready
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from training.logs import configure_logging
-from worker.runtime import jobs, logcontext
+from worker.runtime import imports, jobs, logcontext
 from worker.runtime import metrics as worker_metrics
 from worker.runtime.celery_app import make_celery
 from worker.runtime.sweeper import SweepPolicy, safe_sweep
@@ -74,36 +74,47 @@ def start_sweeper(**_: Any) -> None:
     log.info("sweeper started interval=%ss", policy.interval_s)
 
 
-def _run(task: Any, job_id: str, body: Callable[[], None], shard: int | None = None) -> None:
+Fail = Callable[[jobs.WorkerContext, str, str], bool]
+
+
+def _run(
+    task: Any,
+    job_id: str,
+    body: Callable[[], None],
+    shard: int | None = None,
+    fail: Fail = jobs.fail_job,
+) -> None:
+    """``body`` with the retry rules; ``fail`` records a failure on the task's row (a job's,
+    or an import's for :data:`imports.IMPORT`)."""
     with logcontext.bound(job=job_id, shard=shard):
-        _run_bound(task, job_id, body)
+        _run_bound(task, job_id, body, fail)
 
 
-def _run_bound(task: Any, job_id: str, body: Callable[[], None]) -> None:
+def _run_bound(task: Any, job_id: str, body: Callable[[], None], fail: Fail) -> None:
     outcome = "ok"
     try:
         body()
     except jobs.JobFailed as exc:
         outcome = "failed"
-        jobs.fail_job(context(), job_id, str(exc))
+        fail(context(), job_id, str(exc))
     except SoftTimeLimitExceeded:
         outcome = "failed"
-        jobs.fail_job(context(), job_id, f"{task.name} exceeded its time limit")
+        fail(context(), job_id, f"{task.name} exceeded its time limit")
     except TRANSIENT as exc:
         if task.request.retries >= task.max_retries:
             outcome = "failed"
-            jobs.fail_job(context(), job_id, f"gave up after retries: {exc}")
+            fail(context(), job_id, f"gave up after retries: {exc}")
             return
         outcome = "retried"
         log.warning("transient error task=%s error=%r", task.name, str(exc))
         raise task.retry(exc=exc, countdown=min(2**task.request.retries, 30)) from None
     except DBAPIError as exc:
         outcome = "failed"
-        jobs.fail_job(context(), job_id, f"database error: {exc.orig}")
+        fail(context(), job_id, f"database error: {exc.orig}")
     except Exception as exc:  # a bug or bad input: fail the job, keep the worker alive
         outcome = "crashed"
         log.exception("task crashed task=%s", task.name)
-        jobs.fail_job(context(), job_id, f"{type(exc).__name__}: {exc}")
+        fail(context(), job_id, f"{type(exc).__name__}: {exc}")
     finally:
         worker_metrics.TASKS.labels(task.name, outcome).inc()
 
@@ -121,3 +132,13 @@ def run_shard(self, job_id: str, shard_no: int) -> None:
 @app.task(name=jobs.FINALIZE, bind=True, max_retries=5)
 def finalize_job(self, job_id: str) -> None:
     _run(self, job_id, lambda: jobs.finalize_job(context(), job_id))
+
+
+@app.task(name=imports.IMPORT, bind=True, max_retries=5)
+def import_checkpoint(self, import_id: str) -> None:
+    _run(
+        self,
+        import_id,
+        lambda: imports.import_checkpoint(context(), import_id),
+        fail=imports.fail_import,
+    )

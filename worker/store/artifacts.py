@@ -41,6 +41,10 @@ class ArtifactStore:
     def checkpoint_path(self, sha256: str) -> Path:
         return self.root / "checkpoints" / f"{sha256}.safetensors"
 
+    def import_path(self, request_key: str, suffix: str) -> Path:
+        """An uploaded weights file waiting for a worker to convert it (``suffix``: its kind)."""
+        return self.root / "imports" / f"{request_key}{suffix}"
+
     def dataset_dir(self, dataset_id: str) -> Path:
         return self.root / "datasets" / dataset_id
 

@@ -120,6 +120,28 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class CheckpointImport(Base):
+    """A weights file trained elsewhere, uploaded with what it is (arch, class names, ...):
+    a worker converts it into a :class:`Checkpoint` (torch is needed to fit the weights to
+    the arch, and the API process has none). One row per (file bytes, fields)."""
+
+    __tablename__ = "checkpoint_imports"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    request_key: Mapped[str] = mapped_column(String(64), unique=True)  # sha256(file, fields)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str | None] = mapped_column(String(255))  # the checkpoint's name, if given
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON)  # ImportRequest.to_fields()
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    error: Mapped[str | None] = mapped_column(Text)
+    checkpoint_id: Mapped[str | None] = mapped_column(ForeignKey("checkpoints.id"))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    storage_path: Mapped[str | None] = mapped_column(String(1024))  # the upload, until converted
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+
+
 class Dataset(Base):
     """An indexed dataset: an uploaded zip extracted into the store, or a server path."""
 

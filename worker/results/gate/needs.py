@@ -125,7 +125,10 @@ def checkpoint_class_names(paths: Sequence[tuple[str, Path]]) -> list[str]:
         try:
             mine = [str(name) for name in read_metadata(Path(path))["class_names"]]
         except CheckpointError as exc:
-            raise PolicyError(f"cannot read the classes of {option} {path}: {exc}") from None
+            raise PolicyError(
+                f"cannot read the classes of {option} {path}: {exc} — weights trained elsewhere "
+                "are imported when --arch and --classes name them"
+            ) from None
         if names is None:
             names, first = mine, option
         elif mine != names:
@@ -134,16 +137,20 @@ def checkpoint_class_names(paths: Sequence[tuple[str, Path]]) -> list[str]:
 
 
 def fit_policy(
-    policy: Policy, options: dict[str, Any], checkpoints: Sequence[tuple[str, Path]]
+    policy: Policy,
+    options: dict[str, Any],
+    checkpoints: Sequence[tuple[str, Path]],
+    class_names: list[str] | None = None,
 ) -> dict[str, Any]:
     """The audit options this policy needs (:func:`audit_options`), after checking it against
-    the checkpoints' classes and the job's methods; :class:`PolicyMismatch` names every rule
-    the job could not decide (:class:`PolicyError` when a checkpoint cannot be read). Used by
+    the checkpoints' classes (``class_names`` when the files are weights to import, else read
+    from their headers) and the job's methods; :class:`PolicyMismatch` names every rule the
+    job could not decide (:class:`PolicyError` when a checkpoint cannot be read). Used by
     every command-line entry point before anything is uploaded or attributed."""
     fitted = audit_options(policy, options)
     problems = policy_problems(
         policy,
-        class_names=checkpoint_class_names(checkpoints),
+        class_names=class_names or checkpoint_class_names(checkpoints),
         methods=list(fitted.get("methods") or DEFAULT_METHODS),
         metrics=fitted["metrics"],
         noise_floor=bool(fitted.get("noise_floor")),
