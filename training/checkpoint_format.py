@@ -290,6 +290,10 @@ def validate_metadata(meta: Any, where: str = "checkpoint") -> None:
     for key, limit in OPTIONAL_TEXT.items():
         _check_text(meta, key, limit, where)
     _check_channels(meta, where)
+    if meta.get("multi_label") is not None and not isinstance(meta["multi_label"], bool):
+        raise _bad(
+            "multi_label", f"must be true or false, got {_short(meta['multi_label'])}", where
+        )
     for key in OPTIONAL_OBJECTS:
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise _bad(key, f"must be an object or null, not a {_kind(meta[key])}", where)

@@ -1,9 +1,10 @@
 """Dataset discovery and splits, torch-free (the pixels: :mod:`training.image_dataset`).
 
 A dataset is a directory: either images listed in ``manifest.csv`` (``path,label`` plus
-optional ``split``, ``mask``, ``lung_mask``, ``shortcut_mask``, ``bbox``, ``marker``) or an
-ImageFolder tree ``root/<class>/**/<image>`` (masks under ``masks/``, ``lung_masks/``,
-``shortcut_masks/`` at the image's relative path).
+optional ``split``, ``mask``, ``lung_mask``, ``shortcut_mask``, ``bbox``, ``marker``,
+``group``; multi-label: ``path,labels`` with ``|``-separated findings, or one 0/1 column per
+finding) or an ImageFolder tree ``root/<class>/**/<image>`` (masks under ``masks/``,
+``lung_masks/``, ``shortcut_masks/`` at the image's relative path).
 :func:`discover` turns it into a :class:`DatasetIndex` (no pixels read) whose
 :meth:`~DatasetIndex.fingerprint` identifies the data in checkpoints and job records.
 
@@ -35,6 +36,10 @@ MASKS_DIR = "masks"
 # manifest column of its mask PNG and, in an ImageFolder tree, the folder mirroring the images
 REGION_COLUMNS = {"lesion": "mask", "lung": "lung_mask", "shortcut": "shortcut_mask"}
 GROUP_COLUMN = "group"  # the patient (or study) an image belongs to: splits never divide one
+LABELS_COLUMN = "labels"  # multi-label: the image's findings, "|"-separated ("" = none)
+FINDING_SEPARATOR = "|"
+POSITIVE = ("1", "1.0", "true", "yes")  # a finding column's positive values
+NEGATIVE = ("", "0", "0.0", "-1", "-1.0", "false", "no")  # incl. uncertain (-1) as negative
 REGION_DIRS = {"lesion": MASKS_DIR, "lung": "lung_masks", "shortcut": "shortcut_masks"}
 BBOX_COLUMN = "bbox"  # lesion boxes "x0 y0 x1 y1" in image pixels; several joined by ";"
 Box = tuple[float, float, float, float]
@@ -73,6 +78,9 @@ class Sample:
     shortcut_mask: Path | None = None
     bbox: tuple[Box, ...] | None = None
     group: str | None = None  # patient / study (manifest ``group``): one split for all its images
+    # multi-label: every finding present in the image (class indices); ``label`` is the one
+    # this sample explains -- an image with k findings is k samples
+    findings: tuple[int, ...] | None = None
 
     @property
     def regions(self) -> tuple[str, ...]:
@@ -97,6 +105,15 @@ class DatasetIndex:
     class_names: list[str]
     samples: list[Sample]
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # multi-label (a manifest of findings): each sample is one (image, present finding) pair;
+    # ``background`` holds the listed images with no finding present (label -1, findings ()):
+    # nothing to explain, so not audited, but negatives for training and split with the rest
+    multi_label: bool = False
+    background: list[Sample] = field(default_factory=list)
+
+    @property
+    def unlabelled(self) -> int:
+        return len(self.background)
 
     def relative(self, sample: Sample) -> str:
         """The sample's path relative to the root, POSIX style (stable across machines)."""
@@ -110,12 +127,14 @@ class DatasetIndex:
         """
         digest = hashlib.sha256()
         header = {"v": _FINGERPRINT_VERSION, "class_names": list(self.class_names)}
+        if self.multi_label:
+            header["multi_label"] = True
         digest.update(json.dumps(header, sort_keys=True).encode())
         # a sample's group counts where there is one (it decides the split); without groups the
         # fingerprint is what it always was
         rows = sorted(
             (self.relative(s), s.label, _file_size(s.path), *((s.group,) if s.group else ()))
-            for s in self.samples
+            for s in (*self.samples, *self.background)
         )
         for row in rows:
             digest.update(b"\n" + json.dumps(row).encode())
@@ -129,7 +148,23 @@ class DatasetIndex:
         if not any(s.split for s in self.samples):
             raise DatasetError(f"{self.root}: no splits assigned; call assign_splits() first")
         chosen = [s for s in self.samples if s.split == name]
-        return DatasetIndex(self.root, list(self.class_names), chosen, [])
+        return DatasetIndex(
+            self.root,
+            list(self.class_names),
+            chosen,
+            [],
+            multi_label=self.multi_label,
+            background=[s for s in self.background if s.split == name],
+        )
+
+    def per_image(self) -> DatasetIndex:
+        """One sample per image (its first finding's), for training a multi-label head on
+        each image once; a single-label index as it is."""
+        if not self.multi_label:
+            return self
+        seen: set[Path] = set()
+        first = [s for s in self.samples if not (s.path in seen or seen.add(s.path))]
+        return replace(self, samples=first + list(self.background), background=[])
 
     def regions(self, positions: Sequence[int] | None = None) -> list[str]:
         """The reference regions at least one sample (of ``positions``) brings."""
@@ -187,7 +222,12 @@ def _readable(index: DatasetIndex, on_error: str) -> DatasetIndex:
     """``index`` without the samples whose header does not read (each skipped, or the first
     one raised)."""
     kept, skipped = [], list(index.skipped)
+    checked: dict[Path, str | None] = {}  # a multi-label image is several samples: read once
     for sample in index.samples:
+        if sample.path in checked:
+            if checked[sample.path] is None:
+                kept.append(sample)
+            continue
         try:
             image_size(sample.path)
         except ImageReadError as exc:
@@ -197,9 +237,21 @@ def _readable(index: DatasetIndex, on_error: str) -> DatasetIndex:
                     "files out and lists them)"
                 ) from None
             skipped.append((index.relative(sample), exc.reason))
+            checked[sample.path] = exc.reason
             continue
+        checked[sample.path] = None
         kept.append(sample)
-    return replace(index, samples=kept, skipped=skipped)
+    background = []
+    for sample in index.background:
+        try:
+            image_size(sample.path)
+        except ImageReadError as exc:
+            if on_error == "raise":
+                raise DatasetError(f"{index.relative(sample)}: {exc.reason}") from None
+            skipped.append((index.relative(sample), exc.reason))
+            continue
+        background.append(sample)
+    return replace(index, samples=kept, skipped=skipped, background=background)
 
 
 def summary(index: DatasetIndex) -> dict[str, Any]:
@@ -209,15 +261,19 @@ def summary(index: DatasetIndex) -> dict[str, Any]:
     per_split: dict[str, int] = {}
     for sample in index.samples:
         per_class[index.class_names[sample.label]] += 1
+    for sample in index.per_image().samples:  # multi-label: images, not (image, finding) pairs
         if sample.split:
             per_split[sample.split] = per_split.get(sample.split, 0) + 1
-    return {
+    out = {
         "root": str(index.root),
-        "images": len(index.samples),
+        "images": len({s.path for s in (*index.samples, *index.background)}),
         "classes": per_class,
         "splits": per_split,
         "skipped": [{"path": path, "reason": reason} for path, reason in index.skipped],
     }
+    if index.multi_label:  # classes count the images with each finding present
+        out.update(multi_label=True, samples=len(index.samples), unlabelled=index.unlabelled)
+    return out
 
 
 def _check_on_error(on_error: str) -> None:
@@ -293,43 +349,62 @@ class _Row:
     shortcut_mask: Path | None = None
     bbox: tuple[Box, ...] | None = None
     group: str | None = None
+    findings: tuple[str, ...] | None = None  # multi-label: the findings present
 
 
 def _from_manifest(
     root: Path, manifest: Path, class_names: list[str] | None, on_error: str
 ) -> DatasetIndex:
-    rows = list(_read_manifest(root, manifest))
-    names = class_names or sorted({row.label for row in rows})
+    columns: dict[str, str] = {}
+    rows = list(_read_manifest(root, manifest, columns))
+    multi = rows[0].findings is not None if rows else LABELS_COLUMN in columns
+    finding_columns = [v for k, v in columns.items() if k.startswith("__finding__")]
+    if multi:
+        found = {f for row in rows for f in row.findings or ()}
+        names = class_names or finding_columns or sorted(found)
+    else:
+        names = class_names or sorted({row.label for row in rows})
     position = {name: i for i, name in enumerate(names)}
     samples: list[Sample] = []
     skipped: list[tuple[str, str]] = []
+    background: list[Sample] = []
     for row in rows:
-        if row.label not in position:
-            raise DatasetError(
-                f"{MANIFEST_NAME} line {row.line}: label {row.label!r} is not in "
-                f"class_names {names}"
-            )
+        wanted = row.findings if multi else (row.label,)
+        for label in wanted or ():
+            if label not in position:
+                raise DatasetError(
+                    f"{MANIFEST_NAME} line {row.line}: label {label!r} is not in "
+                    f"class_names {names}"
+                )
         problem = _missing_file_problem(root, row)
         if problem is not None:
             if on_error == "raise":
                 raise DatasetError(f"{MANIFEST_NAME} line {row.line}: {problem}")
             skipped.append((_relative(root, row.path), f"line {row.line}: {problem}"))
             continue
-        label = position[row.label]
-        samples.append(
-            Sample(
-                row.path,
-                label,
-                row.split,
-                row.mask,
-                row.marker,
-                row.lung_mask,
-                row.shortcut_mask,
-                row.bbox,
-                row.group,
+        present = tuple(sorted(position[f] for f in wanted or ()))
+        if multi and not present:
+            background.append(
+                Sample(row.path, -1, row.split, marker=row.marker, group=row.group, findings=())
             )
-        )
-    return DatasetIndex(root, list(names), samples, skipped)
+        for label in present:
+            samples.append(
+                Sample(
+                    row.path,
+                    label,
+                    row.split,
+                    row.mask,
+                    row.marker,
+                    row.lung_mask,
+                    row.shortcut_mask,
+                    row.bbox,
+                    row.group,
+                    present if multi else None,
+                )
+            )
+    return DatasetIndex(
+        root, list(names), samples, skipped, multi_label=multi, background=background
+    )
 
 
 def _missing_file_problem(root: Path, row: _Row) -> str | None:
@@ -351,12 +426,18 @@ def _missing_file_problem(root: Path, row: _Row) -> str | None:
     return None
 
 
-def _read_manifest(root: Path, manifest: Path) -> Iterator[_Row]:
-    """Parse and check every row; line numbers are physical lines (header = line 1)."""
+def _read_manifest(
+    root: Path, manifest: Path, columns: dict[str, str] | None = None
+) -> Iterator[_Row]:
+    """Parse and check every row; line numbers are physical lines (header = line 1).
+    ``columns`` (when given) receives the header's column map."""
     try:
         with manifest.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            columns = _manifest_columns(reader.fieldnames)
+            found = _manifest_columns(reader.fieldnames)
+            if columns is not None:
+                columns.update(found)
+            columns = found
             seen: dict[str, int] = {}
             for raw in reader:
                 row = _parse_row(root, reader.line_num, raw, columns)
@@ -372,17 +453,42 @@ def _read_manifest(root: Path, manifest: Path) -> Iterator[_Row]:
         raise DatasetError(f"{manifest}: cannot read manifest ({exc})") from exc
 
 
+KNOWN_COLUMNS = (
+    "path",
+    "label",
+    LABELS_COLUMN,
+    "split",
+    "marker",
+    GROUP_COLUMN,
+    BBOX_COLUMN,
+    *REGION_COLUMNS.values(),
+)
+
+
 def _manifest_columns(fieldnames: Sequence[str] | None) -> dict[str, str]:
-    """Map canonical column names to the header's spelling (case and spaces ignored)."""
+    """Map canonical column names to the header's spelling (case and spaces ignored).
+
+    Labels come from ``label`` (one class), ``labels`` (findings, ``|``-separated) or, when
+    neither is there, every other column (one 0/1 column per finding, CheXpert style: the
+    finding columns are marked ``__finding__<header>``)."""
     if not fieldnames:
         raise DatasetError(f"{MANIFEST_NAME} line 1: empty manifest (no header)")
     columns = {name.strip().lower(): name for name in fieldnames if name is not None}
-    missing = [c for c in ("path", "label") if c not in columns]
-    if missing:
+    if "path" not in columns:
         raise DatasetError(
-            f"{MANIFEST_NAME} line 1: missing required column(s) {missing}; "
+            f"{MANIFEST_NAME} line 1: missing required column(s) ['path']; "
             f"header is {list(fieldnames)}"
         )
+    if "label" in columns and LABELS_COLUMN in columns:
+        raise DatasetError(f"{MANIFEST_NAME} line 1: give label or labels, not both")
+    if "label" not in columns and LABELS_COLUMN not in columns:
+        findings = [name for key, name in columns.items() if key not in KNOWN_COLUMNS]
+        if not findings:
+            raise DatasetError(
+                f"{MANIFEST_NAME} line 1: missing required column(s) ['label'] (or labels, "
+                f"or one 0/1 column per finding); header is {list(fieldnames)}"
+            )
+        columns.update({f"__finding__{name}": name for name in findings})
     return columns
 
 
@@ -393,7 +499,8 @@ def _parse_row(root: Path, line: int, raw: dict[str, Any], columns: dict[str, st
 
     where = f"{MANIFEST_NAME} line {line}"
     path, label = cell("path"), cell("label")
-    if not path or not label:
+    findings = _findings(raw, columns, where)
+    if not path or (findings is None and not label):
         raise DatasetError(f"{where}: path and label must both be set")
     split = None
     if cell("split"):
@@ -417,7 +524,32 @@ def _parse_row(root: Path, line: int, raw: dict[str, Any], columns: dict[str, st
         masks["shortcut"],
         bbox,
         cell(GROUP_COLUMN) or None,
+        findings,
     )
+
+
+def _findings(raw: dict[str, Any], columns: dict[str, str], where: str) -> tuple[str, ...] | None:
+    """The findings present in a multi-label row (None for a single-label manifest)."""
+    if LABELS_COLUMN in columns:
+        text = raw.get(columns[LABELS_COLUMN]) or ""
+        names = [n.strip() for n in text.split(FINDING_SEPARATOR) if n.strip()]
+        if len(set(names)) != len(names):
+            raise DatasetError(f"{where}: a finding is listed twice in {text!r}")
+        return tuple(names)
+    marked = [name for key, name in columns.items() if key.startswith("__finding__")]
+    if not marked:
+        return None
+    present = []
+    for name in marked:
+        value = (raw.get(name) or "").strip().lower()
+        if value in POSITIVE:
+            present.append(name)
+        elif value not in NEGATIVE:
+            raise DatasetError(
+                f"{where}: finding column {name!r} holds {value!r}; use 1 (present) or 0, "
+                "-1 or empty (absent)"
+            )
+    return tuple(present)
 
 
 def _safe_path(root: Path, text: str, where: str) -> Path:
@@ -571,7 +703,7 @@ def assign_splits(
 ) -> DatasetIndex:
     """Keep complete manifest splits; otherwise a seeded split stratified by class -- or, when
     the manifest names groups (patients), a seeded split of whole groups, so that no patient's
-    images are in two splits.
+    images are in two splits (a multi-label image is a group of its findings' samples).
 
     Deterministic for a seed and independent of discovery order (samples are sorted by
     relative path per class before shuffling, each class with its own seeded stream).
@@ -579,6 +711,8 @@ def assign_splits(
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ValueError(f"need 0 <= val, test and val + test < 1, got val={val} test={test}")
+    if index.multi_label:
+        return _split_findings(index, val, test, seed)
     if index.samples and all(s.split for s in index.samples):
         return replace(index, samples=list(index.samples), skipped=list(index.skipped))
     if any(s.split for s in index.samples):
@@ -598,6 +732,17 @@ def assign_splits(
             split_of[pos] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
     samples = [replace(s, split=split_of[i]) for i, s in enumerate(index.samples)]
     return replace(index, samples=samples, skipped=list(index.skipped))
+
+
+def _split_findings(index: DatasetIndex, val: float, test: float, seed: int) -> DatasetIndex:
+    """A multi-label index: its manifest splits when every image has one, else whole images
+    (or groups) to splits, an image's finding samples and the background images alike."""
+    every = [*index.samples, *index.background]
+    if every and all(s.split for s in every):
+        return replace(index, samples=list(index.samples), background=list(index.background))
+    split = _split_by_group(replace(index, samples=every), val, test, seed)
+    n = len(index.samples)
+    return replace(index, samples=split[:n], background=split[n:], skipped=list(index.skipped))
 
 
 SPLIT_RECORD_KIND = "camdrift-split-v1"
@@ -624,7 +769,8 @@ def apply_split_record(index: DatasetIndex, record: Any) -> DatasetIndex | None:
     None. An audit then evaluates the held-out images, not the ones the model learned."""
     if not isinstance(record, dict) or record.get("kind") != SPLIT_RECORD_KIND:
         return None
-    if any(s.split for s in index.samples) or record.get("fingerprint") != index.fingerprint():
+    own = any(s.split for s in (*index.samples, *index.background))
+    if own or record.get("fingerprint") != index.fingerprint():
         return None
     try:
         val, test, seed = float(record["val"]), float(record["test"]), int(record["seed"])

@@ -78,3 +78,50 @@ def ovr_auc(positive: np.ndarray, scores: np.ndarray) -> float | None:
         return None
     rank_sum = rankdata(scores)[positive].sum()  # average ranks for ties
     return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+FINDING_THRESHOLD = 0.5  # a multi-label model "finds" a finding when its sigmoid exceeds this
+
+
+def multilabel_metrics(
+    truth: np.ndarray,
+    probs: np.ndarray,
+    class_names: list[str],
+    threshold: float = FINDING_THRESHOLD,
+) -> dict[str, Any]:
+    """Per-finding AUC and sensitivity of sigmoid ``probs`` [N, C] against the boolean
+    ``truth`` [N, C] (one row per image), the multi-label counterpart of
+    :func:`classification_metrics`.
+
+    ``accuracy`` is the label-wise (Hamming) accuracy at ``threshold``; ``recall_per_class``
+    each finding's sensitivity at it; ``confusion_matrix`` one row [tn, fp, fn, tp] per finding
+    (not C x C: findings are not exclusive). A finding absent from, or present in, every image
+    has AUC None and is left out of ``macro_auc``.
+    """
+    truth = np.asarray(truth, dtype=bool)
+    probs = np.asarray(probs, dtype=np.float64)
+    if truth.shape != probs.shape or truth.ndim != 2 or truth.shape[1] != len(class_names):
+        raise ValueError(
+            f"need truth and probs [N, {len(class_names)}], got {truth.shape} and {probs.shape}"
+        )
+    found = probs > threshold
+    n = int(truth.shape[0])
+    aucs = [ovr_auc(truth[:, c], probs[:, c]) for c in range(len(class_names))]
+    defined = [auc for auc in aucs if auc is not None]
+    tp = (found & truth).sum(0)
+    fp = (found & ~truth).sum(0)
+    fn = (~found & truth).sum(0)
+    tn = (~found & ~truth).sum(0)
+    return {
+        "n": n,
+        "accuracy": float(np.mean(found == truth)) if n else None,
+        "macro_auc": float(np.mean(defined)) if defined else None,
+        "auc_per_class": dict(zip(class_names, aucs, strict=True)),
+        "recall_per_class": {
+            name: float(tp[c] / (tp[c] + fn[c])) if tp[c] + fn[c] else None
+            for c, name in enumerate(class_names)
+        },
+        "confusion_matrix": np.stack([tn, fp, fn, tp], axis=1).astype(int).tolist(),
+        "multi_label": True,
+        "threshold": threshold,
+    }

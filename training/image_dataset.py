@@ -44,6 +44,9 @@ class ImageDataset(Dataset):
     ``cache=True`` keeps decoded, resized float16 images (before augmentation) in memory,
     filled eagerly in the constructor so that forked DataLoader workers share it.
 
+    ``multi_hot`` (multi-label training): the label is the image's findings as a 0/1 vector;
+    give it an index with one sample per image (:meth:`DatasetIndex.per_image`).
+
     ``regions`` (names of :data:`training.datasets.REGION_COLUMNS`): ``__getitem__`` also
     returns a bool ``[len(regions), H, W]`` tensor, each sample's masks at input_size (all
     False where it has none); nothing is read for them otherwise. Use it without ``augment``:
@@ -63,6 +66,7 @@ class ImageDataset(Dataset):
         cache: bool = False,
         num_threads: int | None = None,
         regions: Sequence[str] = (),
+        multi_hot: bool = False,
     ) -> None:
         _check_on_error(on_error)
         unknown = [r for r in regions if r not in REGION_COLUMNS]
@@ -82,6 +86,8 @@ class ImageDataset(Dataset):
         self.on_error = on_error
         self.num_threads = num_threads
         self.regions = tuple(dict.fromkeys(regions))
+        # multi-label training: the label is the image's findings as a 0/1 vector
+        self.multi_hot = multi_hot
         self.mean = _stat_tensor(mean, channels, "mean")
         self.std = _stat_tensor(std, channels, "std")
         if bool((self.std <= 0).any()):
@@ -110,10 +116,20 @@ class ImageDataset(Dataset):
         if self.augment:
             base = _augment(base)
         image = base.expand(self.channels, -1, -1) if base.shape[0] != self.channels else base
-        item = ((image - self.mean) / self.std, self.index.samples[i].label, i)
+        item = ((image - self.mean) / self.std, self.target(i), i)
         if self.regions:
             return (*item, self.region_masks(i, size))
         return item
+
+    def target(self, i: int) -> int | torch.Tensor:
+        """Sample ``i``'s label: its class index, or (``multi_hot``) a float 0/1 vector of
+        the image's findings."""
+        sample = self.index.samples[i]
+        if not self.multi_hot:
+            return sample.label
+        out = torch.zeros(len(self.index.class_names))
+        out[list(sample.findings if sample.findings is not None else (sample.label,))] = 1.0
+        return out
 
     def region_masks(self, i: int, image_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Bool ``[len(regions), H, W]`` at input_size: each region's mask file resized

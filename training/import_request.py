@@ -21,7 +21,16 @@ from typing import Any
 from training.checkpoint_format import META_KEY, CheckpointError, read_header
 
 # the form fields of an import, in the order the docs list them
-IMPORT_FIELDS = ("arch", "class_names", "input_size", "in_chans", "mean", "std", "phase")
+IMPORT_FIELDS = (
+    "arch",
+    "class_names",
+    "input_size",
+    "in_chans",
+    "mean",
+    "std",
+    "phase",
+    "multi_label",
+)
 ARCH_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,99}")
 PHASES = ("tl", "ft", "other")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -51,6 +60,7 @@ class ImportRequest:
     std: tuple[float, ...] | None = None
     in_chans: int | None = None
     phase: str = "other"
+    multi_label: bool = False  # a sigmoid head: one independent score per finding
 
     def to_fields(self) -> dict[str, Any]:
         """JSON-ready (stored with an upload, handed to the worker)."""
@@ -61,6 +71,8 @@ class ImportRequest:
         """The form fields of ``POST /checkpoints`` that ask for this import (the inverse of
         :func:`request_from_form`); unset fields are left out."""
         form = {"arch": self.arch or "", "phase": self.phase}
+        if self.multi_label:
+            form["multi_label"] = "true"
         if self.class_names:
             form["class_names"] = json.dumps(self.class_names)
         if self.input_size:
@@ -88,6 +100,7 @@ class ImportRequest:
             std=tup(fields.get("std")),
             in_chans=fields.get("in_chans"),
             phase=fields.get("phase") or "other",
+            multi_label=bool(fields.get("multi_label")),
         )
 
 
@@ -113,6 +126,7 @@ def request_from_form(form: Mapping[str, str | None]) -> ImportRequest | None:
         std=channel_values(given.get("std"), "std", positive=True),
         in_chans=in_chans(given.get("in_chans")),
         phase=phase(given.get("phase")),
+        multi_label=flag(given.get("multi_label"), "multi_label"),
     )
 
 
@@ -172,8 +186,8 @@ def channel_values(text: str | None, name: str, positive: bool = False) -> tuple
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise ImportFieldError(name, f"comma-separated numbers, got {text[:40]!r}") from None
-    if not 1 <= len(values) <= MAX_CHANNELS or not all(math.isfinite(v) for v in values):
-        raise ImportFieldError(name, "one finite number, or one per channel")
+    if len(values) not in (1, 3) or not all(math.isfinite(v) for v in values):
+        raise ImportFieldError(name, "one finite number, or three (one per RGB channel)")
     if positive and min(values) <= 0:
         raise ImportFieldError(name, "must be positive")
     return values
@@ -185,6 +199,14 @@ def in_chans(text: str | None) -> int | None:
     if not text.isdigit() or not 1 <= int(text) <= MAX_CHANNELS:
         raise ImportFieldError("in_chans", f"1 to {MAX_CHANNELS} channels, got {text[:20]!r}")
     return int(text)
+
+
+def flag(text: str | None, name: str) -> bool:
+    if text is None:
+        return False
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise ImportFieldError(name, f"true or false, got {text[:20]!r}")
+    return text.lower() in ("true", "1")
 
 
 def phase(text: str | None) -> str:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from training.checkpoints import model_metadata, save_checkpoint
 from training.datasets import DatasetIndex, assign_splits, discover, split_record
 from training.datasets import summary as dataset_summary
-from training.evaluation import classification_metrics
+from training.evaluation import classification_metrics, multilabel_metrics
 from training.image_dataset import ImageDataset
 from training.progress import progress
 from training.zoo import ZooModel, create_model
@@ -102,6 +102,7 @@ class Loaders:
     class_names: list[str]
     fingerprint: str
     split: dict[str, Any] | None = None  # the split this run drew (None: the data's own)
+    multi_label: bool = False  # a findings manifest: sigmoid head, BCE, one item per image
 
 
 def _discover(data: Path, run: TrainConfig, class_names: list[str] | None = None) -> DatasetIndex:
@@ -154,7 +155,7 @@ def make_loaders(
 ) -> Loaders:
     """Train/val/test loaders over a split dataset; every split must hold images. ``drawn``:
     the record of a split this run drew (:func:`split_for_training`), kept for the checkpoints."""
-    subsets = {s: index.subset(s) for s in ("train", "val", "test")}
+    subsets = {s: index.subset(s).per_image() for s in ("train", "val", "test")}
     counts = {s: len(subset.samples) for s, subset in subsets.items()}
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
@@ -175,6 +176,7 @@ def make_loaders(
             augment=augment,
             cache=cfg.cache,
             channels=model.in_chans,
+            multi_hot=index.multi_label,
         )
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -186,23 +188,29 @@ def make_loaders(
         class_names=index.class_names,
         fingerprint=index.fingerprint(),
         split=drawn,
+        multi_label=index.multi_label,
     )
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, ...]:
-    """(labels [N], softmax probabilities [N, C]) over a loader, in order."""
+    """(labels [N], softmax probabilities [N, C]) over a loader, in order; multi-label
+    (a multi-hot dataset): (findings [N, C] bool, sigmoid scores [N, C])."""
     model.eval()
+    multi = bool(getattr(loader.dataset, "multi_hot", False))
     labels, probs = [], []
     for images, y, _ in loader:
         logits = model(images.to(device)).float()
-        probs.append(torch.softmax(logits, 1).cpu().numpy())
-        labels.append(np.asarray(y))
+        scores = torch.sigmoid(logits) if multi else torch.softmax(logits, 1)
+        probs.append(scores.cpu().numpy())
+        labels.append(np.asarray(y) > 0.5 if multi else np.asarray(y))
     return np.concatenate(labels), np.concatenate(probs)
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, names: list[str]) -> dict:
     labels, probs = predict(model, loader, device)
+    if labels.ndim == 2:
+        return multilabel_metrics(labels, probs, names)
     return classification_metrics(labels, probs, names)
 
 
@@ -254,7 +262,7 @@ def run_phase(
     params = _set_trainable(model, phase)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = make_scheduler(optimizer, cfg.lr, max(cfg.epochs, 1) * max(len(loaders.train), 1))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.BCEWithLogitsLoss() if loaders.multi_label else nn.CrossEntropyLoss()
     use_amp = run.amp and device.type == "cuda"
     best_auc, best_state, best_epoch, stale = -1.0, None, 0, 0
     history: list[dict[str, float]] = []
@@ -314,6 +322,7 @@ def _save(model: ZooModel, path: Path, loaders: Loaders, run: TrainConfig, extra
         input_size=size,
         dataset_fingerprint=loaders.fingerprint,
         **({"split": loaders.split} if loaders.split else {}),
+        **({"multi_label": True} if loaders.multi_label else {}),
         **extra,
     )
     return save_checkpoint(path, model, meta)
@@ -373,6 +382,12 @@ def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[
     device = resolve_device(run.device)
     model, meta = load_checkpoint(Path(parent), map_location=device)
     index = _discover(data, run, list(meta["class_names"]))
+    if index.multi_label != bool(meta.get("multi_label")):
+        head = "multi-label" if meta.get("multi_label") else "single-label"
+        raise ValueError(
+            f"{parent} has a {head} head; data {data} is "
+            f"{'a findings manifest' if index.multi_label else 'single-label'}"
+        )
     index, record = split_for_training(index, run)
     size = tuple(run.input_size or meta["input_size"])
     run.input_size = size

@@ -42,6 +42,7 @@ from service.cli.options import (
     WeightsInChans,
     WeightsInputSize,
     WeightsMean,
+    WeightsMultiLabel,
     WeightsStd,
     csv,
     weights_request,
@@ -169,11 +170,12 @@ def gate(
     in_chans: WeightsInChans = None,
     mean: WeightsMean = None,
     std: WeightsStd = None,
+    multi_label: WeightsMultiLabel = False,
 ) -> None:
     """Gate a fine-tuned checkpoint on attribution drift: exit 0 pass, 1 fail, 3 inconclusive,
     2 usage or infrastructure error."""
     try:
-        weights = weights_request(arch, classes, input_size, in_chans, mean, std)
+        weights = weights_request(arch, classes, input_size, in_chans, mean, std, multi_label)
     except ValueError as exc:
         error(exc, line_err_console)
         raise typer.Exit(EXIT_USAGE) from None

@@ -183,6 +183,14 @@ WeightsStd = Annotated[
         "--std", help="Input normalisation std, per channel", rich_help_panel=WEIGHTS_PANEL
     ),
 ]
+WeightsMultiLabel = Annotated[
+    bool,
+    typer.Option(
+        "--multi-label",
+        help="Their head is multi-label (sigmoid per finding)",
+        rich_help_panel=WEIGHTS_PANEL,
+    ),
+]
 WEIGHTS_FLAGS = {
     "arch": "--arch",
     "class_names": "--classes",
@@ -191,6 +199,7 @@ WEIGHTS_FLAGS = {
     "mean": "--mean",
     "std": "--std",
     "phase": "--phase",
+    "multi_label": "--multi-label",
 }
 
 
@@ -201,6 +210,7 @@ def weights_request(
     in_chans: int | None,
     mean: str | None,
     std: str | None,
+    multi_label: bool = False,
 ) -> ImportRequest | None:
     """The import the weights options ask for (None: the files are camdrift checkpoints),
     checked as ``POST /checkpoints`` checks its form; ValueError naming the option."""
@@ -211,6 +221,7 @@ def weights_request(
         "in_chans": None if in_chans is None else str(in_chans),
         "mean": mean,
         "std": std,
+        "multi_label": "true" if multi_label else None,
     }
     try:
         return request_from_form(form)

@@ -77,7 +77,14 @@ def print_data(data: dict[str, Any]) -> None:
     """What the command read: images per class and split, and each skipped file's reason."""
     classes = ", ".join(f"{name} {n}" for name, n in data["classes"].items())
     splits = ", ".join(f"{name} {n}" for name, n in data["splits"].items()) or "none"
-    console.print(f"data {escape(data['root'])}: {data['images']} images ({escape(classes)})")
+    if data.get("multi_label"):
+        console.print(
+            f"data {escape(data['root'])}: {data['images']} images, multi-label: findings "
+            f"present {escape(classes)}; {data['unlabelled']} image(s) with none (negatives: "
+            "trained on, not audited)"
+        )
+    else:
+        console.print(f"data {escape(data['root'])}: {data['images']} images ({escape(classes)})")
     console.print(f"splits: {splits}")
     skipped = data["skipped"]
     if not skipped:

@@ -270,6 +270,9 @@ def import_checkpoint(
     mean: Stats = None,
     std: Stats = None,
     phase: Annotated[str, typer.Option(help="tl, ft or other")] = "other",
+    multi_label: Annotated[
+        bool, typer.Option("--multi-label", help="A multi-label (sigmoid) head")
+    ] = False,
 ) -> None:
     """Turn a checkpoint trained elsewhere into a camdrift checkpoint (read weights-only)."""
     from training.import_request import ImportFieldError, ImportRequest, class_names
@@ -287,6 +290,7 @@ def import_checkpoint(
         std=channel_stats(std, "std"),
         in_chans=in_chans,
         phase=phase,
+        multi_label=multi_label,
     )
     done = run_import(source, out, request)
     meta = done.meta

@@ -551,7 +551,7 @@ def test_masks_follow_the_kept_samples_into_floors(masked_run, monkeypatch) -> N
     from worker.engine import audit as audit_module
     from worker.engine.selection import Targets
 
-    def every_other(_filter, labels, pred_b, pred_c):
+    def every_other(_filter, labels, pred_b, pred_c, multi_label=False):
         keep = torch.arange(len(labels), device=labels.device) % 2 == 1
         return Targets(labels, labels, keep)
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from training.checkpoint_format import CheckpointError
 from training.checkpoints import load_checkpoint
 from training.datasets import DatasetIndex, apply_split_record, discover
+from training.evaluation import FINDING_THRESHOLD
 from training.image_dataset import ImageDataset
 from training.imageio import ImageReadError, image_size
 from training.protocol import resolve_device
@@ -90,6 +91,26 @@ def check_compatible(baseline: dict[str, Any], candidate: dict[str, Any]) -> Non
             "class sets do not match: baseline has "
             f"{baseline['class_names']}, candidate has {candidate['class_names']}"
         )
+    if bool(baseline.get("multi_label")) != bool(candidate.get("multi_label")):
+        raise CheckpointError(
+            "heads do not match: one checkpoint is multi-label (sigmoid), the other is not"
+        )
+
+
+def class_scores(logits: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """What a head's outputs mean: per-finding sigmoid (multi-label) or class softmax."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, 1)
+
+
+def decisions(logits: torch.Tensor, labels: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Each sample's "prediction", in the terms the sample filters compare with its label:
+    the argmax class; multi-label, the sample's finding when the model scores it above
+    :data:`FINDING_THRESHOLD`, else -1 (so ``label == pred`` reads "found it")."""
+    if not multi_label:
+        return logits.argmax(1)
+    score = torch.sigmoid(logits.float().gather(1, labels[:, None].long()))[:, 0]
+    return torch.where(score > FINDING_THRESHOLD, labels, torch.full_like(labels, -1))
 
 
 def evaluated_split(index: DatasetIndex, cfg: AuditConfig) -> str | None:
@@ -100,11 +121,20 @@ def evaluated_split(index: DatasetIndex, cfg: AuditConfig) -> str | None:
 
 
 def evaluation_positions(index: DatasetIndex, cfg: AuditConfig) -> list[int]:
-    """Positions (into ``index.samples``) the audit evaluates: split, then seeded subsample."""
+    """Positions (into ``index.samples``) the audit evaluates: split, then seeded subsample
+    (of images, multi-label: an image's findings are evaluated together, ``max_samples``
+    images with all of theirs)."""
     split = evaluated_split(index, cfg)
     positions = [i for i, s in enumerate(index.samples) if split is None or s.split == split]
     if not positions:
         raise ValueError(f"split: the dataset has no samples in split {split!r}")
+    if index.multi_label and cfg.max_samples is not None:
+        images = sorted({index.relative(index.samples[i]) for i in positions})
+        if cfg.max_samples < len(images):
+            rng = np.random.default_rng(cfg.seed)
+            chosen = set(rng.choice(images, size=cfg.max_samples, replace=False).tolist())
+            positions = [i for i in positions if index.relative(index.samples[i]) in chosen]
+        return positions
     if cfg.max_samples is not None and cfg.max_samples < len(positions):
         rng = np.random.default_rng(cfg.seed)
         positions = sorted(rng.choice(positions, size=cfg.max_samples, replace=False).tolist())
@@ -156,6 +186,8 @@ class Audit:
             for loaded in (*models, *([replica] if replica else []), *self.trajectory):
                 named_module(loaded.model, self.config.target_layer)
         self.class_names: list[str] = list(self.baseline.meta["class_names"])
+        # a sigmoid head: each present finding of an image is one sample (its target)
+        self.multi_label = bool(self.baseline.meta.get("multi_label"))
         if isinstance(data, DatasetIndex):
             self.index = data
         else:
@@ -264,11 +296,12 @@ class Audit:
         measured against the same masks."""
         cfg = self.config
         labels = labels.to(self.device)
-        by_label = cfg.sample_filter in ("true_positive", "all")
+        multi = self.multi_label
+        by_label = multi or cfg.sample_filter in ("true_positive", "all")
         targets = labels if by_label else None
         results = [self._attribute(m, images01, targets) for m in (self.baseline, self.candidate)]
-        preds = [r.logits.argmax(1) for r in results]
-        chosen = choose_targets(cfg.sample_filter, labels, *preds)
+        preds = [decisions(r.logits, labels, multi) for r in results]
+        chosen = choose_targets(cfg.sample_filter, labels, *preds, multi_label=multi)
         keep = chosen.included
         values = _metrics(results[0].maps, results[1].maps, keep, cfg, regions)
         kept = {m: results[0].maps[m][keep] for m in cfg.methods}
@@ -327,7 +360,7 @@ class Audit:
         probs: list[np.ndarray] = []
         for loaded in self.trajectory:
             step = self._attribute(loaded, images01, targets)
-            probs.append(torch.softmax(step.logits.float(), 1).cpu().numpy())
+            probs.append(class_scores(step.logits, self.multi_label).cpu().numpy())
             maps = {m: step.maps[m][keep] for m in cfg.methods}
             from_first.append(_metrics(first, maps, None, cfg, regions))
             consecutive.append(
@@ -466,7 +499,7 @@ class BatchOutputs:
 
 def _rows(audit: Audit, batch: BatchOutputs) -> list[dict]:
     """The batch's per-sample rows, as :class:`SampleRow` dicts."""
-    probs = [torch.softmax(r.logits, 1).cpu().numpy() for r in batch.results]
+    probs = [class_scores(r.logits, audit.multi_label).cpu().numpy() for r in batch.results]
     keep = batch.chosen.included.cpu().numpy()
     kept_rank = np.cumsum(keep) - 1
     results, steps = batch.results, batch.steps
@@ -612,6 +645,19 @@ def describe_dataset(audit: Audit, source: str) -> dict[str, Any]:
         "num_evaluated": audit.total,
         "class_names": audit.class_names,
         "split": audit.config.split,
+        # multi-label: samples are (image, present finding) pairs, performance is per finding
+        # over images; images listing no finding have nothing to explain and are not audited
+        **(
+            {
+                "multi_label": True,
+                "num_images": len({s.path for s in audit.index.samples}),
+                "num_evaluated_images": len({audit.index.samples[p].path for p in audit.positions}),
+                "unlabelled_images": audit.index.unlabelled,
+                "finding_threshold": FINDING_THRESHOLD,
+            }
+            if audit.index.multi_label
+            else {}
+        ),
         # what was evaluated, and where that split came from: the dataset's own (a manifest
         # column), a training run's record (data without splits), or none (every sample)
         "evaluated_split": evaluated_split(audit.index, audit.config),

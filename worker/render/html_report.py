@@ -331,15 +331,21 @@ def _confusion(report: DriftReport, names: list[str]) -> list[dict[str, Any]]:
         if not matrix or not names:
             continue
         peak = max((max((int(c) for c in row), default=0) for row in matrix), default=0) or 1
+        multi = bool(getattr(p, "multi_label", False))  # one [tn, fp, fn, tp] row per finding
         rows = []
         for i, row in enumerate(matrix):
             cells = []
             for j, count in enumerate(row):
-                tone = "46,160,67" if i == j else "207,34,46"
+                right = j in (0, 3) if multi else i == j
+                tone = "46,160,67" if right else "207,34,46"
                 alpha = 0.08 + 0.5 * int(count) / peak
                 cells.append((int(count), f"background:rgba({tone},{alpha:.2f})"))
             rows.append({"label": names[i] if i < len(names) else str(i), "cells": cells})
-        blocks.append({"title": role_title(report, role), "names": names, "rows": rows})
+        columns = ["tn", "fp", "fn", "tp"] if multi else names
+        corner = "finding" if multi else "true \\ pred"
+        blocks.append(
+            {"title": role_title(report, role), "names": columns, "rows": rows, "corner": corner}
+        )
     return blocks
 
 

@@ -254,9 +254,9 @@ def _class_name(names: Sequence[str], k: Any) -> str:
     return str(names[k]) if 0 <= k < len(names) else str(k)
 
 
-def _prob(row: dict[str, Any], role: str) -> str:
+def _prob(row: dict[str, Any], role: str, k: Any = None) -> str:
     probs = row.get(f"probs_{role}") or []
-    k = row.get(f"pred_{role}")
+    k = row.get(f"pred_{role}") if k is None else k
     try:
         return f" {float(probs[int(k)]):.2f}"
     except (TypeError, ValueError, IndexError):
@@ -282,7 +282,10 @@ def overlay_captions(
     for role in ("baseline", "candidate"):
         pred = row.get(f"pred_{role}")
         right = pred is not None and pred == label
-        text = f"pred {_class_name(class_names, pred)}{_prob(row, role)}"
+        if isinstance(pred, int) and pred < 0:  # multi-label: the finding scored below threshold
+            text = f"missed {_class_name(class_names, label)}{_prob(row, role, label)}"
+        else:
+            text = f"pred {_class_name(class_names, pred)}{_prob(row, role)}"
         captions.append((text, right))
     return (captions[0], captions[1]), f"label {_class_name(class_names, label)}"
 

@@ -55,7 +55,10 @@ class Performance(_Strict):
     macro_auc: Number
     auc_per_class: dict[str, Number]
     recall_per_class: dict[str, Number]
+    # single-label: C x C (true x predicted); multi-label: one [tn, fp, fn, tp] per finding
     confusion_matrix: list[list[int]]
+    multi_label: bool = False
+    threshold: Number = None  # multi-label: the sigmoid score a finding is found above
 
 
 class ModelInfo(_Open):

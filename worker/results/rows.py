@@ -201,6 +201,7 @@ class RowTable:
 
     index: np.ndarray
     label: np.ndarray
+    path: np.ndarray  # object: the image each row explains (several rows per multi-label image)
     pred_baseline: np.ndarray
     pred_candidate: np.ndarray
     target_baseline: np.ndarray
@@ -267,6 +268,7 @@ class RowTable:
         return cls(
             index=_int_column(rows, "index"),
             label=_int_column(rows, "label"),
+            path=np.asarray([str(r.get("path", "")) for r in rows], dtype=object).reshape(n),
             pred_baseline=_int_column(rows, "pred_baseline"),
             pred_candidate=_int_column(rows, "pred_candidate"),
             target_baseline=_int_column(rows, "target_baseline"),
@@ -329,6 +331,7 @@ class RowTable:
         return RowTable(
             index=self.index[mask],
             label=self.label[mask],
+            path=self.path[mask],
             pred_baseline=self.pred_baseline[mask],
             pred_candidate=self.pred_candidate[mask],
             target_baseline=self.target_baseline[mask],

@@ -66,6 +66,7 @@ IMPORT_FIELD_HELP = {
     "mean": "import: normalisation mean, one value or one per channel",
     "std": "import: normalisation std, one value or one per channel",
     "phase": "import: tl, ft or other",
+    "multi_label": "import: true for a sigmoid (multi-label) head",
 }
 assert tuple(IMPORT_FIELD_HELP) == IMPORT_FIELDS
 UPLOAD_BODY = upload_body(
