@@ -297,7 +297,9 @@ def import_checkpoint(
     for note in done.notes:
         console.print(note)
     console.print(
-        f"imported {meta['arch']} ({meta['num_classes']} classes, {meta['in_chans']} channel(s), "
+        f"imported {meta['arch']} ({meta['num_classes']} "
+        f"{'findings, multi-label' if meta.get('multi_label') else 'classes'}, "
+        f"{meta['in_chans']} channel(s), "
         f"input {meta['input_size'][0]}x{meta['input_size'][1]}): {done.path}  "
         f"sha256 {done.sha256[:12]}"
     )

@@ -175,3 +175,19 @@ def test_broker_down_answers_503_and_a_retry_imports(make_client, tmp_path, stat
     retry = upload_checkpoint(up, path, **FIELDS)
     assert retry.status_code == 202 and retry.json()["id"] == row["id"]
     assert _finished(up, retry.headers["location"])["status"] == "succeeded"
+
+
+def test_a_multi_label_head_is_recorded_as_such(client, tmp_path, state) -> None:
+    path = _write(tmp_path, "plain.pt", state)
+    response = upload_checkpoint(client, path, **FIELDS, multi_label="true")
+    done = _finished(client, response.headers["location"])
+    assert done["fields"]["multi_label"] is True and done["status"] == "succeeded", done
+    record = client.get(f"/checkpoints/{done['checkpoint_id']}").json()
+    assert record["meta"]["multi_label"] is True
+    plain = upload_checkpoint(client, path, **FIELDS)  # other fields: another import
+    assert plain.status_code == 202 and plain.json()["id"] != done["id"]
+    single = _finished(client, plain.headers["location"])
+    assert "multi_label" not in client.get(f"/checkpoints/{single['checkpoint_id']}").json()["meta"]
+    assert_problem(
+        upload_checkpoint(client, path, **FIELDS, multi_label="maybe"), 422, "multi_label"
+    )

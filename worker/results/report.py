@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 import training
-from training.evaluation import classification_metrics, multilabel_metrics
 from worker.catalog import metric_info, pair_metrics
 from worker.results.ceiling import ceiling_section
 from worker.results.consistency import CONSISTENCY_FT, CONSISTENCY_TL, consistency_section
+from worker.results.performance import performance
 from worker.results.report_schema import REPORT_KIND
 from worker.results.rows import RowTable
 from worker.results.stats import paired_test, summarize, summarize_groups
@@ -97,6 +97,7 @@ def build_report(
             [models.get("baseline", {}), *(trajectory or []), models.get("candidate", {})],
             n_boot=n_boot,
             seed=seed,
+            multi_label=multi,
         ),
         "verdict": None,
     }
@@ -220,27 +221,7 @@ def _performance(
     rows: list[dict[str, Any]] | RowTable, role: str, class_names: list[str], multi: bool = False
 ) -> dict:
     table = RowTable.from_rows(rows)
-    if multi:
-        return _multilabel_performance(table, role, class_names)
-    if not len(table):
-        return classification_metrics(
-            np.zeros(0, np.int64), np.zeros((0, len(class_names))), class_names
-        )
-    return classification_metrics(table.label, getattr(table, f"probs_{role}"), class_names)
-
-
-def _multilabel_performance(table: RowTable, role: str, class_names: list[str]) -> dict:
-    """One row per image: its findings are the labels of its rows (an image's rows are
-    evaluated together), its scores those of any of its rows (the same image)."""
-    images = sorted(set(table.path.tolist()))
-    where = {path: i for i, path in enumerate(images)}
-    truth = np.zeros((len(images), len(class_names)), dtype=bool)
-    probs = np.zeros((len(images), len(class_names)))
-    scores = getattr(table, f"probs_{role}")
-    for k, (path, label) in enumerate(zip(table.path.tolist(), table.label.tolist(), strict=True)):
-        truth[where[path], label] = True
-        probs[where[path]] = scores[k]
-    return multilabel_metrics(truth, probs, class_names)
+    return performance(table, getattr(table, f"probs_{role}"), class_names, multi)
 
 
 def _comparisons(

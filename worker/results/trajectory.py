@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
-from training.evaluation import classification_metrics
 from worker.catalog import Direction, metric_info
+from worker.results.performance import performance
 from worker.results.report_schema import ModelInfo, Stats, read_model
 from worker.results.rows import RowTable
 from worker.results.stats import summarize
@@ -40,6 +40,7 @@ def trajectory_section(
     *,
     n_boot: int,
     seed: int,
+    multi_label: bool = False,
 ) -> dict[str, Any] | None:
     """Per method x metric x step: the summary of both drifts over the included samples, the
     sharpest step, and per checkpoint accuracy and macro AUC. None for a two-checkpoint job.
@@ -77,7 +78,7 @@ def trajectory_section(
         ],
         "steps": steps,
         "samples": int(traced.sum()),
-        "performance": _performance(table, class_names, steps),
+        "performance": _performance(table, class_names, steps, multi_label),
         "series": series,
     }
 
@@ -94,7 +95,9 @@ def sharpest_step(metric: str, consecutive: Sequence[Mapping[str, Any] | Stats])
     return max(scored, key=lambda km: key(km[1]))[0]
 
 
-def _performance(table: RowTable, class_names: list[str], steps: int) -> list[dict[str, Any]]:
+def _performance(
+    table: RowTable, class_names: list[str], steps: int, multi_label: bool = False
+) -> list[dict[str, Any]]:
     """Accuracy and macro AUC of every checkpoint of the sequence on all evaluated samples."""
     if steps > 1 and table.probs_trajectory is None:
         raise ValueError("every row must hold the intermediate checkpoints' probabilities")
@@ -106,7 +109,6 @@ def _performance(table: RowTable, class_names: list[str], steps: int) -> list[di
             probs = table.probs_candidate
         else:
             probs = table.probs_trajectory[k - 1]
-        shaped = probs.reshape(len(table), len(class_names))
-        scores = classification_metrics(table.label, shaped, class_names)
+        scores = performance(table, probs, class_names, multi_label)
         out.append({"accuracy": scores["accuracy"], "macro_auc": scores["macro_auc"]})
     return out
