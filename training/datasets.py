@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,9 @@ MASKS_DIR = "masks"
 # manifest column of its mask PNG and, in an ImageFolder tree, the folder mirroring the images
 REGION_COLUMNS = {"lesion": "mask", "lung": "lung_mask", "shortcut": "shortcut_mask"}
 GROUP_COLUMN = "group"  # the patient (or study) an image belongs to: splits never divide one
+# NIH ChestX-ray14 file names: <8-digit patient>_<3-digit follow-up>.png; where every image is
+# so named and a patient recurs, the patient is the image's group (no group column needed)
+NIH_NAME = re.compile(r"(\d{8})_\d{3}\.(?:png|jpe?g)", re.IGNORECASE)
 LABELS_COLUMN = "labels"  # multi-label: the image's findings, "|"-separated ("" = none)
 FINDING_SEPARATOR = "|"
 POSITIVE = ("1", "1.0", "true", "yes")  # a finding column's positive values
@@ -110,6 +114,9 @@ class DatasetIndex:
     # nothing to explain, so not audited, but negatives for training and split with the rest
     multi_label: bool = False
     background: list[Sample] = field(default_factory=list)
+    # where the samples' groups come from: "manifest" (its group column), "file names"
+    # (NIH-style patient prefixes), or None (no groups: every image its own)
+    groups_from: str | None = None
 
     @property
     def unlabelled(self) -> int:
@@ -155,6 +162,7 @@ class DatasetIndex:
             [],
             multi_label=self.multi_label,
             background=[s for s in self.background if s.split == name],
+            groups_from=self.groups_from,
         )
 
     def per_image(self) -> DatasetIndex:
@@ -210,12 +218,35 @@ def discover(
         index = _from_manifest(root, manifest, wanted, on_error)
     else:
         index = _from_folders(root, wanted, on_error)
+    index = _with_groups(index)
     if check_headers:
         index = _readable(index, on_error)
     if not index.samples:
         extra = f" ({len(index.skipped)} skipped)" if index.skipped else ""
         raise DatasetError(f"{root}: no images found{extra}")
     return index
+
+
+def _with_groups(index: DatasetIndex) -> DatasetIndex:
+    """Say where the groups come from; without a group column, NIH-style names
+    (``00000013_005.png``: patient 13, follow-up 5) group each patient's images, so that a
+    split never puts one patient's follow-ups in both train and test."""
+    every = [*index.samples, *index.background]
+    if any(s.group for s in every):
+        return replace(index, groups_from="manifest")
+    found = [NIH_NAME.fullmatch(s.path.name) for s in every]
+    if not every or not all(found):
+        return index
+    patients = [m.group(1) for m in found if m is not None]
+    if len(set(patients)) == len(set(s.path for s in every)):  # no patient recurs
+        return index
+    patient = {s.path: f"patient {m.group(1)}" for s, m in zip(every, found, strict=True) if m}
+    return replace(
+        index,
+        samples=[replace(s, group=patient[s.path]) for s in index.samples],
+        background=[replace(s, group=patient[s.path]) for s in index.background],
+        groups_from="file names",
+    )
 
 
 def _readable(index: DatasetIndex, on_error: str) -> DatasetIndex:
@@ -271,6 +302,9 @@ def summary(index: DatasetIndex) -> dict[str, Any]:
         "splits": per_split,
         "skipped": [{"path": path, "reason": reason} for path, reason in index.skipped],
     }
+    groups = {s.group for s in (*index.samples, *index.background) if s.group}
+    if groups:
+        out.update(groups=len(groups), groups_from=index.groups_from)
     if index.multi_label:  # classes count the images with each finding present
         out.update(multi_label=True, samples=len(index.samples), unlabelled=index.unlabelled)
     return out

@@ -86,6 +86,11 @@ def print_data(data: dict[str, Any]) -> None:
     else:
         console.print(f"data {escape(data['root'])}: {data['images']} images ({escape(classes)})")
     console.print(f"splits: {splits}")
+    if data.get("groups"):
+        console.print(
+            f"groups: {data['groups']} patients/studies (from the {data.get('groups_from')}): "
+            "each in one split"
+        )
     skipped = data["skipped"]
     if not skipped:
         return

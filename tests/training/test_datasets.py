@@ -21,6 +21,7 @@ from training.datasets import (
     assign_splits,
     content_digest,
     discover,
+    summary,
 )
 from training.image_dataset import ImageDataset
 from training.imageio import ImageReadError
@@ -540,3 +541,38 @@ def test_too_few_groups_is_a_clear_error(tmp_path) -> None:
     _grouped_manifest(tmp_path, {"p1": 3, "p2": 3})
     with pytest.raises(DatasetError, match="too few"):
         assign_splits(discover(tmp_path), val=0.3, test=0.3, seed=0)
+
+
+def _nih_folder(root, patients: int, follow_ups: int, rename: str | None = None) -> None:
+    """ChestX-ray14 names (<patient>_<follow-up>.png) in class folders, labels mixed within
+    a patient, as in the real set."""
+    from PIL import Image
+
+    k = 0
+    for p in range(1, patients + 1):
+        for f in range(follow_ups):
+            folder = root / ["effusion", "normal"][k % 2]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.new("L", (4, 4), color=k % 256).save(folder / f"{p:08d}_{f:03d}.png")
+            k += 1
+    if rename:
+        next(root.rglob("*.png")).rename(root / "normal" / rename)
+
+
+def test_nih_style_names_keep_each_patient_in_one_split(tmp_path) -> None:
+    _nih_folder(tmp_path / "nih", patients=20, follow_ups=3)
+    index = discover(tmp_path / "nih")
+    assert index.groups_from == "file names"
+    assert {s.group for s in index.samples} == {f"patient {p:08d}" for p in range(1, 21)}
+    split = assign_splits(index, val=0.2, test=0.2, seed=1)
+    where: dict[str, set[str]] = {}
+    for sample in split.samples:
+        where.setdefault(sample.path.name[:8], set()).add(sample.split)
+    assert all(len(s) == 1 for s in where.values()) and len(where) == 20
+    assert {s for v in where.values() for s in v} == {"train", "val", "test"}
+    assert summary(index)["groups"] == 20
+    # one file named otherwise, or no patient with two images: nothing is guessed
+    _nih_folder(tmp_path / "mixed", patients=20, follow_ups=3, rename="scan.png")
+    assert discover(tmp_path / "mixed").groups_from is None
+    _nih_folder(tmp_path / "single", patients=20, follow_ups=1)
+    assert not any(s.group for s in discover(tmp_path / "single").samples)
