@@ -206,6 +206,13 @@ class JobIn(_In):
         "re-initialised (head, or head+N; seeded by seed): the report's ceiling section reads "
         "each drift on the noise floor (0) -> random model (1) scale",
     )
+    bit_depth: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="significant bits of 16-bit grayscale images without an sBIT chunk (12 "
+        "for most detectors); null: the baseline checkpoint's recorded depth, else 16",
+    )
     baseline_replica_id: Ident | None = None
     trajectory_ids: list[Ident] = Field(
         default_factory=list,
@@ -236,8 +243,14 @@ class JobIn(_In):
         return doc
 
 
+# options added after jobs were stored: left out of the hash at their default, so a replayed
+# body hashes as it did before the option existed
+HASHED_WHEN_SET: tuple[str, ...] = ("bit_depth",)
+
+
 def request_hash(doc: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a normalised body (Idempotency-Key comparisons)."""
+    doc = {k: v for k, v in doc.items() if not (k in HASHED_WHEN_SET and v is None)}
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -290,6 +290,9 @@ def validate_metadata(meta: Any, where: str = "checkpoint") -> None:
     for key, limit in OPTIONAL_TEXT.items():
         _check_text(meta, key, limit, where)
     _check_channels(meta, where)
+    depth = meta.get("bit_depth")
+    if depth is not None and not (_is_int(depth) and 1 <= depth <= 16):
+        raise _bad("bit_depth", f"must be an integer in 1..16, got {_short(depth)}", where)
     if meta.get("multi_label") is not None and not isinstance(meta["multi_label"], bool):
         raise _bad(
             "multi_label", f"must be true or false, got {_short(meta['multi_label'])}", where

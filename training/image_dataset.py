@@ -24,7 +24,7 @@ from training.datasets import (
     Sample,
     _check_on_error,
 )
-from training.imageio import ImageReadError, read_image
+from training.imageio import ImageReadError, check_bit_depth, read_image
 
 Decoded = tuple[torch.Tensor, tuple[int, int]]  # image at input_size, its size on disk (H, W)
 
@@ -43,6 +43,9 @@ class ImageDataset(Dataset):
 
     ``cache=True`` keeps decoded, resized float16 images (before augmentation) in memory,
     filled eagerly in the constructor so that forked DataLoader workers share it.
+
+    ``bit_depth``: the significant bits of 16-bit grayscale files without an ``sBIT`` chunk
+    (12 for most detectors' exports), as :func:`training.imageio.read_image` takes it.
 
     ``multi_hot`` (multi-label training): the label is the image's findings as a 0/1 vector;
     give it an index with one sample per image (:meth:`DatasetIndex.per_image`).
@@ -67,6 +70,7 @@ class ImageDataset(Dataset):
         num_threads: int | None = None,
         regions: Sequence[str] = (),
         multi_hot: bool = False,
+        bit_depth: int | None = None,
     ) -> None:
         _check_on_error(on_error)
         unknown = [r for r in regions if r not in REGION_COLUMNS]
@@ -88,6 +92,8 @@ class ImageDataset(Dataset):
         self.regions = tuple(dict.fromkeys(regions))
         # multi-label training: the label is the image's findings as a 0/1 vector
         self.multi_hot = multi_hot
+        check_bit_depth(bit_depth)
+        self.bit_depth = bit_depth  # 16-bit files without sBIT: their significant bits
         self.mean = _stat_tensor(mean, channels, "mean")
         self.std = _stat_tensor(std, channels, "std")
         if bool((self.std <= 0).any()):
@@ -169,7 +175,7 @@ class ImageDataset(Dataset):
         """read_image -> [1 or channels, H, W] float32 at input_size (antialiased bilinear),
         and the image's size on disk."""
 
-        image = torch.from_numpy(read_image(path))
+        image = torch.from_numpy(read_image(path, self.bit_depth))
         size = (int(image.shape[-2]), int(image.shape[-1]))
         if image.shape[0] == 3 and self.channels == 1:
             image = image.mean(dim=0, keepdim=True)

@@ -67,6 +67,7 @@ class TrainConfig:
     save_every_epoch: bool = False
     progress: bool = True
     on_bad_file: str = "raise"  # a file that is no readable image: stop naming it, or "skip"
+    bit_depth: int | None = None  # 16-bit files without sBIT: their significant bits
 
 
 def new_model(run: TrainConfig, num_classes: int) -> ZooModel:
@@ -177,6 +178,7 @@ def make_loaders(
             cache=cfg.cache,
             channels=model.in_chans,
             multi_hot=index.multi_label,
+            bit_depth=cfg.bit_depth,
         )
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -323,6 +325,7 @@ def _save(model: ZooModel, path: Path, loaders: Loaders, run: TrainConfig, extra
         dataset_fingerprint=loaders.fingerprint,
         **({"split": loaders.split} if loaders.split else {}),
         **({"multi_label": True} if loaders.multi_label else {}),
+        **({"bit_depth": run.bit_depth} if run.bit_depth else {}),
         **extra,
     )
     return save_checkpoint(path, model, meta)
@@ -391,6 +394,7 @@ def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[
     index, record = split_for_training(index, run)
     size = tuple(run.input_size or meta["input_size"])
     run.input_size = size
+    run.bit_depth = run.bit_depth or meta.get("bit_depth")  # the data as TL read it
     loaders = make_loaders(index, model, size, run, run.ft.batch_size, drawn=record)
     fit = run_phase(
         model, "ft", loaders, run.ft, run, device, out_dir, {"parent_sha256": meta["sha256"]}

@@ -60,6 +60,9 @@ class JobConfig(BaseModel):
     # also measure drift to a copy of the baseline with these top layers re-initialised
     # ("head" or "head+N", seeded by ``seed``): the randomisation ceiling (MPRT-style)
     ceiling: str | None = None
+    # the significant bits of 16-bit grayscale images without an sBIT chunk (12-bit detector
+    # data in 16-bit PNGs); None: the baseline checkpoint's (what it was trained on), else 16
+    bit_depth: int | None = None
 
     @field_validator("methods", mode="before")
     @classmethod
@@ -95,6 +98,13 @@ class JobConfig(BaseModel):
     def _ceiling(cls, value: str | None) -> str | None:
         if value is not None and CEILING_LAYERS.fullmatch(value) is None:
             raise ValueError(f"ceiling: {value!r}: use head or head+N (N >= 1), or null")
+        return value
+
+    @field_validator("bit_depth")
+    @classmethod
+    def _bit_depth(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 16:
+            raise ValueError("bit_depth: 1..16 bits, or null")
         return value
 
     @field_validator("n_boot")

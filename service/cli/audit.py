@@ -21,6 +21,7 @@ from service.cli.options import (
     SEED_DEFAULT,
     SPLIT_DEFAULT,
     BatchSize,
+    BitDepth,
     Device,
     MaxSamples,
     Methods,
@@ -70,6 +71,7 @@ def drift(
         ),
     ] = None,
     via: Via = None,
+    bit_depth: BitDepth = None,
     policy: Annotated[
         Path | None,
         typer.Option(
@@ -110,6 +112,7 @@ def drift(
         seed=seed,
         device=device,
         autocast="bf16" if bf16 else None,
+        bit_depth=bit_depth,
     )
     trajectory = expand_sequence(via or [])
     with progress("drift", unit="img") as bar:

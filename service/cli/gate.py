@@ -31,6 +31,7 @@ from service.cli.options import (
     METHODS_DEFAULT,
     SEED_DEFAULT,
     SPLIT_DEFAULT,
+    BitDepth,
     GateSampleFilter,
     MaxSamples,
     Methods,
@@ -171,6 +172,7 @@ def gate(
     mean: WeightsMean = None,
     std: WeightsStd = None,
     multi_label: WeightsMultiLabel = False,
+    bit_depth: BitDepth = None,
 ) -> None:
     """Gate a fine-tuned checkpoint on attribution drift: exit 0 pass, 1 fail, 3 inconclusive,
     2 usage or infrastructure error."""
@@ -195,6 +197,7 @@ def gate(
             "split": split,
             "seed": seed,
             "ceiling": ceiling,
+            "bit_depth": bit_depth,
         },
         via=list(via or []),
         timeout=timeout,

@@ -137,6 +137,26 @@ def csv(value: str | None) -> list[str] | None:
     return names or None
 
 
+BitDepth = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=16,
+        help="Significant bits of 16-bit grayscale images without an sBIT chunk (12 for most "
+        "detectors); default: the baseline checkpoint's, else 16",
+    ),
+]
+TrainBitDepth = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=16,
+        help="Significant bits of 16-bit grayscale images without an sBIT chunk (12 for most "
+        "detectors), recorded in the checkpoints so audits read the images the same way",
+    ),
+]
+
+
 # --------------------------------------------------------------------------- weights to import
 
 WEIGHTS_PANEL = "Weights trained elsewhere (imported: plain, Lightning, DataParallel, safetensors)"

@@ -27,6 +27,7 @@ from service.cli.options import (
     PerClass,
     Stats,
     TrainBatchSize,
+    TrainBitDepth,
     TrainSeed,
     channel_stats,
 )
@@ -163,6 +164,7 @@ def train(
     save_every_epoch: Annotated[bool, typer.Option(help="Also keep per-epoch checkpoints")] = False,
     augment: Annotated[bool, typer.Option(help="Light label-preserving augmentation")] = True,
     on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
+    bit_depth: TrainBitDepth = None,
 ) -> None:
     """Two-phase training: TL (frozen backbone, new head), then FT (all layers, lower lr)."""
     from training.protocol import train_two_phase
@@ -188,6 +190,7 @@ def train(
         augment=augment,
     )
     cfg.on_bad_file = on_bad_file.on_error()
+    cfg.bit_depth = bit_depth
     result = train_two_phase(data, out, cfg)
     print_data(result["data"])
     print_training(result)
@@ -205,12 +208,14 @@ def finetune(
     seed: TrainSeed = TRAIN_SEED_DEFAULT,
     device: Device = DEVICE_DEFAULT,
     on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
+    bit_depth: TrainBitDepth = None,
 ) -> None:
     """Phase FT alone from an existing TL checkpoint (e.g. one TL, several fine-tunes)."""
     from training.protocol import finetune as run_finetune
 
     cfg = _one_phase_config(ARCH_DEFAULT, None, epochs, lr, batch_size, seed, device)
     cfg.on_bad_file = on_bad_file.on_error()
+    cfg.bit_depth = bit_depth
     result = run_finetune(data, parent, out, cfg)
     print_data(result["data"])
     test = result["ft"]["test"]
@@ -232,12 +237,14 @@ def pretrain(
     seed: TrainSeed = TRAIN_SEED_DEFAULT,
     device: Device = DEVICE_DEFAULT,
     on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
+    bit_depth: TrainBitDepth = None,
 ) -> None:
     """Pretrain a backbone on a source task offline (our stand-in for ImageNet weights)."""
     from training.protocol import pretrain as run_pretrain
 
     cfg = _one_phase_config(arch, input_size, epochs, lr, batch_size, seed, device)
     cfg.on_bad_file = on_bad_file.on_error()
+    cfg.bit_depth = bit_depth
     result = run_pretrain(data, out, cfg)
     print_data(result["data"])
     test = result["test"]

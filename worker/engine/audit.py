@@ -185,6 +185,10 @@ class Audit:
         if self.config.target_layer:
             for loaded in (*models, *([replica] if replica else []), *self.trajectory):
                 named_module(loaded.model, self.config.target_layer)
+        if self.config.bit_depth is None and self.baseline.meta.get("bit_depth"):
+            # read the images as the baseline was trained on them (its recorded bit depth)
+            depth = int(self.baseline.meta["bit_depth"])
+            self.config = self.config.model_copy(update={"bit_depth": depth})
         self.class_names: list[str] = list(self.baseline.meta["class_names"])
         # a sigmoid head: each present finding of an image is one sample (its target)
         self.multi_label = bool(self.baseline.meta.get("multi_label"))
@@ -230,6 +234,7 @@ class Audit:
             (0.0, 0.0, 0.0),
             (1.0, 1.0, 1.0),
             regions=self.regions,
+            bit_depth=self.config.bit_depth,
         )
         subset = Subset(dataset, [self.positions[r] for r in rows])
         return DataLoader(
