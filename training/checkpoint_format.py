@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from training.resize import RESIZE_POLICIES
+
 META_KEY = "camdrift"
 REQUIRED_META = ("arch", "num_classes", "class_names", "input_size")
 
@@ -290,6 +292,11 @@ def validate_metadata(meta: Any, where: str = "checkpoint") -> None:
     for key, limit in OPTIONAL_TEXT.items():
         _check_text(meta, key, limit, where)
     _check_channels(meta, where)
+    resize = meta.get("resize")
+    if resize is not None and resize not in RESIZE_POLICIES:
+        raise _bad(
+            "resize", f"must be one of {', '.join(RESIZE_POLICIES)}, got {_short(resize)}", where
+        )
     depth = meta.get("bit_depth")
     if depth is not None and not (_is_int(depth) and 1 <= depth <= 16):
         raise _bad("bit_depth", f"must be an integer in 1..16, got {_short(depth)}", where)

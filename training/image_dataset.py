@@ -25,6 +25,7 @@ from training.datasets import (
     _check_on_error,
 )
 from training.imageio import ImageReadError, check_bit_depth, read_image
+from training.resize import DEFAULT_RESIZE, Placement, check_resize, placement
 
 Decoded = tuple[torch.Tensor, tuple[int, int]]  # image at input_size, its size on disk (H, W)
 
@@ -71,6 +72,7 @@ class ImageDataset(Dataset):
         regions: Sequence[str] = (),
         multi_hot: bool = False,
         bit_depth: int | None = None,
+        resize: str = DEFAULT_RESIZE,
     ) -> None:
         _check_on_error(on_error)
         unknown = [r for r in regions if r not in REGION_COLUMNS]
@@ -94,6 +96,7 @@ class ImageDataset(Dataset):
         self.multi_hot = multi_hot
         check_bit_depth(bit_depth)
         self.bit_depth = bit_depth  # 16-bit files without sBIT: their significant bits
+        self.resize = check_resize(resize)  # stretch, letterbox or crop (training.resize)
         self.mean = _stat_tensor(mean, channels, "mean")
         self.std = _stat_tensor(std, channels, "std")
         if bool((self.std <= 0).any()):
@@ -151,9 +154,11 @@ class ImageDataset(Dataset):
             if image_size is None:
                 image_size = self._base(i)[1]
             if path is not None:
-                out[k] = read_mask(path, image_size, self.input_size)
+                out[k] = read_mask(path, image_size, self.input_size, self.resize)
             else:
-                out[k] = box_mask(sample.bbox or (), image_size, self.input_size, sample.path)
+                out[k] = box_mask(
+                    sample.bbox or (), image_size, self.input_size, sample.path, self.resize
+                )
         return out
 
     def validate(self) -> list[tuple[str, str]]:
@@ -179,14 +184,7 @@ class ImageDataset(Dataset):
         size = (int(image.shape[-2]), int(image.shape[-1]))
         if image.shape[0] == 3 and self.channels == 1:
             image = image.mean(dim=0, keepdim=True)
-        if tuple(image.shape[-2:]) != self.input_size:
-            image = F.interpolate(
-                image[None],
-                size=self.input_size,
-                mode="bilinear",
-                antialias=True,
-                align_corners=False,
-            )[0]
+        image = place(image, placement(size, self.input_size, self.resize), "bilinear")
         return image.contiguous(), size
 
     def _preload(self, *, keep: bool) -> list[tuple[str, str]]:
@@ -227,9 +225,28 @@ class ImageDataset(Dataset):
         raise exc
 
 
-def read_mask(path: Path, image_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+def place(image: torch.Tensor, where: Placement, mode: str) -> torch.Tensor:
+    """``image`` [C, h, w] scaled and placed as ``where`` says, the rest 0: ``bilinear``
+    (antialiased) for images, ``nearest-exact`` for masks."""
+    kw = {"antialias": True, "align_corners": False} if mode == "bilinear" else {}
+    if where.scaled == where.size and where.offset == (0, 0):  # stretch, or the input's size
+        if tuple(image.shape[-2:]) == where.size:
+            return image
+        return F.interpolate(image[None], size=where.size, mode=mode, **kw)[0]
+    scaled = F.interpolate(image[None], size=where.scaled, mode=mode, **kw)[0]
+    out = torch.zeros(image.shape[0], *where.size, dtype=image.dtype)
+    top, left, bottom, right = where.window
+    oy, ox = where.offset
+    out[:, top:bottom, left:right] = scaled[:, top - oy : bottom - oy, left - ox : right - ox]
+    return out
+
+
+def read_mask(
+    path: Path, image_size: tuple[int, int], size: tuple[int, int], resize: str = DEFAULT_RESIZE
+) -> torch.Tensor:
     """A mask file (any image format; non-zero in any channel = inside) as bool ``size``,
-    nearest-neighbour resized with centre sampling (``nearest-exact``: no half-pixel shift).
+    nearest-neighbour resized with centre sampling (``nearest-exact``: no half-pixel shift),
+    placed as its image is (``resize``).
 
     Any resolution is accepted, but it must cover the image's field of view: a mask whose
     aspect ratio differs from the image's by more than a pixel is refused.
@@ -241,21 +258,28 @@ def read_mask(path: Path, image_size: tuple[int, int], size: tuple[int, int]) ->
         raise DatasetError(
             f"{path}: mask is {mw}x{mh} px, its image {iw}x{ih} px: not the same field of view"
         )
-    if (mh, mw) == tuple(size):
+    where = placement(image_size, tuple(size), resize)
+    if (mh, mw) == tuple(size) and where.scaled == where.size:
         return inside
-    scaled = F.interpolate(inside[None, None].float(), size=size, mode="nearest-exact")
-    return scaled[0, 0] > 0.5
+    return place(inside[None].float(), where, "nearest-exact")[0] > 0.5
 
 
 def box_mask(
-    boxes: Sequence[Box], image_size: tuple[int, int], size: tuple[int, int], image: Path
+    boxes: Sequence[Box],
+    image_size: tuple[int, int],
+    size: tuple[int, int],
+    image: Path,
+    resize: str = DEFAULT_RESIZE,
 ) -> torch.Tensor:
     """Bool ``size``: the pixels whose centre, in the image's pixel coordinates, lies in a box
-    (x0 <= x < x1, y0 <= y < y1): the box drawn at the image's size, then resized as a mask."""
+    (x0 <= x < x1, y0 <= y < y1): the box drawn at the image's size, then placed as its image
+    is (``resize``; padding lies in no box)."""
     ih, iw = image_size
     h, w = size
-    ys = (torch.arange(h, dtype=torch.float64) + 0.5) * (ih / h)
-    xs = (torch.arange(w, dtype=torch.float64) + 0.5) * (iw / w)
+    where = placement(image_size, (h, w), resize)
+    (sh, sw), (oy, ox) = where.scaled, where.offset
+    ys = (torch.arange(h, dtype=torch.float64) + 0.5 - oy) * (ih / sh)
+    xs = (torch.arange(w, dtype=torch.float64) + 0.5 - ox) * (iw / sw)
     out = torch.zeros(h, w, dtype=torch.bool)
     for x0, y0, x1, y1 in boxes:
         if x1 > iw or y1 > ih:

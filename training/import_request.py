@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from training.checkpoint_format import META_KEY, CheckpointError, read_header
+from training.resize import RESIZE_POLICIES
 
 # the form fields of an import, in the order the docs list them
 IMPORT_FIELDS = (
@@ -30,6 +31,7 @@ IMPORT_FIELDS = (
     "std",
     "phase",
     "multi_label",
+    "resize",
 )
 ARCH_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,99}")
 PHASES = ("tl", "ft", "other")
@@ -61,6 +63,7 @@ class ImportRequest:
     in_chans: int | None = None
     phase: str = "other"
     multi_label: bool = False  # a sigmoid head: one independent score per finding
+    resize: str = "stretch"  # how images met its input in training (training.resize)
 
     def to_fields(self) -> dict[str, Any]:
         """JSON-ready (stored with an upload, handed to the worker)."""
@@ -73,6 +76,8 @@ class ImportRequest:
         form = {"arch": self.arch or "", "phase": self.phase}
         if self.multi_label:
             form["multi_label"] = "true"
+        if self.resize != "stretch":
+            form["resize"] = self.resize
         if self.class_names:
             form["class_names"] = json.dumps(self.class_names)
         if self.input_size:
@@ -101,6 +106,7 @@ class ImportRequest:
             in_chans=fields.get("in_chans"),
             phase=fields.get("phase") or "other",
             multi_label=bool(fields.get("multi_label")),
+            resize=fields.get("resize") or "stretch",
         )
 
 
@@ -127,6 +133,7 @@ def request_from_form(form: Mapping[str, str | None]) -> ImportRequest | None:
         in_chans=in_chans(given.get("in_chans")),
         phase=phase(given.get("phase")),
         multi_label=flag(given.get("multi_label"), "multi_label"),
+        resize=resize_policy(given.get("resize")),
     )
 
 
@@ -207,6 +214,14 @@ def flag(text: str | None, name: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise ImportFieldError(name, f"true or false, got {text[:20]!r}")
     return text.lower() in ("true", "1")
+
+
+def resize_policy(text: str | None) -> str:
+    if text is None:
+        return "stretch"
+    if text not in RESIZE_POLICIES:
+        raise ImportFieldError("resize", f"one of {', '.join(RESIZE_POLICIES)}, got {text[:20]!r}")
+    return text
 
 
 def phase(text: str | None) -> str:

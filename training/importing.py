@@ -73,6 +73,7 @@ def _import(source: Path, out: Path, request: ImportRequest, source_name: str | 
         list(request.class_names),
         phase=request.phase,
         **({"multi_label": True} if request.multi_label else {}),
+        **({"resize": request.resize} if request.resize != "stretch" else {}),
         imported_from={"file": source_name or weights.name, "sha256": sha256_file(weights)},
     )
     sha = save_checkpoint(out, model, meta)
@@ -128,6 +129,7 @@ def _from_config(cfg: dict, request: ImportRequest) -> ImportRequest:
         in_chans=request.in_chans or (int(pre["input_size"][0]) if pre.get("input_size") else None),
         phase=request.phase,
         multi_label=request.multi_label or cfg.get("problem_type") == "multi_label_classification",
+        resize=request.resize,
     )
 
 

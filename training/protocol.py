@@ -68,6 +68,7 @@ class TrainConfig:
     progress: bool = True
     on_bad_file: str = "raise"  # a file that is no readable image: stop naming it, or "skip"
     bit_depth: int | None = None  # 16-bit files without sBIT: their significant bits
+    resize: str = "stretch"  # how images meet the input size: stretch, letterbox or crop
 
 
 def new_model(run: TrainConfig, num_classes: int) -> ZooModel:
@@ -179,6 +180,7 @@ def make_loaders(
             channels=model.in_chans,
             multi_hot=index.multi_label,
             bit_depth=cfg.bit_depth,
+            resize=cfg.resize,
         )
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -326,6 +328,7 @@ def _save(model: ZooModel, path: Path, loaders: Loaders, run: TrainConfig, extra
         **({"split": loaders.split} if loaders.split else {}),
         **({"multi_label": True} if loaders.multi_label else {}),
         **({"bit_depth": run.bit_depth} if run.bit_depth else {}),
+        **({"resize": run.resize} if run.resize != "stretch" else {}),
         **extra,
     )
     return save_checkpoint(path, model, meta)
@@ -395,6 +398,7 @@ def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[
     size = tuple(run.input_size or meta["input_size"])
     run.input_size = size
     run.bit_depth = run.bit_depth or meta.get("bit_depth")  # the data as TL read it
+    run.resize = meta.get("resize") or "stretch"  # and the model's own preprocessing
     loaders = make_loaders(index, model, size, run, run.ft.batch_size, drawn=record)
     fit = run_phase(
         model, "ft", loaders, run.ft, run, device, out_dir, {"parent_sha256": meta["sha256"]}

@@ -146,6 +146,14 @@ BitDepth = Annotated[
         "detectors); default: the baseline checkpoint's, else 16",
     ),
 ]
+Resize = Annotated[
+    str,
+    typer.Option(
+        help="How images meet the input size: stretch (both sides scaled), letterbox (aspect "
+        "kept, padded) or crop (aspect kept, centre cut); recorded in the checkpoints",
+    ),
+]
+RESIZE_DEFAULT = "stretch"  # training.resize.DEFAULT_RESIZE
 TrainBitDepth = Annotated[
     int | None,
     typer.Option(

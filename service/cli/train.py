@@ -16,6 +16,7 @@ from service.cli.options import (
     IN_CHANS_DEFAULT,
     ON_BAD_FILE_DEFAULT,
     PER_CLASS_DEFAULT,
+    RESIZE_DEFAULT,
     TRAIN_BATCH_SIZE_DEFAULT,
     TRAIN_SEED_DEFAULT,
     Arch,
@@ -25,6 +26,7 @@ from service.cli.options import (
     InChans,
     InputSize,
     PerClass,
+    Resize,
     Stats,
     TrainBatchSize,
     TrainBitDepth,
@@ -32,6 +34,7 @@ from service.cli.options import (
     channel_stats,
 )
 from service.cli.output import console, print_data, print_training, user_errors
+from training.resize import check_resize
 
 
 @user_errors
@@ -165,6 +168,7 @@ def train(
     augment: Annotated[bool, typer.Option(help="Light label-preserving augmentation")] = True,
     on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
     bit_depth: TrainBitDepth = None,
+    resize: Resize = RESIZE_DEFAULT,
 ) -> None:
     """Two-phase training: TL (frozen backbone, new head), then FT (all layers, lower lr)."""
     from training.protocol import train_two_phase
@@ -191,6 +195,7 @@ def train(
     )
     cfg.on_bad_file = on_bad_file.on_error()
     cfg.bit_depth = bit_depth
+    cfg.resize = check_resize(resize)
     result = train_two_phase(data, out, cfg)
     print_data(result["data"])
     print_training(result)
@@ -280,6 +285,7 @@ def import_checkpoint(
     multi_label: Annotated[
         bool, typer.Option("--multi-label", help="A multi-label (sigmoid) head")
     ] = False,
+    resize: Resize = RESIZE_DEFAULT,
 ) -> None:
     """Turn a checkpoint trained elsewhere into a camdrift checkpoint (read weights-only)."""
     from training.import_request import ImportFieldError, ImportRequest, class_names
@@ -298,6 +304,7 @@ def import_checkpoint(
         in_chans=in_chans,
         phase=phase,
         multi_label=multi_label,
+        resize=check_resize(resize),
     )
     done = run_import(source, out, request)
     meta = done.meta

@@ -91,6 +91,12 @@ def check_compatible(baseline: dict[str, Any], candidate: dict[str, Any]) -> Non
             "class sets do not match: baseline has "
             f"{baseline['class_names']}, candidate has {candidate['class_names']}"
         )
+    if (baseline.get("resize") or "stretch") != (candidate.get("resize") or "stretch"):
+        raise CheckpointError(
+            f"resize policies differ: baseline {baseline.get('resize') or 'stretch'}, "
+            f"candidate {candidate.get('resize') or 'stretch'} (one reading of the images "
+            "serves both)"
+        )
     if bool(baseline.get("multi_label")) != bool(candidate.get("multi_label")):
         raise CheckpointError(
             "heads do not match: one checkpoint is multi-label (sigmoid), the other is not"
@@ -189,6 +195,8 @@ class Audit:
             # read the images as the baseline was trained on them (its recorded bit depth)
             depth = int(self.baseline.meta["bit_depth"])
             self.config = self.config.model_copy(update={"bit_depth": depth})
+        # how the images meet the input: the models' own preprocessing (training.resize)
+        self.resize: str = self.baseline.meta.get("resize") or "stretch"
         self.class_names: list[str] = list(self.baseline.meta["class_names"])
         # a sigmoid head: each present finding of an image is one sample (its target)
         self.multi_label = bool(self.baseline.meta.get("multi_label"))
@@ -235,6 +243,7 @@ class Audit:
             (1.0, 1.0, 1.0),
             regions=self.regions,
             bit_depth=self.config.bit_depth,
+            resize=self.resize,
         )
         subset = Subset(dataset, [self.positions[r] for r in rows])
         return DataLoader(
@@ -621,6 +630,7 @@ def describe_model(loaded: LoadedModel, source: str) -> dict[str, Any]:
         "phase": meta.get("phase"),
         "class_names": list(meta["class_names"]),
         "input_size": list(loaded.input_size),
+        "resize": meta.get("resize") or "stretch",
         "parent_sha256": meta.get("parent_sha256"),
         "train_metrics": meta.get("train_metrics"),
     }

@@ -323,6 +323,15 @@ def _per_class_score(report: DriftReport, role: str, key: str, name: str) -> flo
     return getattr(p, key).get(name) if p is not None else None
 
 
+def input_frame(report: DriftReport) -> tuple[str, list[int]] | None:
+    """(resize policy, analysis size) of the report: where its maps sit on the image."""
+    model = report.models.get("baseline")
+    size = list(report.dataset.analysis_size or (model.input_size if model else []))
+    if model is None or len(size) != 2:
+        return None
+    return (getattr(model, "resize", None) or "stretch", size)
+
+
 def _confusion(report: DriftReport, names: list[str]) -> list[dict[str, Any]]:
     blocks = []
     for role in ROLES:
@@ -709,7 +718,13 @@ def write_local_html(report_path: Path, out: Path, *, top_k: int = 6) -> None:
         if row is None or root is None:
             return None
         return overlay_for_sample(
-            row, method, maps_dir=maps_dir, image_root=root, class_names=names, phases=phases
+            row,
+            method,
+            maps_dir=maps_dir,
+            image_root=root,
+            class_names=names,
+            phases=phases,
+            frame=input_frame(report),
         )
 
     page = render_html(report, rows, overlay, top_k=top_k)

@@ -322,9 +322,12 @@ def overlay_for_sample(
     image_root: Path,
     class_names: Sequence[str],
     phases: Sequence[str | None] = ("tl", "ft"),
+    frame: tuple[str, Sequence[int]] | None = None,
 ) -> bytes:
     """The overlay PNG of one per-sample row: its stored maps under ``method`` (``maps_dir``)
-    over its image (``row["path"]`` under ``image_root``, which it may not leave).
+    over its image (``row["path"]`` under ``image_root``, which it may not leave), drawn on
+    the image's own aspect ratio. ``frame`` (resize policy, model input size): where a
+    letterboxed or cropped input put the image, so the maps are cut back to it.
 
     Raises :class:`OverlayUnavailable` when the maps or the image are missing or unreadable.
     """
@@ -344,4 +347,21 @@ def overlay_for_sample(
         image = read_image(path)
     except ImageReadError as exc:
         raise OverlayUnavailable(f"the input image cannot be read ({exc.reason})") from None
+    if frame is not None and frame[0] != "stretch":
+        image, maps = unframe(image, maps, frame[0], (int(frame[1][0]), int(frame[1][1])))
     return sample_overlay(image, maps, row, method, class_names, phases)
+
+
+def unframe(
+    image: np.ndarray, maps: Sequence[np.ndarray], policy: str, size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The maps of a letterboxed or cropped input cut to the part the image filled, and the
+    image cut to the part the input showed (``crop``): both then cover the same pixels."""
+    from training.resize import placement
+
+    hw = (int(image.shape[-2]), int(image.shape[-1]))
+    where = placement(hw, size, policy)
+    top, left, bottom, right = where.window
+    cut = tuple(full_size(m, size)[top:bottom, left:right] for m in maps)
+    t, lft, b, r = (round(v) for v in where.source_window(hw))
+    return image[..., max(t, 0) : min(b, hw[0]), max(lft, 0) : min(r, hw[1])], cut

@@ -67,6 +67,7 @@ IMPORT_FIELD_HELP = {
     "std": "import: normalisation std, one value or one per channel",
     "phase": "import: tl, ft or other",
     "multi_label": "import: true for a sigmoid (multi-label) head",
+    "resize": "import: how images met its input in training: stretch, letterbox or crop",
 }
 assert tuple(IMPORT_FIELD_HELP) == IMPORT_FIELDS
 UPLOAD_BODY = upload_body(

@@ -14,7 +14,7 @@ from service.api.routes.jobs import get_job_or_404
 from service.problems import ProblemError, invalid, problem_responses
 from service.schemas import MAX_INT, Degenerate, SampleOut, SamplePage
 from worker.catalog import ACTIVE_STATUSES, METRICS, JobStatus
-from worker.render.html_report import render_html
+from worker.render.html_report import input_frame, render_html
 from worker.render.markdown import render_markdown
 from worker.render.overlay import OverlayUnavailable, overlay_for_sample
 from worker.results.report_schema import DriftReport, report_view
@@ -98,6 +98,7 @@ def _report_html(store: ArtifactStore, session: Session, job: Job, document: dic
             image_root=root,
             class_names=class_names,
             phases=phases,
+            frame=input_frame(report),
         )
 
     return render_html(report, rows, overlay_png)
@@ -228,7 +229,15 @@ def overlay(
             image_root=store.resolve(dataset.root_path),
             class_names=names,
             phases=phases,
+            frame=_frame(baseline),
         )
     except OverlayUnavailable as exc:
         raise ProblemError(404, str(exc), slug="not-found") from None
     return Response(png, media_type="image/png")
+
+
+def _frame(checkpoint: Checkpoint | None) -> tuple[str, list[int]] | None:
+    """(resize policy, input size) of the job's baseline: where its maps sit on the image."""
+    if checkpoint is None:
+        return None
+    return ((checkpoint.meta or {}).get("resize") or "stretch", list(checkpoint.input_size))
