@@ -34,6 +34,10 @@ Caption = str | tuple[str, bool]  # text, or (text, whether the prediction is ri
 MAX_SIDE = 512  # panels are scaled down to fit this ...
 MIN_SIDE = 224  # ... and small inputs scaled up to this, so titles and heat stay legible
 PAD = 8
+# the HTML report's narrowest sample card holds 504 px of image (report.css: 520 px columns,
+# 8 px padding): two panels this wide fit it unscaled, so the captions show at FONT_SIZE
+CARD_WIDTH = 504
+MAX_PANEL_WIDTH = (CARD_WIDTH - 3 * PAD) // 2
 TITLE_HEIGHT = 22
 LINE_HEIGHT = 18
 CAPTION_HEIGHT = 2 * LINE_HEIGHT + 4
@@ -126,9 +130,10 @@ def to_gray(image: np.ndarray) -> np.ndarray:
 
 
 def display_size(height: int, width: int) -> tuple[int, int]:
-    """(H, W) of one panel: longest side clamped into [MIN_SIDE, MAX_SIDE], aspect kept."""
+    """(H, W) of one panel, aspect kept: longest side clamped into [MIN_SIDE, MAX_SIDE], and
+    no wider than :data:`MAX_PANEL_WIDTH`, so a card shows the overlay at its own size."""
     longest = max(height, width, 1)
-    scale = min(max(1.0, MIN_SIDE / longest), MAX_SIDE / longest)
+    scale = min(max(1.0, MIN_SIDE / longest), MAX_SIDE / longest, MAX_PANEL_WIDTH / max(width, 1))
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
