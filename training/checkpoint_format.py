@@ -297,6 +297,16 @@ def validate_metadata(meta: Any, where: str = "checkpoint") -> None:
         raise _bad(
             "resize", f"must be one of {', '.join(RESIZE_POLICIES)}, got {_short(resize)}", where
         )
+    window = meta.get("window")
+    if window is not None and not (
+        isinstance(window, list)
+        and len(window) == 2
+        and all(isinstance(v, int | float) and not isinstance(v, bool) for v in window)
+        and 0 <= window[0] < window[1] <= 1
+    ):
+        raise _bad(
+            "window", f"must be [low, high] with 0 <= low < high <= 1, got {_short(window)}", where
+        )
     depth = meta.get("bit_depth")
     if depth is not None and not (_is_int(depth) and 1 <= depth <= 16):
         raise _bad("bit_depth", f"must be an integer in 1..16, got {_short(depth)}", where)

@@ -48,6 +48,9 @@ class ImageDataset(Dataset):
     ``bit_depth``: the significant bits of 16-bit grayscale files without an ``sBIT`` chunk
     (12 for most detectors' exports), as :func:`training.imageio.read_image` takes it.
 
+    ``window`` (low, high): a fixed intensity window on the read [0, 1] values, stretched
+    to [0, 1] and clipped (a radiograph's soft-tissue or bone window), before resizing.
+
     ``multi_hot`` (multi-label training): the label is the image's findings as a 0/1 vector;
     give it an index with one sample per image (:meth:`DatasetIndex.per_image`).
 
@@ -73,6 +76,7 @@ class ImageDataset(Dataset):
         multi_hot: bool = False,
         bit_depth: int | None = None,
         resize: str = DEFAULT_RESIZE,
+        window: Sequence[float] | None = None,
     ) -> None:
         _check_on_error(on_error)
         unknown = [r for r in regions if r not in REGION_COLUMNS]
@@ -97,6 +101,7 @@ class ImageDataset(Dataset):
         check_bit_depth(bit_depth)
         self.bit_depth = bit_depth  # 16-bit files without sBIT: their significant bits
         self.resize = check_resize(resize)  # stretch, letterbox or crop (training.resize)
+        self.window = check_window(window)  # (low, high) of [0, 1] intensities: stretched to 0..1
         self.mean = _stat_tensor(mean, channels, "mean")
         self.std = _stat_tensor(std, channels, "std")
         if bool((self.std <= 0).any()):
@@ -181,6 +186,9 @@ class ImageDataset(Dataset):
         and the image's size on disk."""
 
         image = torch.from_numpy(read_image(path, self.bit_depth))
+        if self.window is not None:
+            low, high = self.window
+            image = ((image - low) / (high - low)).clamp_(0.0, 1.0)
         size = (int(image.shape[-2]), int(image.shape[-1]))
         if image.shape[0] == 3 and self.channels == 1:
             image = image.mean(dim=0, keepdim=True)
@@ -223,6 +231,16 @@ class ImageDataset(Dataset):
             except ImageReadError as other:
                 self.read_failures.append((str(other.path), other.reason or str(other)))
         raise exc
+
+
+def check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
+    """A window is two numbers 0 <= low < high <= 1 (fractions of the read intensity range)."""
+    if window is None:
+        return None
+    values = tuple(float(v) for v in window)
+    if len(values) != 2 or not 0.0 <= values[0] < values[1] <= 1.0:
+        raise ValueError(f"window: two numbers 0 <= low < high <= 1, got {list(window)}")
+    return values
 
 
 def place(image: torch.Tensor, where: Placement, mode: str) -> torch.Tensor:

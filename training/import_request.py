@@ -32,6 +32,7 @@ IMPORT_FIELDS = (
     "phase",
     "multi_label",
     "resize",
+    "window",
 )
 ARCH_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,99}")
 PHASES = ("tl", "ft", "other")
@@ -64,6 +65,7 @@ class ImportRequest:
     phase: str = "other"
     multi_label: bool = False  # a sigmoid head: one independent score per finding
     resize: str = "stretch"  # how images met its input in training (training.resize)
+    window: tuple[float, float] | None = None  # its fixed intensity window, if any
 
     def to_fields(self) -> dict[str, Any]:
         """JSON-ready (stored with an upload, handed to the worker)."""
@@ -78,6 +80,8 @@ class ImportRequest:
             form["multi_label"] = "true"
         if self.resize != "stretch":
             form["resize"] = self.resize
+        if self.window is not None:
+            form["window"] = f"{self.window[0]!r},{self.window[1]!r}"
         if self.class_names:
             form["class_names"] = json.dumps(self.class_names)
         if self.input_size:
@@ -107,6 +111,7 @@ class ImportRequest:
             phase=fields.get("phase") or "other",
             multi_label=bool(fields.get("multi_label")),
             resize=fields.get("resize") or "stretch",
+            window=tup(fields.get("window")),
         )
 
 
@@ -134,6 +139,7 @@ def request_from_form(form: Mapping[str, str | None]) -> ImportRequest | None:
         phase=phase(given.get("phase")),
         multi_label=flag(given.get("multi_label"), "multi_label"),
         resize=resize_policy(given.get("resize")),
+        window=intensity_window(given.get("window")),
     )
 
 
@@ -214,6 +220,19 @@ def flag(text: str | None, name: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise ImportFieldError(name, f"true or false, got {text[:20]!r}")
     return text.lower() in ("true", "1")
+
+
+def intensity_window(text: str | None) -> tuple[float, float] | None:
+    """``"0.1,0.9"``: the low and high ends, fractions of the read intensity range."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ImportFieldError("window", f"two numbers low,high, not {text[:40]!r}") from None
+    if not 0.0 <= low < high <= 1.0:
+        raise ImportFieldError("window", f"0 <= low < high <= 1, got {text[:40]!r}")
+    return (low, high)
 
 
 def resize_policy(text: str | None) -> str:

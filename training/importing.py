@@ -74,6 +74,7 @@ def _import(source: Path, out: Path, request: ImportRequest, source_name: str | 
         phase=request.phase,
         **({"multi_label": True} if request.multi_label else {}),
         **({"resize": request.resize} if request.resize != "stretch" else {}),
+        **({"window": list(request.window)} if request.window else {}),
         imported_from={"file": source_name or weights.name, "sha256": sha256_file(weights)},
     )
     sha = save_checkpoint(out, model, meta)
@@ -130,6 +131,7 @@ def _from_config(cfg: dict, request: ImportRequest) -> ImportRequest:
         phase=request.phase,
         multi_label=request.multi_label or cfg.get("problem_type") == "multi_label_classification",
         resize=request.resize,
+        window=request.window,
     )
 
 

@@ -69,6 +69,7 @@ class TrainConfig:
     on_bad_file: str = "raise"  # a file that is no readable image: stop naming it, or "skip"
     bit_depth: int | None = None  # 16-bit files without sBIT: their significant bits
     resize: str = "stretch"  # how images meet the input size: stretch, letterbox or crop
+    window: tuple[float, float] | None = None  # fixed intensity window (low, high) in [0, 1]
 
 
 def new_model(run: TrainConfig, num_classes: int) -> ZooModel:
@@ -181,6 +182,7 @@ def make_loaders(
             multi_hot=index.multi_label,
             bit_depth=cfg.bit_depth,
             resize=cfg.resize,
+            window=cfg.window,
         )
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -329,6 +331,7 @@ def _save(model: ZooModel, path: Path, loaders: Loaders, run: TrainConfig, extra
         **({"multi_label": True} if loaders.multi_label else {}),
         **({"bit_depth": run.bit_depth} if run.bit_depth else {}),
         **({"resize": run.resize} if run.resize != "stretch" else {}),
+        **({"window": list(run.window)} if run.window else {}),
         **extra,
     )
     return save_checkpoint(path, model, meta)
@@ -399,6 +402,7 @@ def finetune(data: Path, parent: Path, out_dir: Path, run: TrainConfig) -> dict[
     run.input_size = size
     run.bit_depth = run.bit_depth or meta.get("bit_depth")  # the data as TL read it
     run.resize = meta.get("resize") or "stretch"  # and the model's own preprocessing
+    run.window = tuple(meta["window"]) if meta.get("window") else None
     loaders = make_loaders(index, model, size, run, run.ft.batch_size, drawn=record)
     fit = run_phase(
         model, "ft", loaders, run.ft, run, device, out_dir, {"parent_sha256": meta["sha256"]}

@@ -154,6 +154,13 @@ Resize = Annotated[
     ),
 ]
 RESIZE_DEFAULT = "stretch"  # training.resize.DEFAULT_RESIZE
+Window = Annotated[
+    str | None,
+    typer.Option(
+        help="A fixed intensity window low,high (fractions of the read range, e.g. 0.2,0.9), "
+        "stretched to 0..1 before the normalisation; recorded in the checkpoints",
+    ),
+]
 TrainBitDepth = Annotated[
     int | None,
     typer.Option(

@@ -31,9 +31,11 @@ from service.cli.options import (
     TrainBatchSize,
     TrainBitDepth,
     TrainSeed,
+    Window,
     channel_stats,
 )
 from service.cli.output import console, print_data, print_training, user_errors
+from training.import_request import intensity_window
 from training.resize import check_resize
 
 
@@ -169,6 +171,7 @@ def train(
     on_bad_file: BadFile = ON_BAD_FILE_DEFAULT,
     bit_depth: TrainBitDepth = None,
     resize: Resize = RESIZE_DEFAULT,
+    window: Window = None,
 ) -> None:
     """Two-phase training: TL (frozen backbone, new head), then FT (all layers, lower lr)."""
     from training.protocol import train_two_phase
@@ -196,6 +199,7 @@ def train(
     cfg.on_bad_file = on_bad_file.on_error()
     cfg.bit_depth = bit_depth
     cfg.resize = check_resize(resize)
+    cfg.window = intensity_window(window)
     result = train_two_phase(data, out, cfg)
     print_data(result["data"])
     print_training(result)
@@ -286,6 +290,7 @@ def import_checkpoint(
         bool, typer.Option("--multi-label", help="A multi-label (sigmoid) head")
     ] = False,
     resize: Resize = RESIZE_DEFAULT,
+    window: Window = None,
 ) -> None:
     """Turn a checkpoint trained elsewhere into a camdrift checkpoint (read weights-only)."""
     from training.import_request import ImportFieldError, ImportRequest, class_names
@@ -305,6 +310,7 @@ def import_checkpoint(
         phase=phase,
         multi_label=multi_label,
         resize=check_resize(resize),
+        window=intensity_window(window),
     )
     done = run_import(source, out, request)
     meta = done.meta

@@ -110,3 +110,43 @@ def test_training_records_the_policy_audits_and_overlays_follow(tmp_path) -> Non
     a, b = (np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in (framed, plain))
     assert a.shape == b.shape  # the panel keeps the image's 2:1 aspect either way
     assert not np.array_equal(a, b)  # but the framed one shows the map cut to the image
+
+
+def test_a_fixed_intensity_window_is_applied_recorded_and_reused(wide, tmp_path) -> None:
+    from training.checkpoint_format import CheckpointError, read_metadata, validate_metadata
+    from training.import_request import ImportFieldError, request_from_form
+    from training.phantoms import generate_dataset
+    from training.protocol import PhaseConfig, TrainConfig, train_two_phase
+    from worker.engine.audit import Audit, AuditConfig
+
+    root, pixels = wide
+    ds = ImageDataset(discover(root), (H, W), [0.0], [1.0], channels=1, window=(0.25, 0.75))
+    expected = np.clip((pixels / 255.0 - 0.25) / 0.5, 0.0, 1.0)
+    np.testing.assert_allclose(ds.load(0)[0].numpy(), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="window"):
+        ImageDataset(discover(root), SIZE, [0.0], [1.0], window=(0.8, 0.2))
+
+    data = tmp_path / "data"
+    generate_dataset(data, per_class=4, size=32, seed=2)
+    cfg = TrainConfig(
+        arch="tinycnn",
+        input_size=(32, 32),
+        progress=False,
+        window=(0.1, 0.9),
+        tl=PhaseConfig(epochs=1, batch_size=8),
+        ft=PhaseConfig(epochs=1, batch_size=8),
+    )
+    train_two_phase(data, tmp_path / "run", cfg)
+    tl, ft = tmp_path / "run" / "tl.safetensors", tmp_path / "run" / "ft.safetensors"
+    assert read_metadata(tl)["window"] == [0.1, 0.9]
+    assert Audit(tl, ft, data, AuditConfig(split=None))._loader([0]).dataset.dataset.window == (
+        0.1,
+        0.9,
+    )
+    meta = {"arch": "tinycnn", "num_classes": 2, "class_names": ["a", "b"], "input_size": [8, 8]}
+    with pytest.raises(CheckpointError, match="window"):
+        validate_metadata({**meta, "window": [0.5, 0.5]})
+    form = {"arch": "tinycnn", "class_names": "a,b"}
+    assert request_from_form({**form, "window": "0.2,0.8"}).window == (0.2, 0.8)
+    with pytest.raises(ImportFieldError, match="window"):
+        request_from_form({**form, "window": "0.9,0.1"})

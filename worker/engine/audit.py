@@ -97,6 +97,11 @@ def check_compatible(baseline: dict[str, Any], candidate: dict[str, Any]) -> Non
             f"candidate {candidate.get('resize') or 'stretch'} (one reading of the images "
             "serves both)"
         )
+    if baseline.get("window") != candidate.get("window"):
+        raise CheckpointError(
+            f"intensity windows differ: baseline {baseline.get('window')}, candidate "
+            f"{candidate.get('window')} (one reading of the images serves both)"
+        )
     if bool(baseline.get("multi_label")) != bool(candidate.get("multi_label")):
         raise CheckpointError(
             "heads do not match: one checkpoint is multi-label (sigmoid), the other is not"
@@ -244,6 +249,7 @@ class Audit:
             regions=self.regions,
             bit_depth=self.config.bit_depth,
             resize=self.resize,
+            window=self.baseline.meta.get("window"),
         )
         subset = Subset(dataset, [self.positions[r] for r in rows])
         return DataLoader(
@@ -631,6 +637,7 @@ def describe_model(loaded: LoadedModel, source: str) -> dict[str, Any]:
         "class_names": list(meta["class_names"]),
         "input_size": list(loaded.input_size),
         "resize": meta.get("resize") or "stretch",
+        "window": meta.get("window"),
         "parent_sha256": meta.get("parent_sha256"),
         "train_metrics": meta.get("train_metrics"),
     }

@@ -68,6 +68,7 @@ IMPORT_FIELD_HELP = {
     "phase": "import: tl, ft or other",
     "multi_label": "import: true for a sigmoid (multi-label) head",
     "resize": "import: how images met its input in training: stretch, letterbox or crop",
+    "window": "import: its fixed intensity window low,high (fractions of the range, 0..1)",
 }
 assert tuple(IMPORT_FIELD_HELP) == IMPORT_FIELDS
 UPLOAD_BODY = upload_body(
