@@ -204,6 +204,10 @@ def _last_module_of(net: nn.Module, run, probe: Tensor) -> tuple[str, Tensor]:
     return "", result
 
 
+_TRACED: dict[tuple, tuple] = {}  # structure -> (graphs, layer, layout, prefix, grid)
+MAX_TRACED = 32
+
+
 def graph_split(
     net: nn.Module,
     input_size: tuple[int, int],
@@ -213,7 +217,31 @@ def graph_split(
 ) -> GraphSplit:
     """Cut a traced ``net`` at graph node ``layer`` (default: the last spatial feature map
     before global pooling, by shape propagation; ``token_block``: the output of that module,
-    for class-token transformers)."""
+    for class-token transformers). Traced once per net structure and input: a second net of
+    the same arch (another checkpoint) reuses the graphs over its own modules."""
+    key = (_structure(net), tuple(input_size), in_chans, layer, token_block)
+    if key not in _TRACED:
+        if len(_TRACED) >= MAX_TRACED:
+            _TRACED.pop(next(iter(_TRACED)))
+        _TRACED[key] = _trace_split(net, input_size, in_chans, layer, token_block)
+    graphs, cut, layout, prefix, grid = _TRACED[key]
+    return GraphSplit(net, graphs, cut, layout, prefix, grid)
+
+
+def _structure(net: nn.Module) -> tuple:
+    """What a traced graph depends on: every module's path and type, every tensor's shape."""
+    modules = tuple((name, type(m).__qualname__) for name, m in net.named_modules())
+    tensors = tuple((name, tuple(t.shape)) for name, t in net.state_dict().items())
+    return modules, tensors
+
+
+def _trace_split(
+    net: nn.Module,
+    input_size: tuple[int, int],
+    in_chans: int,
+    layer: str | None,
+    token_block: str | None,
+) -> tuple:
     was_training = net.training
     net.eval()  # traced in eval mode: no auxiliary heads, no training-only branches
     try:
@@ -234,7 +262,7 @@ def graph_split(
         side = _square(shape[1] - 1)
         grid = side if side[0] * side[1] == shape[1] - 1 else None
     graphs = (_features_of(gm, cut), _head_of(gm, cut))
-    return GraphSplit(net, graphs, cut.name, layout, prefix, grid)
+    return graphs, cut.name, layout, prefix, grid
 
 
 class _Tracer(fx.Tracer):

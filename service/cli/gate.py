@@ -44,7 +44,9 @@ from service.cli.options import (
     WeightsInputSize,
     WeightsMean,
     WeightsMultiLabel,
+    WeightsResize,
     WeightsStd,
+    WeightsWindow,
     csv,
     weights_request,
 )
@@ -172,12 +174,24 @@ def gate(
     mean: WeightsMean = None,
     std: WeightsStd = None,
     multi_label: WeightsMultiLabel = False,
+    weights_resize: WeightsResize = None,
+    weights_window: WeightsWindow = None,
     bit_depth: BitDepth = None,
 ) -> None:
     """Gate a fine-tuned checkpoint on attribution drift: exit 0 pass, 1 fail, 3 inconclusive,
     2 usage or infrastructure error."""
     try:
-        weights = weights_request(arch, classes, input_size, in_chans, mean, std, multi_label)
+        weights = weights_request(
+            arch,
+            classes,
+            input_size,
+            in_chans,
+            mean,
+            std,
+            multi_label,
+            weights_resize,
+            weights_window,
+        )
     except ValueError as exc:
         error(exc, line_err_console)
         raise typer.Exit(EXIT_USAGE) from None

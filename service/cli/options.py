@@ -226,6 +226,22 @@ WeightsMultiLabel = Annotated[
         rich_help_panel=WEIGHTS_PANEL,
     ),
 ]
+WeightsResize = Annotated[
+    str | None,
+    typer.Option(
+        "--resize",
+        help="How images met their input in training: stretch, letterbox or crop",
+        rich_help_panel=WEIGHTS_PANEL,
+    ),
+]
+WeightsWindow = Annotated[
+    str | None,
+    typer.Option(
+        "--window",
+        help="Their fixed intensity window low,high (fractions of the range)",
+        rich_help_panel=WEIGHTS_PANEL,
+    ),
+]
 WEIGHTS_FLAGS = {
     "arch": "--arch",
     "class_names": "--classes",
@@ -235,6 +251,8 @@ WEIGHTS_FLAGS = {
     "std": "--std",
     "phase": "--phase",
     "multi_label": "--multi-label",
+    "resize": "--resize",
+    "window": "--window",
 }
 
 
@@ -246,6 +264,8 @@ def weights_request(
     mean: str | None,
     std: str | None,
     multi_label: bool = False,
+    resize: str | None = None,
+    window: str | None = None,
 ) -> ImportRequest | None:
     """The import the weights options ask for (None: the files are camdrift checkpoints),
     checked as ``POST /checkpoints`` checks its form; ValueError naming the option."""
@@ -257,6 +277,8 @@ def weights_request(
         "mean": mean,
         "std": std,
         "multi_label": "true" if multi_label else None,
+        "resize": resize,
+        "window": window,
     }
     try:
         return request_from_form(form)

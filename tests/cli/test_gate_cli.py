@@ -668,3 +668,33 @@ def test_weights_trained_elsewhere_gate_as_their_checkpoints_do(world, tmp_path,
     assert typo.exit_code == 2 and "--arch: name the architecture" in typo.output, typo.output
     wrong = gate_plain("--local", "--arch", "tinycnn", "--classes", "a,b", *fail)
     assert wrong.exit_code == 2 and "2 class names were given" in wrong.output, wrong.output
+
+
+def test_raw_weights_carry_their_resize_and_window(world, tmp_path, monkeypatch) -> None:
+    """--resize/--window with --arch reach the import (the converted checkpoints record
+    them) before the audit; a bad one is exit 2 naming the flag."""
+    import torch
+
+    from training.checkpoint_format import read_metadata
+    from training.checkpoints import load_checkpoint
+    from worker.runtime import local_run
+
+    model, _ = load_checkpoint(world / "tl.safetensors")
+    raw = tmp_path / "tl.pt"
+    torch.save(model.net.state_dict(), raw)
+    seen = {}
+
+    def audit(baseline, candidate, *args, **kw):
+        seen.update(tl=read_metadata(baseline), ft=read_metadata(candidate))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(local_run, "run_audit", audit)
+    weights = ("--arch", "tinycnn", "--classes", ",".join(CLASSES), "--input-size", "48")
+    files = ("--baseline", str(raw), "--candidate", str(raw), "--data", str(world / "data"))
+    extra = ("--resize", "letterbox", "--window", "0.1,0.9", "--local", *FAST)
+    result = runner.invoke(app, ["gate", *files, *weights, *extra])
+    assert result.exit_code == 2 and "stop here" in result.output, result.output
+    for meta in seen.values():
+        assert (meta["resize"], meta["window"]) == ("letterbox", [0.1, 0.9])
+    bad = runner.invoke(app, ["gate", *files, *weights, "--window", "0.9,0.1", "--local", *FAST])
+    assert bad.exit_code == 2 and "--window: 0 <= low < high <= 1" in bad.output, bad.output

@@ -165,3 +165,30 @@ def test_maps_equal_pytorch_grad_cam_on_a_named_module(arch, reference, named, r
     _assert_informative(model, images, targets, named)
     bound = TOKEN_CANCELLATION if model.split.layout == "NLC" else XGRADCAM_CANCELLATION
     _check(model, images, targets, target_layer=named, reshape=reshape, cancellation=bound)
+
+
+def test_a_torchvision_split_is_traced_once_per_structure(monkeypatch) -> None:
+    """A second net of the same arch reuses the traced graphs, over its own weights."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    from training import splits
+
+    calls = []
+    original = ShapeProp.propagate
+    monkeypatch.setattr(
+        ShapeProp, "propagate", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    monkeypatch.setattr(splits, "_TRACED", {})
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(create_model("torchvision/resnet18", 3, input_size=(64, 64)))
+    assert len(calls) == 1
+    other = create_model("torchvision/resnet18", 4, input_size=(64, 64))  # another head
+    assert len(calls) == 2 and other.num_classes == 4
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        outs = [m.forward_head(m.forward_features(x)) for m in models]
+        for model, out in zip(models, outs, strict=True):
+            assert torch.allclose(out, model.net(x), atol=1e-5)
+    assert not torch.allclose(outs[0], outs[1])
