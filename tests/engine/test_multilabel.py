@@ -306,3 +306,15 @@ def test_the_gate_judges_per_finding_the_same_locally_and_through_the_service(
         a, b = (d["performance"][role] for d in docs)
         assert b["auc_per_class"] == pytest.approx(a["auc_per_class"])
         assert b["multi_label"] is True and b["confusion_matrix"] == a["confusion_matrix"]
+
+
+def test_a_study_compares_multi_label_audits_sample_by_finding(world) -> None:
+    from worker.results.study import load_local_entry, study_report
+
+    _audit(world, "all", "study-all")
+    _, tp_rows = _audit(world, "true_positive", "study-tp")
+    entries = [load_local_entry(world["root"] / f"{n}.json", n) for n in ("study-all", "study-tp")]
+    doc = study_report(entries, n_boot=50)
+    assert doc["n_common"] == sum(r["included"] for r in tp_rows) > 0
+    assert doc["dataset"]["num_evaluated"] == sum(len(v) for v in world["truth"].values())
+    assert set(doc["methods"]) == set(METHODS) and doc["rankings"]
