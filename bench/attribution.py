@@ -6,8 +6,12 @@ On the same batch and the same two checkpoints (baseline, candidate) it times
       and a full backward per method and checkpoint),
   (c) the floor: bare no-grad inference of both checkpoints,
 and prints images/s and the ratios (a vs b speed-up, a / c time, metrics share of a).
+``--per-metric`` also times each metric alone on the same maps (its share of (a); a metric
+alone pays for the pieces it shares with others, such as the one sort, so the shares add up
+to more than the metrics' joint share).
 
     python bench/attribution.py --archs resnet50v2,densenet201 --size 224 --batch 8
+    python bench/attribution.py --archs resnet50v2 --skip-peer --per-metric
     python bench/attribution.py --device cuda --dtype bf16   # on a GPU machine
 """
 
@@ -103,6 +107,14 @@ def run_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
     t_metrics = timed(metrics_only, device, args.repeats)
     t_floor = timed(floor, device, args.repeats)
     t_peer = timed(peer, device, max(1, args.repeats // 2)) if not args.skip_peer else None
+    per_metric = {}
+    if args.per_metric:
+        for name in METRICS:
+
+            def one(name: str = name) -> None:
+                metrics_by_method(maps[0], maps[1], METHODS, [name])
+
+            per_metric[name] = timed(one, device, args.repeats) / t_engine
     return {
         "arch": arch,
         "engine_img_s": n / t_engine,
@@ -111,6 +123,7 @@ def run_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
         "speedup_vs_peer": t_peer / t_engine if t_peer else None,
         "engine_over_floor": t_engine / t_floor,
         "metrics_share": t_metrics / t_engine,
+        "metric_shares": per_metric,
     }
 
 
@@ -123,6 +136,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--per-metric", action="store_true", help="time each metric alone")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -150,6 +164,11 @@ def main() -> None:
             f"{r['arch']:<24}{r['engine_img_s']:>16.2f}{peer:>16}{r['floor_img_s']:>13.2f}"
             f"{speed:>10}{r['engine_over_floor']:>11.3f}x{r['metrics_share']:>8.1%}"
         )
+        if r["metric_shares"]:
+            shares = sorted(r["metric_shares"].items(), key=lambda kv: -kv[1])
+            print("  each metric alone, share of camdrift's time:")
+            for name, share in shares:
+                print(f"    {name:<22}{share:>8.2%}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": where, "args": vars(args), "results": results}, fh, indent=2)
