@@ -250,38 +250,28 @@ def _with_groups(index: DatasetIndex) -> DatasetIndex:
 
 
 def _readable(index: DatasetIndex, on_error: str) -> DatasetIndex:
-    """``index`` without the samples whose header does not read (each skipped, or the first
-    one raised)."""
-    kept, skipped = [], list(index.skipped)
-    checked: dict[Path, str | None] = {}  # a multi-label image is several samples: read once
-    for sample in index.samples:
-        if sample.path in checked:
-            if checked[sample.path] is None:
-                kept.append(sample)
-            continue
-        try:
-            image_size(sample.path)
-        except ImageReadError as exc:
-            if on_error == "raise":
-                raise DatasetError(
-                    f"{index.relative(sample)}: {exc.reason} (--on-bad-file skip leaves such "
-                    "files out and lists them)"
-                ) from None
-            skipped.append((index.relative(sample), exc.reason))
-            checked[sample.path] = exc.reason
-            continue
-        checked[sample.path] = None
-        kept.append(sample)
-    background = []
-    for sample in index.background:
-        try:
-            image_size(sample.path)
-        except ImageReadError as exc:
-            if on_error == "raise":
-                raise DatasetError(f"{index.relative(sample)}: {exc.reason}") from None
-            skipped.append((index.relative(sample), exc.reason))
-            continue
-        background.append(sample)
+    """``index`` without the samples (and background images) whose header does not read
+    (each skipped, or the first one raised); a multi-label image's samples are read once."""
+    skipped = list(index.skipped)
+    reasons: dict[Path, str | None] = {}
+
+    def readable(sample: Sample) -> bool:
+        if sample.path not in reasons:
+            try:
+                image_size(sample.path)
+                reasons[sample.path] = None
+            except ImageReadError as exc:
+                if on_error == "raise":
+                    raise DatasetError(
+                        f"{index.relative(sample)}: {exc.reason} (--on-bad-file skip leaves "
+                        "such files out and lists them)"
+                    ) from None
+                reasons[sample.path] = exc.reason
+                skipped.append((index.relative(sample), exc.reason))
+        return reasons[sample.path] is None
+
+    kept = [s for s in index.samples if readable(s)]
+    background = [s for s in index.background if readable(s)]
     return replace(index, samples=kept, skipped=skipped, background=background)
 
 

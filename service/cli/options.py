@@ -137,15 +137,16 @@ def csv(value: str | None) -> list[str] | None:
     return names or None
 
 
-BitDepth = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        max=16,
-        help="Significant bits of 16-bit grayscale images without an sBIT chunk (12 for most "
-        "detectors); default: the baseline checkpoint's, else 16",
-    ),
-]
+BIT_DEPTH_HELP = (
+    "Significant bits of 16-bit grayscale images without an sBIT chunk (12 for most detectors)"
+)
+
+
+def _bit_depth(then: str) -> typer.models.OptionInfo:
+    return typer.Option(min=1, max=16, help=f"{BIT_DEPTH_HELP}; {then}")
+
+
+BitDepth = Annotated[int | None, _bit_depth("default: the baseline checkpoint's, else 16")]
 Resize = Annotated[
     str,
     typer.Option(
@@ -162,13 +163,7 @@ Window = Annotated[
     ),
 ]
 TrainBitDepth = Annotated[
-    int | None,
-    typer.Option(
-        min=1,
-        max=16,
-        help="Significant bits of 16-bit grayscale images without an sBIT chunk (12 for most "
-        "detectors), recorded in the checkpoints so audits read the images the same way",
-    ),
+    int | None, _bit_depth("recorded in the checkpoints so audits read the images the same way")
 ]
 
 
