@@ -7,8 +7,9 @@ On the same batch and the same two checkpoints (baseline, candidate) it times
   (c) the floor: bare no-grad inference of both checkpoints,
 and prints images/s and the ratios (a vs b speed-up, a / c time, metrics share of a).
 ``--per-metric`` also times each metric alone on the same maps (its share of (a); a metric
-alone pays for the pieces it shares with others, such as the one sort, so the shares add up
-to more than the metrics' joint share).
+alone pays for the pieces it shares with others, such as the one pixel order, so the shares
+add up to more than the metrics' joint share), and the pixel order alone: the floor of any
+exact rank metric).
 
     python bench/attribution.py --archs resnet50v2,densenet201 --size 224 --batch 8
     python bench/attribution.py --archs resnet50v2 --skip-peer --per-metric
@@ -30,6 +31,7 @@ from training.zoo import create_model
 from worker.catalog import DEFAULT_METRICS as METRICS
 from worker.engine.attribution import attribute_batch
 from worker.engine.audit import metrics_by_method
+from worker.engine.ordering import ascending_order
 
 METHODS = ("layercam", "gradcam++")
 
@@ -115,6 +117,12 @@ def run_arch(arch: str, args: argparse.Namespace, device: torch.device) -> dict:
                 metrics_by_method(maps[0], maps[1], METHODS, [name])
 
             per_metric[name] = timed(one, device, args.repeats) / t_engine
+
+        def order_only() -> None:  # the floor of any exact rank metric: one order per map
+            for m in METHODS:
+                ascending_order(torch.cat([maps[0][m], maps[1][m]]).flatten(1).float())
+
+        per_metric["(pixel order alone)"] = timed(order_only, device, args.repeats) / t_engine
     return {
         "arch": arch,
         "engine_img_s": n / t_engine,

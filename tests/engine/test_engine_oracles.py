@@ -14,7 +14,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-import worker.engine.metrics as metrics_module
+import worker.engine.ordering as ordering
 from worker.engine.attribution import cam_from
 from worker.engine.metrics import drift_metrics
 
@@ -90,7 +90,7 @@ def test_the_oracle_sees_the_drift() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_metrics_on_the_torch_sort_path(monkeypatch, seed: int) -> None:
-    monkeypatch.setattr(metrics_module, "_packed_sort_cpu", lambda maps: None)
+    monkeypatch.setattr(ordering, "radix_order_cpu", lambda maps: None)
     spy = _SortSpy(monkeypatch)
     _check(*_maps(seed))
     assert spy.calls >= 1  # the torch.sort path ran
@@ -99,7 +99,7 @@ def test_metrics_on_the_torch_sort_path(monkeypatch, seed: int) -> None:
 def test_metrics_on_the_torch_sort_path_after_a_negative_value(monkeypatch) -> None:
     a, b = _maps(2, negative=True)
     both = torch.from_numpy(np.concatenate([a, b])).flatten(1)
-    assert metrics_module._packed_sort_cpu(both) is None
+    assert ordering.radix_order_cpu(both) is None
     spy = _SortSpy(monkeypatch)
     _check(a, b)
     assert spy.calls >= 1
@@ -154,3 +154,48 @@ def test_gradcam_pp_with_large_gradients_matches_the_formula() -> None:
     # and the term matters: without it (alpha = 1/2) the map is another one
     without = np.einsum("nc,nchw->nhw", (np.maximum(g, 0) * 0.5).sum(axis=(2, 3)), a)
     assert not np.allclose(without, want, rtol=0.1)
+
+
+# ----------------------------------------------------------------- the ordering at full size
+
+
+def _cam_sized_maps(seed: int, n: int = 4, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
+    """Upsampled ReLU maps (zeros and border-constant ties, as real CAMs have), plus a pair
+    quantised so that the top-20% cut falls inside a run of equal values."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def one() -> np.ndarray:
+        low = torch.relu(torch.randn(n, 1, 7, 7, generator=gen))
+        up = torch.nn.functional.interpolate(low, (size, size), mode="bilinear")[:, 0]
+        return (up / up.flatten(1).amax(1).clamp_min(1e-9)[:, None, None]).numpy()
+
+    a, b = one(), one()
+    a[0], b[0] = np.round(a[0] * 5) / 5, np.round(b[0] * 4) / 4
+    return a.astype(np.float32), b.astype(np.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rank_metrics_at_cam_size_match_scipy(threads: int) -> None:
+    """Rows enough for the row pool (threads 2) and the serial loop (threads 1)."""
+    a, b = _cam_sized_maps(threads)
+    k = int(np.floor(20 * a[0].size / 100 + 0.5))
+    cut = np.sort(a[0].ravel())[::-1][k - 1]
+    assert (a[0] > cut).sum() < k < (a[0] >= cut).sum()  # the cut splits a run of ties
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check(a, b)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_average_ranks_equal_scipy_rankdata() -> None:
+    a, b = _cam_sized_maps(5)
+    maps = torch.from_numpy(np.concatenate([a, b]).reshape(2 * a.shape[0], -1))
+    perm, values = ordering.ascending_order(maps)
+    assert torch.equal(perm, torch.sort(maps, dim=1, stable=True).indices)
+    want = sps.rankdata(maps.numpy(), axis=1)
+    np.testing.assert_array_equal(ordering.average_ranks(perm, values).numpy(), want)
+    # the torch path (other devices) gives the same ranks
+    ranked = ordering._average_ranks_sorted(values)
+    np.testing.assert_array_equal(torch.empty_like(ranked).scatter_(1, perm, ranked), want)

@@ -2,10 +2,11 @@
 (docs/architecture.md, "Drift metrics").
 
 Everything is batched in torch on the maps' own device. The expensive part, ordering the
-pixels, is done once: a single stable descending sort of the baseline and candidate maps
-together serves Spearman ranks (average ranks for ties), the Gini coefficient and every
-``iou_topQ`` set (k = round(Q/100 * H * W) pixels; ties at the cut go to the lowest row-major
-index, the same on every device, where ``torch.topk`` leaves the choice unspecified).
+pixels, is done once (``worker.engine.ordering``): one stable ascending order of the baseline
+and candidate maps together serves Spearman ranks (average ranks for ties), the Gini
+coefficient and every ``iou_topQ`` set (k = round(Q/100 * H * W) pixels; ties at the cut go to
+the lowest row-major index, the same on every device, where ``torch.topk`` leaves the choice
+unspecified).
 Sums that lose precision in float32 (means, correlations, entropies over ~50k pixels) are
 accumulated in float64 (float32 on MPS, which has no float64).
 
@@ -43,6 +44,7 @@ from worker.catalog import (
     topq,
     validate_metrics,
 )
+from worker.engine.ordering import ascending_order, average_ranks
 
 THRESHOLD = 0.5
 
@@ -203,43 +205,14 @@ class _Context:
 
         return self.get(f"pointing:{name}", run)
 
-    def sorted(self) -> tuple[Tensor, Tensor]:
-        """Values and indices, descending; ties keep row-major order (lowest index first)."""
+    def order(self) -> tuple[Tensor, Tensor]:
+        """Ascending order of each row: (permutation, sorted values); ties keep row-major
+        order. One ordering serves Spearman, Gini and every top-Q set."""
+        return self.get("order", lambda: ascending_order(self.maps))
 
-        def run() -> tuple[Tensor, Tensor]:
-            if self.device.type == "cpu" and self.p < 2**32:
-                packed = _packed_sort_cpu(self.maps)
-                if packed is not None:
-                    return packed
-            res = torch.sort(self.maps, dim=1, descending=True, stable=True)
-            return res.values, res.indices
-
-        return self.get("sorted", run)
-
-
-def _packed_sort_cpu(maps: Tensor) -> tuple[Tensor, Tensor] | None:
-    """The same stable descending sort, 4x faster on CPU: one int64 key per pixel.
-
-    For finite non-negative float32 the bit pattern orders like the value, and it fits in 31
-    bits; the pixel index goes in the low bits (reversed, so that after flipping the ascending
-    sort, ties keep row-major order). numpy's vectorised integer sort then does the work.
-    Returns None for maps outside that domain (negative or non-finite values).
-    """
-    import numpy as np
-
-    if not bool(torch.isfinite(maps).all()) or bool((maps < 0).any()):
-        return None
-    p = maps.shape[1]
-    shift = max(int(p - 1).bit_length(), 1)
-    bits = maps.contiguous().view(torch.int32).numpy().astype(np.int64)
-    keys = (bits << shift) | (p - 1 - np.arange(p, dtype=np.int64))
-    keys.sort(axis=1)
-    keys = keys[:, ::-1]
-    index = (p - 1) - (keys & ((1 << shift) - 1))
-    values = (keys >> shift).astype(np.int32).view(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(values)), torch.from_numpy(
-        np.ascontiguousarray(index)
-    )
+    def ranks(self) -> Tensor:
+        """[2N, P]: each pixel's average rank (1-based, ascending), exact halves."""
+        return self.get("ranks", lambda: average_ranks(*self.order()))
 
 
 MetricFn = Callable[["_Context"], Tensor]
@@ -310,11 +283,27 @@ def _pair_distance(ctx: _Context, x: Tensor, y: Tensor) -> Tensor:
 
 
 def _iou_top(ctx: _Context, q: int) -> Tensor:
-    """IoU of the k highest pixels of each map; ties at the cut go to the lowest index."""
+    """IoU of the k highest pixels of each map; ties at the cut go to the lowest index.
+
+    The cut value v = sorted[P - k] (ascending) spans positions [lo, hi): the set is every
+    pixel above v plus the first k - (P - hi) pixels equal to v in row-major order; a
+    running count of v's pixels is needed only in rows where v's run is cut.
+    """
     k = topq_k(q, ctx.p)
-    _, idx = ctx.sorted()
-    member = torch.zeros(2 * ctx.n, ctx.p, dtype=torch.bool, device=ctx.device)
-    member.scatter_(1, idx[:, :k], True)
+    _, values = ctx.order()
+    cut = values[:, ctx.p - k].unsqueeze(1).contiguous()
+    lo = torch.searchsorted(values, cut, right=False)
+    hi = torch.searchsorted(values, cut, right=True)
+    member = ctx.maps >= cut
+    split_rows = torch.nonzero((ctx.p - lo).squeeze(1) > k).squeeze(1)
+    if split_rows.numel():  # drop the surplus ties: keep the first `wanted` of each run
+        rows = ctx.maps.index_select(0, split_rows)
+        tied = rows == cut.index_select(0, split_rows)
+        wanted = (k - (ctx.p - hi)).index_select(0, split_rows)
+        keep = (rows > cut.index_select(0, split_rows)) | (
+            tied & (torch.cumsum(tied, dim=1, dtype=torch.int32) <= wanted)
+        )
+        member = member.index_copy(0, split_rows, keep)
     ma, mb = ctx.split(member)
     inter = (ma & mb).sum(dim=1).to(ctx.acc)
     return inter / (2 * k - inter)
@@ -336,49 +325,35 @@ def _pearson(ctx: _Context) -> Tensor:
 
 @metric("spearman", _Context.degenerate_pair)
 def _spearman(ctx: _Context) -> Tensor:
-    return _correlation(*ctx.split(_average_ranks(ctx)))
+    """Pearson r of the average ranks: Spearman's rho with ties.
+
+    Ranks centred by their known mean (P + 1) / 2 are exact in float32 (halves below 2^23);
+    their products round once (relative 6e-8) and are summed in float64.
+    """
+    centred = ctx.ranks() - (ctx.p + 1) / 2
+    ca, cb = ctx.split(centred)
+    cov = (ca * cb).sum(dim=1, dtype=ctx.acc)
+    den = torch.sqrt((ca * ca).sum(dim=1, dtype=ctx.acc) * (cb * cb).sum(dim=1, dtype=ctx.acc))
+    return (cov / den).clamp(-1.0, 1.0)
 
 
 def _correlation(x: Tensor, y: Tensor) -> Tensor:
     """Row-wise Pearson r from centred float64 sums, clamped to [-1, 1] against rounding."""
     xc = x - x.mean(dim=1, keepdim=True)
     yc = y - y.mean(dim=1, keepdim=True)
-    cov = torch.linalg.vecdot(xc, yc)
-    den = torch.sqrt(torch.linalg.vecdot(xc, xc) * torch.linalg.vecdot(yc, yc))
+    cov = (xc * yc).sum(dim=1)
+    den = torch.sqrt((xc * xc).sum(dim=1) * (yc * yc).sum(dim=1))
     return (cov / den).clamp(-1.0, 1.0)
-
-
-def _average_ranks(ctx: _Context) -> Tensor:
-    """Average ranks (ties share their mean rank) of each pixel in descending order.
-
-    Pearson of these equals Spearman's rho (it is shift- and sign-invariant, and both maps are
-    ranked the same way). All rows are ranked as one flat sequence whose runs of equal values
-    never cross a row boundary. A run spans [start, end): its mean 0-based rank in its row is
-    (start + end - 1) / 2 - row * pixels, exact in integers until the final halving.
-    """
-    values, idx = ctx.sorted()
-    rows, p = values.shape
-    first = torch.ones(rows, p, dtype=torch.bool, device=ctx.device)
-    torch.ne(values[:, 1:], values[:, :-1], out=first[:, 1:])
-    first = first.reshape(-1)
-    index_dtype = torch.int32 if rows * p < 2**31 else torch.int64  # int32: 2x faster
-    run = torch.cumsum(first, dim=0, dtype=index_dtype) - 1
-    starts = torch.nonzero(first).squeeze(1)
-    ends = torch.cat([starts[1:], starts.new_tensor([rows * p])])
-    row_start = starts - starts % p
-    run_rank = (starts + ends - 1 - 2 * row_start).to(ctx.acc) * 0.5
-    sorted_rank = run_rank.index_select(0, run).reshape(rows, p)
-    return torch.empty_like(sorted_rank).scatter_(1, idx, sorted_rank)
 
 
 @metric("concentration_change", _Context.massless_pair)
 def _concentration_change(ctx: _Context) -> Tensor:
-    """Gini(b) - Gini(a); Gini from the descending sort: (n+1)/n - 2 sum(i x_(i)) / (n sum x)."""
-    values, _ = ctx.sorted()
+    """Gini(b) - Gini(a); Gini from the ascending order: 2 sum(i x_(i)) / (n sum x) - (n+1)/n."""
+    _, values = ctx.order()
     p = ctx.p
     weights = torch.arange(1, p + 1, dtype=ctx.acc, device=ctx.device)
     weighted = values.to(ctx.acc) @ weights
-    gini = (p + 1) / p - 2.0 * weighted / (p * ctx.mass())
+    gini = 2.0 * weighted / (p * ctx.mass()) - (p + 1) / p
     ga, gb = ctx.split(gini)
     return gb - ga
 
