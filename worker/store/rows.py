@@ -20,11 +20,12 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
-from sqlalchemy import and_, case, delete, func, insert, select
+from sqlalchemy import and_, case, delete, func, select
 from sqlalchemy.orm import Session
 
 from worker.catalog import METRICS, pair_metrics, topq
 from worker.results.rows import SAMPLE_FIELDS
+from worker.store.bulk import insert_records
 from worker.store.models import (
     REFERENCE_SERIES,
     TRAJECTORY_SERIES,
@@ -36,7 +37,6 @@ from worker.store.models import (
 
 SAMPLE_COLUMNS: tuple[str, ...] = (*SAMPLE_FIELDS, "probs_trajectory")
 SAMPLE_SORTS: tuple[str, ...] = ("index", "label")  # sample columns the samples page sorts by
-INSERT_CHUNK = 5000  # value records per INSERT statement
 _CATALOG_ORDER = {name: i for i, name in enumerate(METRICS)}
 
 Entry = tuple[str, str, int, str, float | None]  # (method, series, step, metric, value)
@@ -171,8 +171,11 @@ def _pick(values: dict[str, Any], names: Sequence[str] | None) -> dict[str, Any]
 # --------------------------------------------------------------------------- writing
 
 
-def write_rows(session: Session, job_id: str, rows: Iterable[dict[str, Any]]) -> int:
-    """Insert the audit rows of job ``job_id`` (bulk, in a few statements); returns how many."""
+def write_rows(
+    session: Session, job_id: str, rows: Iterable[dict[str, Any]], copy: bool | None = None
+) -> int:
+    """Insert the audit rows of job ``job_id`` in bulk (``worker.store.bulk``: COPY on
+    PostgreSQL unless ``copy`` is False); returns how many."""
     samples: list[dict[str, Any]] = []
     methods: list[dict[str, Any]] = []
     values: list[dict[str, Any]] = []
@@ -203,8 +206,7 @@ def write_rows(session: Session, job_id: str, rows: Iterable[dict[str, Any]]) ->
                 for series, step, metric, value in method_values(row, method)
             )
     for model, records in ((JobSample, samples), (SampleMetric, methods), (SampleValue, values)):
-        for at in range(0, len(records), INSERT_CHUNK):
-            session.execute(insert(model), records[at : at + INSERT_CHUNK])
+        insert_records(session, model, records, copy=copy)
     return len(samples)
 
 
@@ -247,8 +249,7 @@ def replace_values(
         for metric in metrics
         if metric in named
     ]
-    for at in range(0, len(records), INSERT_CHUNK):
-        session.execute(insert(SampleValue), records[at : at + INSERT_CHUNK])
+    insert_records(session, SampleValue, records)
     return len(records)
 
 
