@@ -124,3 +124,32 @@ def test_copy_is_the_default_on_postgres_only(monkeypatch, tmp_path) -> None:
             stored_rows.write_rows(db, "j", _rows(1, 3))
         engine.dispose()
     assert used == ["job_samples", "sample_metrics", "sample_values"]
+
+
+def test_small_parent_tables_get_fresh_statistics_before_a_bulk_insert() -> None:
+    """The foreign-key checks of a shard's COPY are planned from the parents' statistics: a
+    parent the planner believes small is analysed first (else the cached checks scan it
+    whole and every later shard stores slower than the one before)."""
+    with fresh_postgres_database("camdrift_bulk") as (url, _name, _conn):
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+
+        def estimates() -> dict[str, float]:
+            with engine.connect() as c:
+                found = c.exec_driver_sql(
+                    "SELECT relname, reltuples FROM pg_class"
+                    " WHERE relname IN ('job_samples', 'sample_metrics')"
+                ).all()
+            return dict(found)
+
+        rows = _rows(2, 30)
+        with session_factory(engine)() as db:
+            _parents(db, ["j"])
+            db.commit()
+            stored_rows.write_rows(db, "j", rows[:10])
+            db.commit()
+            assert estimates() == {"job_samples": 0, "sample_metrics": 0}  # analysed, empty
+            stored_rows.write_rows(db, "j", rows[10:])
+            db.commit()
+        assert estimates() == {"job_samples": 10, "sample_metrics": 20}
+        engine.dispose()

@@ -8,6 +8,7 @@ report is built from rows alone, so a sharded job and a local run give the same 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,8 @@ class Audit:
         metrics = resolve_metrics(self.config.metrics, self.index.regions(self.positions))
         self.config = self.config.model_copy(update={"metrics": metrics})
         self.regions: list[str] = required_regions(metrics)  # masks each batch loads
+        # seconds spent waiting on the loader (decoding, resizing) and in the models + metrics
+        self.timing: dict[str, float] = {"load_s": 0.0, "compute_s": 0.0}
 
     @property
     def total(self) -> int:
@@ -274,9 +277,17 @@ class Audit:
         rows = list(range(self.total)) if rows is None else list(rows)
         out: list[dict[str, Any]] = []
         start = 0
-        for images, labels, _, *masks in self._loader(rows):
+        batches = iter(self._loader(rows))
+        while True:
+            began = time.perf_counter()
+            batch = next(batches, None)  # decoding: once per image, shared by every model
+            self.timing["load_s"] += time.perf_counter() - began
+            if batch is None:
+                break
+            images, labels, _, *masks = batch
             if should_stop is not None and should_stop():
                 raise StopRequested
+            began = time.perf_counter()
             batch_rows = rows[start : start + len(labels)]
             start += len(labels)
             regions = {name: masks[0][:, k].to(self.device) for k, name in enumerate(self.regions)}
@@ -285,6 +296,7 @@ class Audit:
                     images.to(self.device), torch.as_tensor(labels), batch_rows, maps_dir, regions
                 )
             )
+            self.timing["compute_s"] += time.perf_counter() - began
             if progress is not None:
                 progress(len(labels))
         return out

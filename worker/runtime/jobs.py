@@ -344,7 +344,16 @@ def _run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
         return
     except ValueError as exc:
         raise JobFailed(str(exc)) from exc
+    computed = _clock()
     last = _store_shard(ctx, job_id, shard_no, start, stop, rows)
+    load_s, compute_s = audit.timing["load_s"], audit.timing["compute_s"]
+    log.info(
+        "shard timing load_s=%.2f compute_s=%.2f store_s=%.2f loader_share=%.3f",
+        load_s,
+        compute_s,
+        _clock() - computed,
+        load_s / max(load_s + compute_s, 1e-9),
+    )
     worker_metrics.SAMPLES.inc(len(rows))
     worker_metrics.SHARD_SECONDS.observe(_clock() - began)
     memory = audit.device_memory()
@@ -433,20 +442,38 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
             return
         if s.get(Report, job_id) is not None:
             return
+        clock = [_clock()]
+
+        def lap() -> float:  # seconds since the previous lap: the finaliser's timing line
+            clock.append(_clock())
+            return clock[-1] - clock[-2]
+
         audit = build_audit(s, job, ctx)
         names = list(audit.config.metrics)
+        setup_s = lap()
         rows = stored_rows.load_rows(s, job_id, names)
+        load_s = lap()
         if len(rows) != audit.total:
             raise JobFailed(f"finalise found {len(rows)} rows for {audit.total} samples")
         rows = store_consistency(s, ctx, job_id, rows, audit.config)
+        consistency_s = lap()
         report = build_report(
             rows, samples_location=f"/drift-jobs/{job_id}/samples", **describe(s, job, audit)
         )
         report["verdict"] = job_verdict(job, report)
+        report_s = lap()
         target = (job.config or {}).get("mlflow")
         s.add(Report(job_id=job_id, document=report))
         s.flush()
         state.succeed(s, job_id, verdict=report.get("verdict"), total=audit.total)
+    log.info(
+        "finalise timing setup_s=%.2f load_s=%.2f consistency_s=%.2f report_s=%.2f store_s=%.2f",
+        setup_s,
+        load_s,
+        consistency_s,
+        report_s,
+        _clock() - clock[-1],
+    )
     log.info("job succeeded samples=%d", len(rows))
     if target:
         _log_to_mlflow(report, target)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 INSERT_CHUNK = 5000  # records per executemany INSERT
+log = logging.getLogger("camdrift.store")
 
 
 def insert_records(
@@ -36,6 +39,37 @@ def insert_records(
         return
     for at in range(0, len(records), INSERT_CHUNK):
         session.execute(insert(model), records[at : at + INSERT_CHUNK])
+
+
+SMALL_TABLE = 10_000  # rows the planner may still scan whole for each foreign-key check
+
+
+def refresh_small_parents(session: Session, models: Sequence[Any]) -> None:
+    """ANALYZE the parent tables of a bulk insert while PostgreSQL believes them small.
+
+    Each inserted child row runs a foreign-key check against its parent through a plan the
+    connection caches; planned while the parent looked small, it scans the whole parent, so
+    a job's later shards slowed linearly (0.1 s -> 0.55 s per 250-image shard by the tenth).
+    ANALYZE replans them (measured flat at 0.06 s). Once the statistics say a parent is large
+    the plans use its index and this costs one catalogue read.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return
+    names = [model.__table__.name for model in models]
+    estimates = connection.exec_driver_sql(
+        "SELECT relname, reltuples FROM pg_class WHERE relname = ANY(%(names)s)",
+        {"names": names},
+    ).all()
+    small = [name for name, tuples in estimates if tuples < SMALL_TABLE]
+    if not small:
+        return
+    prepare = connection.dialect.identifier_preparer
+    try:
+        with session.begin_nested():  # a role that may not ANALYZE loses speed, not the shard
+            connection.exec_driver_sql("ANALYZE " + ", ".join(prepare.quote(n) for n in small))
+    except DBAPIError as exc:
+        log.warning("could not refresh table statistics: %s", exc.orig)
 
 
 def _copy(connection: Any, table: Any, records: Sequence[dict[str, Any]]) -> None:

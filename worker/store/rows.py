@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from worker.catalog import METRICS, pair_metrics, topq
 from worker.results.rows import SAMPLE_FIELDS
-from worker.store.bulk import insert_records
+from worker.store.bulk import insert_records, refresh_small_parents
 from worker.store.models import (
     REFERENCE_SERIES,
     TRAJECTORY_SERIES,
@@ -205,6 +205,7 @@ def write_rows(
                 }
                 for series, step, metric, value in method_values(row, method)
             )
+    refresh_small_parents(session, (JobSample, SampleMetric))
     for model, records in ((JobSample, samples), (SampleMetric, methods), (SampleValue, values)):
         insert_records(session, model, records, copy=copy)
     return len(samples)
