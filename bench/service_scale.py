@@ -8,7 +8,7 @@ It builds a phantom dataset (``--images``, small images) and two tinycnn checkpo
       dataset registered by server path, then ``POST /drift-jobs`` and polling to the end
       (planning, shards, row COPY, map writes, finalisation and the report build),
 and prints the service's throughput as a share of the engine's (goal >= 0.8), the loader's
-share of each side's time (from the audits' own clocks and the workers' ``shard timing``
+share of each side's time (from the audits' own clocks and the workers' ``shard done``
 lines), and each worker's peak RSS after a job of ``--images / 4`` and after the full job
 (flat memory: the second close to the first). Both sides get the same processes and
 ``cores / workers`` torch threads each.
@@ -212,7 +212,8 @@ class Service:
         }
 
     def _timing_lines(self, worker: subprocess.Popen) -> list[str]:
-        return [line for line in self.log(worker).splitlines() if "shard timing" in line]
+        lines = self.log(worker).splitlines()
+        return [line for line in lines if "shard done" in line and "load_s=" in line]
 
     def close(self) -> None:
         for proc, _ in self.children:

@@ -344,16 +344,7 @@ def _run_shard(ctx: WorkerContext, job_id: str, shard_no: int) -> None:
         return
     except ValueError as exc:
         raise JobFailed(str(exc)) from exc
-    computed = _clock()
-    last = _store_shard(ctx, job_id, shard_no, start, stop, rows)
-    load_s, compute_s = audit.timing["load_s"], audit.timing["compute_s"]
-    log.info(
-        "shard timing load_s=%.2f compute_s=%.2f store_s=%.2f loader_share=%.3f",
-        load_s,
-        compute_s,
-        _clock() - computed,
-        load_s / max(load_s + compute_s, 1e-9),
-    )
+    last = _store_shard(ctx, job_id, shard_no, start, stop, rows, audit.timing)
     worker_metrics.SAMPLES.inc(len(rows))
     worker_metrics.SHARD_SECONDS.observe(_clock() - began)
     memory = audit.device_memory()
@@ -370,14 +361,17 @@ def _store_shard(
     start: int,
     stop: int,
     rows: list[dict[str, Any]],
+    timing: dict[str, float],
 ) -> bool:
     """Claim the shard, replace its rows and count it done, in one transaction; True when it
-    was the last shard to finish (the caller then enqueues finalisation).
+    was the last shard to finish (the caller then enqueues finalisation). Its log line carries
+    the shard's ``timing`` (loader and compute seconds, ``Audit.timing``) and the store's.
 
     The claim comes first: it locks the shard's row, so another copy of this shard storing at
     the same moment waits for this transaction and then finds the shard stored (its rows are
     the same), instead of inserting the same keys a second time.
     """
+    began = _clock()
     with session_scope(ctx.sessions) as s:
         if not state.claim_shard(s, job_id, shard_no):
             log.info("shard stored already by another copy rows=%d", len(rows))
@@ -385,7 +379,17 @@ def _store_shard(
         stored_rows.replace_rows(s, job_id, start, stop, rows)
         s.flush()
         done, total = state.count_shard(s, job_id)
-    log.info("shard done rows=%d shards=%d/%d", len(rows), done, total)
+    load_s, compute_s = timing["load_s"], timing["compute_s"]
+    log.info(
+        "shard done rows=%d shards=%d/%d load_s=%.2f compute_s=%.2f store_s=%.2f loader_share=%.3f",
+        len(rows),
+        done,
+        total,
+        load_s,
+        compute_s,
+        _clock() - began,
+        load_s / max(load_s + compute_s, 1e-9),
+    )
     return done == total
 
 
@@ -467,14 +471,15 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
         s.flush()
         state.succeed(s, job_id, verdict=report.get("verdict"), total=audit.total)
     log.info(
-        "finalise timing setup_s=%.2f load_s=%.2f consistency_s=%.2f report_s=%.2f store_s=%.2f",
+        "job succeeded samples=%d setup_s=%.2f load_s=%.2f consistency_s=%.2f report_s=%.2f"
+        " store_s=%.2f",
+        len(rows),
         setup_s,
         load_s,
         consistency_s,
         report_s,
         _clock() - clock[-1],
     )
-    log.info("job succeeded samples=%d", len(rows))
     if target:
         _log_to_mlflow(report, target)
 
