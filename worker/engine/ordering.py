@@ -59,7 +59,7 @@ def average_ranks(perm: Tensor, values: Tensor) -> Tensor:
     halves of integers) while a row has fewer than 2^23 pixels, else float64."""
     rows, p = values.shape
     dtype = torch.float32 if p < 2**23 else torch.float64
-    if values.device.type != "cpu" or rows < 2:
+    if values.device.type != "cpu":
         ranked = _average_ranks_sorted(values).to(dtype)
         return torch.empty_like(ranked).scatter_(1, perm, ranked)
     out = np.empty((rows, p), dtype=np.float32 if dtype == torch.float32 else np.float64)
