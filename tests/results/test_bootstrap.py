@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 
 from worker.results import stats
-from worker.results.stats import bootstrap_mean_ci, summarize
+from worker.results.stats import (
+    bootstrap_mean_ci,
+    summarize,
+    summarize_groups,
+    summarize_groups_many,
+    summarize_many,
+)
 from worker.results.study import _order_probabilities, study_report
 
 
@@ -103,6 +109,43 @@ def test_ci_width_is_1_96_standard_errors_without_any_draw_sequence() -> None:
         z_low, z_high = (values.mean() - low) / se, (high - values.mean()) / se
         assert z_low == pytest.approx(1.96, abs=0.07), z_low
         assert z_high == pytest.approx(1.96, abs=0.07), z_high
+
+
+@pytest.mark.parametrize("budget", [None, 500])  # one block per size; blocks of 10 and 71
+def test_arrays_summarised_together_equal_the_oracle_one_by_one(monkeypatch, budget) -> None:
+    """Arrays of one finite count share their draws; each CI still equals the oracle's for
+    that array alone, whatever else is in the batch (other sizes, NaNs, empty, one value)."""
+    if budget is not None:
+        monkeypatch.setattr(stats, "_BOOT_BLOCK", budget)
+    rng = np.random.default_rng(21)
+    arrays = [rng.gamma(2.0, 1.0, size=50) for _ in range(3)]
+    arrays[1][[4, 9]] = np.nan  # 48 finite: resampled apart from the other two
+    arrays += [rng.normal(size=7), np.array([]), np.array([0.5]), rng.lognormal(size=50)]
+    got = summarize_many(arrays, n_boot=700, seed=4)
+    for values, out in zip(arrays, got, strict=True):
+        finite = values[np.isfinite(values)]
+        assert out["n"] == finite.size
+        if finite.size < 2:
+            assert out["ci95_low"] is None and out["ci95_high"] is None
+            continue
+        (low, high), _ = _oracle_ci(finite, 700, seed=4)
+        assert out["ci95_low"] == pytest.approx(low, rel=1e-12)
+        assert out["ci95_high"] == pytest.approx(high, rel=1e-12)
+        assert out["mean"] == pytest.approx(finite.mean(), rel=1e-12)
+
+
+def test_grouped_columns_together_equal_each_column_alone() -> None:
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 3, size=120)
+    names = ["normal", "covid", "effusion"]
+    columns = [rng.random(120), rng.normal(size=120), rng.random(120)]
+    columns[2][::7] = np.nan
+    together = summarize_groups_many(columns, codes, names, n_boot=300, seed=2)
+    for values, got in zip(columns, together, strict=True):
+        alone = summarize_groups(values, codes, names, n_boot=300, seed=2)
+        assert list(got) == ["overall", *names]
+        for group in got:
+            assert got[group] == pytest.approx(alone[group], rel=1e-12), group
 
 
 # --------------------------------------------------------------------------- study

@@ -99,6 +99,30 @@ def test_manifest_symlink_out_of_root(tmp_path: Path) -> None:
         discover(root)
 
 
+def test_manifest_directory_symlinks_are_resolved_once_per_directory(tmp_path: Path) -> None:
+    """The scan caches each directory's real path: a linked folder that leads out of the root
+    is refused on its first row and on later ones, one that stays inside is followed, and a
+    linked file inside a plain folder is still resolved on its own."""
+    root = tmp_path / "data"
+    write_png(root / "plain" / "a.png")
+    write_png(root / "real" / "b.png")
+    write_png(tmp_path / "outside" / "c.png")
+    write_png(tmp_path / "outside" / "d.png")
+    os.symlink(root / "real", root / "inner")
+    os.symlink(tmp_path / "outside", root / "outer")
+    os.symlink(tmp_path / "outside" / "c.png", root / "plain" / "e.png")
+    write_manifest(root, ["plain/a.png,normal", "inner/b.png,normal"])
+    assert [s.path.name for s in discover(root).samples] == ["a.png", "b.png"]
+    for rows, line in (
+        (["plain/a.png,normal", "outer/c.png,normal"], 3),
+        (["plain/a.png,normal", "plain/e.png,normal"], 3),
+        (["inner/b.png,normal", "outer/missing.png,normal", "outer/d.png,normal"], 3),
+    ):
+        write_manifest(root, rows)
+        with pytest.raises(DatasetError, match=f"line {line}: .* resolves outside"):
+            discover(root, on_error="skip")
+
+
 def test_manifest_structural_errors(tmp_path: Path) -> None:
     write_png(tmp_path / "a.png")
     write_manifest(tmp_path, ["a.png,normal"], header="file,label")

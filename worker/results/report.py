@@ -20,7 +20,7 @@ from worker.results.consistency import CONSISTENCY_FT, CONSISTENCY_TL, consisten
 from worker.results.performance import performance
 from worker.results.report_schema import REPORT_KIND
 from worker.results.rows import RowTable
-from worker.results.stats import paired_test, summarize, summarize_groups
+from worker.results.stats import paired_test, summarize_groups_many, summarize_many
 from worker.results.trajectory import trajectory_section
 
 SCHEMA_VERSION = "1.0"
@@ -48,14 +48,20 @@ def build_report(
     seed, n_boot = int(config.get("seed", 0)), int(config.get("n_boot", 2000))
     included = table.take(table.included)
     groups = included.label
-    summaries: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        summaries[method] = {
-            metric: summarize_groups(
-                included.values(method, metric), groups, class_names, n_boot=n_boot, seed=seed
-            )
-            for metric in metrics
-        }
+    keys = [(method, metric) for method in methods for metric in metrics]
+    summaries: dict[str, dict[str, Any]] = {method: {} for method in methods}
+    for (method, metric), summary in zip(
+        keys,
+        summarize_groups_many(
+            [included.values(method, metric) for method, metric in keys],
+            groups,
+            class_names,
+            n_boot=n_boot,
+            seed=seed,
+        ),
+        strict=True,
+    ):
+        summaries[method][metric] = summary
     multi = bool(dataset.get("multi_label"))
     performance = {
         role: _performance(table, role, class_names, multi) for role in ("baseline", "candidate")
@@ -140,6 +146,7 @@ def noise_floor(
     floored = table.present[key]
     labels = table.label[floored]
     out: dict[str, Any] = {}
+    floors: list[tuple[dict[str, Any], np.ndarray]] = []  # summarised together below
     for method in methods:
         out[method] = {}
         for metric in metrics:
@@ -162,8 +169,11 @@ def noise_floor(
                 "threshold": threshold,
                 "beyond_floor": beyond,
                 "beyond_floor_per_class": per_class,
-                "floor": summarize(floor, n_boot=n_boot, seed=seed),
             }
+            floors.append((out[method][metric], floor))
+    summaries = summarize_many([floor for _, floor in floors], n_boot=n_boot, seed=seed)
+    for (entry, _), summary in zip(floors, summaries, strict=True):
+        entry["floor"] = summary
     return out
 
 

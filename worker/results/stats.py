@@ -9,6 +9,7 @@ in ``n_nan`` and otherwise ignored, so a sample is never silently dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -49,47 +50,86 @@ def summarize(
     (keys keep the ``ci95_`` names whatever ``ci`` is). No finite values -> every statistic
     None; std and CI need at least 2 values.
     """
+    return summarize_many([values], n_boot=n_boot, seed=seed, ci=ci)[0]
+
+
+def summarize_many(
+    arrays: Sequence[np.ndarray], *, n_boot: int = 2000, seed: int = 0, ci: float = 0.95
+) -> list[dict[str, Any]]:
+    """:func:`summarize` of each array, the bootstrap paid once per count of finite values:
+    every array of n finite values resamples by the same seeded draws (one call each would
+    draw them identically), so they are drawn once and applied to all of them together."""
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must be in (0, 1), got {ci}")
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    flat = np.asarray(values, dtype=np.float64).ravel()
-    finite = flat[np.isfinite(flat)]
-    out: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
-    out["n"], out["n_nan"] = int(finite.size), int(flat.size - finite.size)
-    if finite.size == 0:
-        return out
-    out["mean"] = _float(finite.mean())
-    quantiles = np.quantile(finite, list(_QUANTILES.values()))
-    out.update({key: _float(q) for key, q in zip(_QUANTILES, quantiles, strict=True)})
-    if finite.size >= 2:
-        out["std"] = _float(finite.std(ddof=1))
-        low, high = bootstrap_mean_ci(finite, n_boot=n_boot, seed=seed, ci=ci)
+    outs: list[dict[str, Any]] = []
+    resampled: list[tuple[dict[str, Any], np.ndarray]] = []
+    for values in arrays:
+        flat = np.asarray(values, dtype=np.float64).ravel()
+        finite = flat[np.isfinite(flat)]
+        out: dict[str, Any] = dict.fromkeys(SUMMARY_KEYS)
+        out["n"], out["n_nan"] = int(finite.size), int(flat.size - finite.size)
+        outs.append(out)
+        if finite.size == 0:
+            continue
+        out["mean"] = _float(finite.mean())
+        quantiles = np.quantile(finite, list(_QUANTILES.values()))
+        out.update({key: _float(q) for key, q in zip(_QUANTILES, quantiles, strict=True)})
+        if finite.size >= 2:
+            out["std"] = _float(finite.std(ddof=1))
+            resampled.append((out, finite))
+    intervals = bootstrap_mean_cis([f for _, f in resampled], n_boot=n_boot, seed=seed, ci=ci)
+    for (out, _), (low, high) in zip(resampled, intervals, strict=True):
         out["ci95_low"], out["ci95_high"] = low, high
-    return out
+    return outs
 
 
 def bootstrap_mean_ci(
     values: np.ndarray, *, n_boot: int = 2000, seed: int = 0, ci: float = 0.95
 ) -> tuple[float | None, float | None]:
-    """Percentile bootstrap CI of the mean of finite ``values``; vectorised in blocks.
+    """Percentile bootstrap CI of the mean of finite ``values`` (:func:`bootstrap_mean_cis`)."""
+    return bootstrap_mean_cis([values], n_boot=n_boot, seed=seed, ci=ci)[0]
 
-    Deterministic for a given (values, n_boot, seed): the block size depends only on n.
+
+def bootstrap_mean_cis(
+    samples: Sequence[np.ndarray], *, n_boot: int = 2000, seed: int = 0, ci: float = 0.95
+) -> list[tuple[float | None, float | None]]:
+    """The percentile bootstrap CI of the mean of each array of finite values.
+
+    Resample i is n indices drawn from one ``default_rng(seed)`` after resamples 0..i-1, so
+    it depends on n alone: arrays of one length share it, and their resample means come from
+    one count matrix (how often each sample was drawn) times the stacked arrays, in blocks of
+    bounded memory. Deterministic for a given (values, n_boot, seed).
     """
-    n = values.size
-    if n == 0:
-        return None, None
+    out: list[tuple[float | None, float | None]] = [(None, None)] * len(samples)
+    by_size: dict[int, list[int]] = {}
+    for k, values in enumerate(samples):
+        if np.size(values):
+            by_size.setdefault(int(np.size(values)), []).append(k)
+    alpha = (1.0 - ci) / 2.0
+    for members in by_size.values():
+        stacked = np.stack([np.asarray(samples[k], dtype=np.float64).ravel() for k in members], 1)
+        means = _resample_means(stacked, n_boot, seed)
+        for column, k in enumerate(members):
+            low, high = np.quantile(means[:, column], [alpha, 1.0 - alpha])
+            out[k] = (_float(low), _float(high))
+    return out
+
+
+def _resample_means(stacked: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, m) resample means of the m columns of ``stacked`` (n, m)."""
+    n = stacked.shape[0]
     rng = np.random.default_rng(seed)
     block = max(1, _BOOT_BLOCK // n)
-    means = np.concatenate(
-        [
-            values[rng.integers(0, n, size=(min(block, n_boot - done), n))].mean(axis=1)
-            for done in range(0, n_boot, block)
-        ]
-    )
-    alpha = (1.0 - ci) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return _float(low), _float(high)
+    parts = []
+    for done in range(0, n_boot, block):
+        size = min(block, n_boot - done)
+        draws = rng.integers(0, n, size=(size, n))
+        draws += np.arange(0, size * n, n)[:, None]  # resample r counts in bins r*n .. r*n+n-1
+        counts = np.bincount(draws.ravel(), minlength=size * n).reshape(size, n)
+        parts.append(counts.astype(np.float64) @ stacked / n)
+    return np.concatenate(parts)
 
 
 def summarize_groups(
@@ -100,18 +140,29 @@ def summarize_groups(
     ``groups`` holds, per value, either an integer code indexing ``group_names`` or the
     group's name itself. ``kw`` is passed to :func:`summarize`.
     """
-    values = np.asarray(values).ravel()
+    return summarize_groups_many([values], groups, group_names, **kw)[0]
+
+
+def summarize_groups_many(
+    columns: Sequence[np.ndarray], groups: np.ndarray, group_names: list[str], **kw: Any
+) -> list[dict[str, dict[str, Any]]]:
+    """:func:`summarize_groups` of each column over the same ``groups``, the bootstraps of
+    all of them shared (:func:`summarize_many`)."""
     groups = np.asarray(groups).ravel()
-    if values.shape != groups.shape:
-        raise ValueError(f"values and groups differ in length: {values.size} vs {groups.size}")
     if "overall" in group_names:
         raise ValueError("'overall' is reserved and cannot be a group name")
-    out = {"overall": summarize(values, **kw)}
     by_code = np.issubdtype(groups.dtype, np.number)
-    for code, name in enumerate(group_names):
-        mask = groups == (code if by_code else name)
-        out[name] = summarize(values[mask], **kw)
-    return out
+    masks = [groups == (code if by_code else name) for code, name in enumerate(group_names)]
+    names = ["overall", *group_names]
+    arrays: list[np.ndarray] = []
+    for values in columns:
+        values = np.asarray(values).ravel()
+        if values.shape != groups.shape:
+            raise ValueError(f"values and groups differ in length: {values.size} vs {groups.size}")
+        arrays.extend([values, *(values[mask] for mask in masks)])
+    flat = summarize_many(arrays, **kw)
+    step = len(names)
+    return [dict(zip(names, flat[at : at + step], strict=True)) for at in range(0, len(flat), step)]
 
 
 def paired_test(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:

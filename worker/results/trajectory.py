@@ -17,7 +17,7 @@ from worker.catalog import Direction, metric_info
 from worker.results.performance import performance
 from worker.results.report_schema import ModelInfo, Stats, read_model
 from worker.results.rows import RowTable
-from worker.results.stats import summarize
+from worker.results.stats import summarize_many
 
 KINDS = ("from_first", "consecutive")
 
@@ -60,15 +60,19 @@ def trajectory_section(
         )
     boot = {"n_boot": n_boot, "seed": seed}
     series: dict[str, dict[str, Any]] = {}
+    cells = [
+        table.values(method, metric, kind, k, traced)
+        for method in methods
+        for metric in metrics
+        for kind in KINDS
+        for k in range(steps)
+    ]
+    summaries = iter(summarize_many(cells, **boot))  # their bootstraps shared, in this order
     for method in methods:
         series[method] = {}
         for metric in metrics:
             entry: dict[str, Any] = {
-                kind: [
-                    summarize(table.values(method, metric, kind, k, traced), **boot)
-                    for k in range(steps)
-                ]
-                for kind in KINDS
+                kind: [next(summaries) for _ in range(steps)] for kind in KINDS
             }
             entry["sharpest_step"] = sharpest_step(metric, entry["consecutive"])
             series[method][metric] = entry
