@@ -171,43 +171,36 @@ def _pick(values: dict[str, Any], names: Sequence[str] | None) -> dict[str, Any]
 # --------------------------------------------------------------------------- writing
 
 
+SAMPLE_KEYS: tuple[str, ...] = ("job_id", *SAMPLE_COLUMNS)
+METHOD_KEYS = ("job_id", "index", "method", "degenerate_baseline", "degenerate_candidate")
+VALUE_KEYS = ("job_id", "index", "method", "series", "step", "metric", "value")
+
+
 def write_rows(
     session: Session, job_id: str, rows: Iterable[dict[str, Any]], copy: bool | None = None
 ) -> int:
     """Insert the audit rows of job ``job_id`` in bulk (``worker.store.bulk``: COPY on
     PostgreSQL unless ``copy`` is False); returns how many."""
-    samples: list[dict[str, Any]] = []
-    methods: list[dict[str, Any]] = []
-    values: list[dict[str, Any]] = []
+    samples: list[tuple[Any, ...]] = []
+    methods: list[tuple[Any, ...]] = []
+    values: list[tuple[Any, ...]] = []
     for row in rows:
         sample = sample_fields(row)
-        samples.append({"job_id": job_id, **sample})
+        samples.append((job_id, *(sample[c] for c in SAMPLE_COLUMNS)))
         index = sample["index"]
         for method, (base, cand) in method_flags(row).items():
-            methods.append(
-                {
-                    "job_id": job_id,
-                    "index": index,
-                    "method": method,
-                    "degenerate_baseline": base,
-                    "degenerate_candidate": cand,
-                }
-            )
+            methods.append((job_id, index, method, base, cand))
             values.extend(
-                {
-                    "job_id": job_id,
-                    "index": index,
-                    "method": method,
-                    "series": series,
-                    "step": step,
-                    "metric": metric,
-                    "value": value,
-                }
+                (job_id, index, method, series, step, metric, value)
                 for series, step, metric, value in method_values(row, method)
             )
     refresh_small_parents(session, (JobSample, SampleMetric))
-    for model, records in ((JobSample, samples), (SampleMetric, methods), (SampleValue, values)):
-        insert_records(session, model, records, copy=copy)
+    for model, keys, records in (
+        (JobSample, SAMPLE_KEYS, samples),
+        (SampleMetric, METHOD_KEYS, methods),
+        (SampleValue, VALUE_KEYS, values),
+    ):
+        insert_records(session, model, keys, records, copy=copy)
     return len(samples)
 
 
@@ -236,21 +229,13 @@ def replace_values(
     )
     key = "metrics" if series == Series.DRIFT else series.value
     records = [
-        {
-            "job_id": job_id,
-            "index": int(row["index"]),
-            "method": method,
-            "series": series.value,
-            "step": 0,
-            "metric": metric,
-            "value": _value(named[metric]),
-        }
+        (job_id, int(row["index"]), method, series.value, 0, metric, _value(named[metric]))
         for row in rows
         for method, named in (row.get(key) or {}).items()
         for metric in metrics
         if metric in named
     ]
-    insert_records(session, SampleValue, records)
+    insert_records(session, SampleValue, VALUE_KEYS, records)
     return len(records)
 
 
