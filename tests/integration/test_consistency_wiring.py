@@ -315,8 +315,8 @@ def test_finalising_twice_stores_the_same_values(audits) -> None:
     config = AuditConfig(methods=METHODS, metrics=list(AUDIT_METRICS))
     for _ in range(2):  # a finalisation that ran again before its report was written
         with session_scope(ctx.sessions) as s:
-            rows = stored_rows.load_rows(s, job_id, list(AUDIT_METRICS))
-            jobs.store_consistency(s, ctx, job_id, rows, config)
+            table = stored_rows.load_table(s, job_id, list(AUDIT_METRICS))
+            jobs.store_consistency(s, ctx, job_id, table, config)
         assert _stored(ctx, job_id) == before
 
 

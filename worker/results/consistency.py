@@ -52,13 +52,13 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker.results.rows import RowTable
+from worker.results.rows import DRIFT, RowTable
 
 ROLES = ("baseline", "candidate")  # TL, FT: the key prefixes of the stored maps
 CONSISTENCY_TL = "consistency_tl"
@@ -172,6 +172,28 @@ def add_consistency(
         }
         out.append({**row, "metrics": ordered})
     return out, values
+
+
+def add_consistency_table(
+    table: RowTable, maps_dir: Path | str, methods: Sequence[str], metrics: Sequence[str]
+) -> tuple[RowTable, SampleConsistency | None]:
+    """:func:`add_consistency` for a :class:`RowTable` (a job's finalisation reads its rows as
+    columns): the table with the consistency values among ``metrics`` as drift columns of
+    each method on its included rows, and the values (None, the table as it is, when
+    ``metrics`` names none)."""
+    names = [name for name in NAMES if name in metrics]
+    if not names:
+        return table, None
+    values = sample_consistency(maps_dir, table, methods)
+    rows_at = np.searchsorted(table.index, values.index)
+    columns = dict(table.columns)
+    for method, named in values.values.items():
+        for name in names:
+            key = (DRIFT, method, name, None)
+            column = columns[key].copy() if key in columns else np.full(len(table), np.nan)
+            column[rows_at] = named[name]
+            columns[key] = column
+    return replace(table, columns=columns), values
 
 
 def consistency_section(

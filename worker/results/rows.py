@@ -193,6 +193,19 @@ class _Collector:
         return out
 
 
+def stack_trajectory_probs(
+    per_row: Sequence[Sequence[Any] | None], lengths: np.ndarray
+) -> np.ndarray | None:
+    """[intermediates, n, classes] of each row's ``probs_trajectory`` when every row holds as
+    many (``lengths``: each row's count, -1 for none), else None."""
+    n = len(per_row)
+    if not n or not (lengths >= 0).all() or len(set(lengths.tolist())) != 1:
+        return None
+    stacked = np.asarray(per_row, dtype=np.float64)
+    classes = stacked.shape[2] if stacked.ndim == 3 else 0
+    return stacked.reshape(n, int(lengths[0]), classes).transpose(1, 0, 2)
+
+
 @dataclass(frozen=True, eq=False)
 class RowTable:
     """Rows as columns, sorted by ``index``. Value columns are float64, NaN where a row has no
@@ -260,11 +273,9 @@ class RowTable:
                 flags[method][i] = pair
             if "probs_trajectory" in r:
                 lengths[i] = len(r["probs_trajectory"])
-        probs_trajectory = None
-        if n and (lengths >= 0).all() and len(set(lengths.tolist())) == 1:
-            stacked = np.asarray([r["probs_trajectory"] for r in rows], dtype=np.float64)
-            classes = stacked.shape[2] if stacked.ndim == 3 else 0
-            probs_trajectory = stacked.reshape(n, int(lengths[0]), classes).transpose(1, 0, 2)
+        probs_trajectory = stack_trajectory_probs(
+            [r.get("probs_trajectory") for r in rows], lengths
+        )
         return cls(
             index=_int_column(rows, "index"),
             label=_int_column(rows, "label"),

@@ -26,6 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from worker.catalog import ACTIVE_STATUSES, JobStatus, ShardStatus
+from worker.results.rows import RowTable
 from worker.runtime import logcontext, redact
 from worker.runtime import metrics as worker_metrics
 from worker.runtime.heartbeat import Heartbeat
@@ -415,23 +416,25 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
 
 
 def store_consistency(
-    session: Session, ctx: WorkerContext, job_id: str, rows: list[dict[str, Any]], config
-) -> list[dict[str, Any]]:
+    session: Session, ctx: WorkerContext, job_id: str, table: RowTable, config
+) -> RowTable:
     """The audit-stage metrics of the job's resolved ``config.metrics`` (``consistency_*``),
     computed from every shard's raw maps in the job's maps folder as ``camdrift drift`` does,
-    stored in ``sample_values`` (replacing any earlier finalisation's) and merged into
-    ``rows``, which are returned."""
+    stored in ``sample_values`` (replacing any earlier finalisation's) and added to the job's
+    rows ``table``, which is returned."""
     from worker.catalog import audit_metrics
-    from worker.results.consistency import add_consistency
+    from worker.results.consistency import add_consistency_table
 
     try:
-        merged, values = add_consistency(
-            rows, ctx.store.maps_dir(job_id), config.methods, config.metrics
+        merged, values = add_consistency_table(
+            table, ctx.store.maps_dir(job_id), config.methods, config.metrics
         )
     except ValueError as exc:  # a maps folder that mixes runs, a foreign file
         raise JobFailed(f"map consistency: {exc}") from exc
     if values is not None:
-        stored_rows.replace_values(session, job_id, merged, audit_metrics(config.metrics))
+        stored_rows.replace_values(
+            session, job_id, values.index, values.values, audit_metrics(config.metrics)
+        )
         if values.missing:
             log.warning("map consistency: %d included samples have no stored maps", values.missing)
     return merged
@@ -455,14 +458,14 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
         audit = build_audit(s, job, ctx)
         names = list(audit.config.metrics)
         setup_s = lap()
-        rows = stored_rows.load_rows(s, job_id, names)
+        table = stored_rows.load_table(s, job_id, names)
         load_s = lap()
-        if len(rows) != audit.total:
-            raise JobFailed(f"finalise found {len(rows)} rows for {audit.total} samples")
-        rows = store_consistency(s, ctx, job_id, rows, audit.config)
+        if len(table) != audit.total:
+            raise JobFailed(f"finalise found {len(table)} rows for {audit.total} samples")
+        table = store_consistency(s, ctx, job_id, table, audit.config)
         consistency_s = lap()
         report = build_report(
-            rows, samples_location=f"/drift-jobs/{job_id}/samples", **describe(s, job, audit)
+            table, samples_location=f"/drift-jobs/{job_id}/samples", **describe(s, job, audit)
         )
         report["verdict"] = job_verdict(job, report)
         report_s = lap()
@@ -473,7 +476,7 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
     log.info(
         "job succeeded samples=%d setup_s=%.2f load_s=%.2f consistency_s=%.2f report_s=%.2f"
         " store_s=%.2f",
-        len(rows),
+        len(table),
         setup_s,
         load_s,
         consistency_s,
