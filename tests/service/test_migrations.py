@@ -21,7 +21,7 @@ from worker.store.models import Base
 from worker.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "0007_checkpoint_imports"  # the newest revision
+HEAD = "0008_sample_values_bulk"  # the newest revision
 TABLES = {
     "checkpoints",
     "checkpoint_imports",

@@ -249,7 +249,10 @@ class SampleMetric(Base):
     degenerate_baseline: Mapped[bool] = mapped_column(Boolean, default=False)
     degenerate_candidate: Mapped[bool] = mapped_column(Boolean, default=False)
     entries: Mapped[list[SampleValue]] = relationship(
-        cascade="all, delete-orphan", passive_deletes=True
+        primaryjoin="and_(SampleMetric.job_id == foreign(SampleValue.job_id), "
+        "SampleMetric.index == foreign(SampleValue.index), "
+        "SampleMetric.method == foreign(SampleValue.method))",
+        cascade="all, delete-orphan",
     )
 
 
@@ -258,13 +261,8 @@ class SampleValue(Base):
     (:class:`Series`), ``step`` numbers trajectory steps from 1 (else 0); NULL = NaN."""
 
     __tablename__ = "sample_values"
-    __table_args__ = (
-        ForeignKeyConstraint(
-            ["job_id", "index", "method"],
-            ["sample_metrics.job_id", "sample_metrics.index", "sample_metrics.method"],
-            ondelete="CASCADE",
-        ),
-    )
+    # No foreign key to sample_metrics: shards bulk-load this table, and the per-row check cost
+    # more than the row (migration 0008). worker.store.rows is its one writer and deleter.
 
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     index: Mapped[int] = mapped_column("index", Integer, primary_key=True, autoincrement=False)
