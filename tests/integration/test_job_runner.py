@@ -301,3 +301,25 @@ def test_a_job_with_an_mlflow_target_logs_its_verdict(ctx, inputs, tmp_path, mon
     other = make_job(ctx, inputs, seed=1, mlflow={"experiment": "nightly"})
     _run_to_the_end(ctx, other)
     assert job_row(ctx, other).status == "succeeded"
+
+
+@pytest.mark.parametrize(("every", "told"), [(3600.0, [4]), (0.0, [4, 4, 2])])
+def test_progress_goes_to_sql_after_the_first_batch_then_at_most_every_interval(
+    ctx, inputs, monkeypatch, every, told
+) -> None:
+    """A 10-sample shard in batches of 4: told after its first batch, then not again within
+    the interval (every batch when it is 0); its end sets the progress to its rows."""
+    job_id = make_job(ctx, inputs)
+    jobs.plan_job(ctx, job_id)
+    calls: list[int] = []
+    real = jobs.state.add_progress
+
+    def spy(session, jid, samples):
+        calls.append(samples)
+        real(session, jid, samples)
+
+    monkeypatch.setattr(jobs.state, "add_progress", spy)
+    monkeypatch.setattr(jobs, "PROGRESS_EVERY_S", every)
+    jobs.run_shard(ctx, job_id, 0)
+    assert calls == told
+    assert job_row(ctx, job_id).progress_done == 10

@@ -364,7 +364,7 @@ def _wait_mid_shard(sessions, job_id: str, timeout: float = 120.0) -> None:
                 .where(JobShard.job_id == job_id, JobShard.status == "done")
             )
         assert job.status in ("queued", "running"), job.error
-        if job.status == "running" and job.progress_done >= 2 and done == 0:
+        if job.status == "running" and job.progress_done >= 1 and done == 0:
             return
         assert done == 0, "a shard finished before the fault could be injected"
         time.sleep(0.05)
