@@ -153,3 +153,34 @@ def test_small_parent_tables_get_fresh_statistics_before_a_bulk_insert() -> None
             db.commit()
         assert estimates() == {"job_samples": 10, "sample_metrics": 20}
         engine.dispose()
+
+
+def test_the_column_loader_analyses_values_its_statistics_do_not_count_yet() -> None:
+    """A job's values are bulk-loaded faster than autovacuum analyses them; the finaliser's
+    read of a table believed near empty would sort every value on disk. load_table analyses
+    sample_values when its statistics count fewer rows than the job has samples, once."""
+    with fresh_postgres_database("camdrift_bulk") as (url, _name, _conn):
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+
+        def estimate() -> float:
+            with engine.connect() as c:
+                return c.exec_driver_sql(
+                    "SELECT reltuples FROM pg_class WHERE relname = 'sample_values'"
+                ).scalar_one()
+
+        with session_factory(engine)() as db:
+            _parents(db, ["j"])
+            stored_rows.write_rows(db, "j", _rows(3, 30))
+            db.commit()
+            assert estimate() < 30  # never analysed: -1 (or 0)
+            stored_rows.load_table(db, "j", NAMES)
+            db.commit()
+            analysed = estimate()
+            assert analysed == 30 * len(METHODS) * 2 * len(NAMES)  # drift + floor values
+            stored_rows.write_rows(db, "j", [{**r, "index": r["index"] + 30} for r in _rows(4)])
+            db.commit()
+            stored_rows.load_table(db, "j", NAMES)  # 70 samples < the 360 counted: no ANALYZE
+            db.commit()
+            assert estimate() == analysed
+        engine.dispose()

@@ -59,21 +59,33 @@ def refresh_small_parents(session: Session, models: Sequence[Any]) -> None:
     ANALYZE replans them (measured flat at 0.06 s). Once the statistics say a parent is large
     the plans use its index and this costs one catalogue read.
     """
+    _analyze_below(session, {model: SMALL_TABLE for model in models})
+
+
+def refresh_statistics(session: Session, model: Any, rows: int) -> None:
+    """ANALYZE ``model``'s table (PostgreSQL) when its statistics count fewer than ``rows``,
+    the rows a read is about to scan: a job's values are bulk-loaded faster than autovacuum
+    analyses them, and the finaliser's GROUP BY, planned for a table believed near empty,
+    sorted 680,000 values on disk (0.67 s) instead of hashing them in memory (0.18 s)."""
+    _analyze_below(session, {model: rows})
+
+
+def _analyze_below(session: Session, wanted: dict[Any, int]) -> None:
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
+    if connection.dialect.name != "postgresql" or not wanted:
         return
-    names = [model.__table__.name for model in models]
+    limits = {model.__table__.name: rows for model, rows in wanted.items()}
     estimates = connection.exec_driver_sql(
         "SELECT relname, reltuples FROM pg_class WHERE relname = ANY(%(names)s)",
-        {"names": names},
+        {"names": list(limits)},
     ).all()
-    small = [name for name, tuples in estimates if tuples < SMALL_TABLE]
-    if not small:
+    stale = [name for name, tuples in estimates if tuples < limits[name]]
+    if not stale:
         return
     prepare = connection.dialect.identifier_preparer
     try:
-        with session.begin_nested():  # a role that may not ANALYZE loses speed, not the shard
-            connection.exec_driver_sql("ANALYZE " + ", ".join(prepare.quote(n) for n in small))
+        with session.begin_nested():  # a role that may not ANALYZE loses speed, not the job
+            connection.exec_driver_sql("ANALYZE " + ", ".join(prepare.quote(n) for n in stale))
     except DBAPIError as exc:
         log.warning("could not refresh table statistics: %s", exc.orig)
 

@@ -34,7 +34,7 @@ from worker.results.rows import (
     RowTable,
     stack_trajectory_probs,
 )
-from worker.store.bulk import insert_records, refresh_small_parents
+from worker.store.bulk import insert_records, refresh_small_parents, refresh_statistics
 from worker.store.models import (
     REFERENCE_SERIES,
     TRAJECTORY_SERIES,
@@ -349,6 +349,7 @@ def load_table(session: Session, job_id: str, names: Sequence[str] | None = None
     fields = _sample_columns(connection, job_id)
     index = np.asarray(fields["index"], dtype=np.int64)
     n = len(index)
+    refresh_statistics(session, SampleValue, n)  # at least one value per sample is coming
     degenerate = _flag_columns(connection, job_id, index)
     present = {key: np.zeros(n, dtype=bool) for key in (*REFERENCE_SERIES, "trajectory")}
     columns: dict[tuple[str, str, str, int | None], np.ndarray] = {}
