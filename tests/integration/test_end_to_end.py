@@ -117,6 +117,12 @@ def _two_workers_share_one_job(inputs, processes, tmp_path, local_report, db_url
                 .group_by(SampleMetric.method)
             ).all()
             assert sorted(per_method) == [("gradcam++", 40, 40), ("layercam", 40, 40)]
+            # the finaliser read the bulk-loaded values on fresh statistics (autovacuum,
+            # a minute away, never analysed this database)
+            analysed = s.connection().exec_driver_sql(
+                "SELECT reltuples FROM pg_class WHERE relname = 'sample_values'"
+            )
+            assert analysed.scalar_one() >= 40 * 2
             assert (
                 s.scalar(
                     select(func.count()).select_from(JobSample).where(JobSample.job_id == job_id)

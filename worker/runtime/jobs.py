@@ -32,7 +32,18 @@ from worker.runtime import metrics as worker_metrics
 from worker.runtime.heartbeat import Heartbeat
 from worker.store import ArtifactStore, Settings, make_engine, session_factory, session_scope, state
 from worker.store import rows as stored_rows
-from worker.store.models import Checkpoint, Dataset, Job, JobShard, Report, utcnow
+from worker.store.bulk import refresh_statistics
+from worker.store.models import (
+    Checkpoint,
+    Dataset,
+    Job,
+    JobSample,
+    JobShard,
+    Report,
+    SampleMetric,
+    SampleValue,
+    utcnow,
+)
 
 log = logging.getLogger("camdrift.jobs")
 ACTIVE = ACTIVE_STATUSES
@@ -466,6 +477,7 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
 
         audit = build_audit(s, job, ctx)
         names = list(audit.config.metrics)
+        refresh_statistics(s, (JobSample, SampleMetric, SampleValue))  # the job's rows are new
         setup_s = lap()
         table = stored_rows.load_table(s, job_id, names)
         load_s = lap()

@@ -34,7 +34,7 @@ from worker.results.rows import (
     RowTable,
     stack_trajectory_probs,
 )
-from worker.store.bulk import insert_records, refresh_small_parents, refresh_statistics
+from worker.store.bulk import insert_records, refresh_small_parents
 from worker.store.models import (
     REFERENCE_SERIES,
     TRAJECTORY_SERIES,
@@ -342,14 +342,15 @@ def load_table(session: Session, job_id: str, names: Sequence[str] | None = None
     ``RowTable.from_rows(load_rows(session, job_id, names))`` holds, without a dict per row
     or per value (the finaliser of a 20,000-image job spent 3 s building those). ``names``
     as for :func:`assemble`: those drift metrics for every method (NaN where not stored),
-    their pair metrics for floors and trajectory steps."""
+    their pair metrics for floors and trajectory steps. On PostgreSQL its reads are planned
+    from the statistics: a caller about to read a fresh job refreshes them first
+    (:func:`worker.store.bulk.refresh_statistics`)."""
     names = list(names) if names is not None else None
     pair_names = pair_metrics(names) if names is not None else None
     connection = session.connection()  # Core rows: no ORM loading per value
     fields = _sample_columns(connection, job_id)
     index = np.asarray(fields["index"], dtype=np.int64)
     n = len(index)
-    refresh_statistics(session, SampleValue, n)  # at least one value per sample is coming
     degenerate = _flag_columns(connection, job_id, index)
     present = {key: np.zeros(n, dtype=bool) for key in (*REFERENCE_SERIES, "trajectory")}
     columns: dict[tuple[str, str, str, int | None], np.ndarray] = {}
