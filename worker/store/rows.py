@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -82,18 +81,23 @@ def method_flags(row: dict[str, Any]) -> dict[str, tuple[bool, bool]]:
     return out
 
 
+_DRIFT = Series.DRIFT.value
+_REFERENCES = tuple(series.value for series in REFERENCE_SERIES)
+_STEPS = tuple(series.value for series in TRAJECTORY_SERIES)
+
+
 def method_values(row: dict[str, Any], method: str) -> Iterator[tuple[str, int, str, Any]]:
     """(series, step, metric, value) of every value the row holds for ``method``."""
     for metric, value in ((row.get("metrics") or {}).get(method) or {}).items():
-        yield Series.DRIFT.value, 0, metric, _value(value)
-    for series in REFERENCE_SERIES:
-        for metric, value in ((row.get(series.value) or {}).get(method) or {}).items():
-            yield series.value, 0, metric, _value(value)
+        yield _DRIFT, 0, metric, _value(value)
+    for series in _REFERENCES:
+        for metric, value in ((row.get(series) or {}).get(method) or {}).items():
+            yield series, 0, metric, _value(value)
     kinds = (row.get("trajectory") or {}).get(method) or {}
-    for series in TRAJECTORY_SERIES:
-        for step, values in enumerate(kinds.get(series.value) or [], start=1):
+    for series in _STEPS:
+        for step, values in enumerate(kinds.get(series) or [], start=1):
             for metric, value in values.items():
-                yield series.value, step, metric, _value(value)
+                yield series, step, metric, _value(value)
 
 
 def assemble(
@@ -162,7 +166,7 @@ def _value(value: Any) -> float | None:
     if value is None:
         return None
     value = float(value)
-    return None if math.isnan(value) else value
+    return None if value != value else value  # NaN is the one float unequal to itself
 
 
 def _catalog_key(name: str) -> tuple[int, int, str]:
