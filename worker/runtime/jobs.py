@@ -13,9 +13,11 @@ checkpoints and datasets by id, never by a server path (``worker.runtime.redact`
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache, lru_cache
@@ -442,22 +444,35 @@ def store_consistency(
     computed from every shard's raw maps in the job's maps folder as ``camdrift drift`` does,
     stored in ``sample_values`` (replacing any earlier finalisation's) and added to the job's
     rows ``table``, which is returned."""
-    from worker.catalog import audit_metrics
+    merged, values = consistency_values(ctx, job_id, table, config)
+    store_consistency_values(session, job_id, values, config)
+    return merged
+
+
+def consistency_values(ctx: WorkerContext, job_id: str, table: RowTable, config):
+    """(``table`` with the job's consistency values, the values or None): computed from the
+    maps folder, stored nowhere yet."""
     from worker.results.consistency import add_consistency_table
 
     try:
-        merged, values = add_consistency_table(
+        return add_consistency_table(
             table, ctx.store.maps_dir(job_id), config.methods, config.metrics
         )
     except ValueError as exc:  # a maps folder that mixes runs, a foreign file
         raise JobFailed(f"map consistency: {exc}") from exc
-    if values is not None:
-        stored_rows.replace_values(
-            session, job_id, values.index, values.values, audit_metrics(config.metrics)
-        )
-        if values.missing:
-            log.warning("map consistency: %d included samples have no stored maps", values.missing)
-    return merged
+
+
+def store_consistency_values(session: Session, job_id: str, values, config) -> None:
+    """Replace the job's stored consistency values by ``values`` (None: nothing to store)."""
+    from worker.catalog import audit_metrics
+
+    if values is None:
+        return
+    stored_rows.replace_values(
+        session, job_id, values.index, values.values, audit_metrics(config.metrics)
+    )
+    if values.missing:
+        log.warning("map consistency: %d included samples have no stored maps", values.missing)
 
 
 def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
@@ -483,11 +498,23 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
         load_s = lap()
         if len(table) != audit.total:
             raise JobFailed(f"finalise found {len(table)} rows for {audit.total} samples")
-        table = store_consistency(s, ctx, job_id, table, audit.config)
+        table, values = consistency_values(ctx, job_id, table, audit.config)
         consistency_s = lap()
-        report = build_report(
-            table, samples_location=f"/drift-jobs/{job_id}/samples", **describe(s, job, audit)
-        )
+        described = describe(s, job, audit)
+        # the report is computed from the table alone, so it builds on a thread (no session)
+        # while this one stores the consistency values: their COPY runs in the database's
+        # process, the report on the core the other shards' worker no longer needs
+        with ThreadPoolExecutor(1, thread_name_prefix="camdrift-report") as pool:
+            building = pool.submit(
+                contextvars.copy_context().run,
+                build_report,
+                table,
+                samples_location=f"/drift-jobs/{job_id}/samples",
+                **described,
+            )
+            store_consistency_values(s, job_id, values, audit.config)
+            values_s = lap()
+            report = building.result()
         report["verdict"] = job_verdict(job, report)
         report_s = lap()
         target = (job.config or {}).get("mlflow")
@@ -495,12 +522,13 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
         s.flush()
         state.succeed(s, job_id, verdict=report.get("verdict"), total=audit.total)
     log.info(
-        "job succeeded samples=%d setup_s=%.2f load_s=%.2f consistency_s=%.2f report_s=%.2f"
-        " store_s=%.2f",
+        "job succeeded samples=%d setup_s=%.2f load_s=%.2f consistency_s=%.2f values_s=%.2f"
+        " report_s=%.2f store_s=%.2f",
         len(table),
         setup_s,
         load_s,
         consistency_s,
+        values_s,
         report_s,
         _clock() - clock[-1],
     )
