@@ -177,3 +177,38 @@ def test_refreshed_statistics_count_a_bulk_loaded_job() -> None:
             db.commit()
             assert estimate() == 30 * len(METHODS) * 2 * len(NAMES)  # drift + floor values
         engine.dispose()
+
+
+def test_a_series_copied_equals_one_inserted_row_by_row() -> None:
+    """insert_series formats the shared part of its records once for COPY: the stored records
+    equal executemany's, awkward shared text and NULLs included, at full float precision."""
+    values = [0.1, None, 1 / 3, -2.5e-300, 7.0]
+    with fresh_postgres_database("camdrift_bulk") as (url, _name, _conn):
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        with session_factory(engine)() as db:
+            _parents(db, ["copied", "inserted"])
+            for job, copy in (("copied", True), ("inserted", False)):
+                fixed = {"job_id": job, "method": "grad\tcam\\", "series": "drift", "step": 0}
+                bulk.insert_series(
+                    db,
+                    SampleValue,
+                    {**fixed, "metric": "consistency_tl"},
+                    {"index": [3, 1, 4, 5, 9], "value": values},
+                    copy=copy,
+                )
+            db.commit()
+            stored = {
+                job: db.execute(
+                    select(
+                        SampleValue.index, SampleValue.method, SampleValue.metric, SampleValue.value
+                    )
+                    .where(SampleValue.job_id == job)
+                    .order_by(SampleValue.index)
+                ).all()
+                for job in ("copied", "inserted")
+            }
+        engine.dispose()
+    assert stored["copied"] == stored["inserted"]
+    assert [r.value for r in stored["copied"]] == [None, 0.1, 1 / 3, -2.5e-300, 7.0]
+    assert {r.method for r in stored["copied"]} == {"grad\tcam\\"}

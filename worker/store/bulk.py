@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, Integer, insert
@@ -45,6 +45,43 @@ def insert_records(
     for at in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[at : at + INSERT_CHUNK]
         session.execute(insert(model), [dict(zip(keys, row, strict=True)) for row in chunk])
+
+
+def insert_series(
+    session: Session,
+    model: Any,
+    fixed: Mapping[str, Any],
+    varying: Mapping[str, Sequence[Any]],
+    copy: bool | None = None,
+) -> None:
+    """Insert one record per position of the ``varying`` columns (attribute name -> equally
+    long sequences), every record sharing the ``fixed`` values: a metric's values over a job's
+    samples. COPY formats the shared part once, not on every record."""
+    keys, columns = list(varying), list(varying.values())
+    n = len(columns[0]) if columns else 0
+    if not n:
+        return
+    connection = session.connection()
+    if copy is None:
+        copy = connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg2"
+    if not copy:
+        insert_records(
+            session,
+            model,
+            [*fixed, *keys],
+            [(*fixed.values(), *row) for row in zip(*columns, strict=True)],
+            copy=False,
+        )
+        return
+    table = model.__table__
+    prefix = "".join(_formatter(table.columns[k])(v) + "\t" for k, v in fixed.items())
+    formats = [_formatter(table.columns[k]) for k in keys]
+    buffer = io.StringIO()
+    write = buffer.write
+    for row in zip(*columns, strict=True):
+        write(prefix + "\t".join([f(v) for f, v in zip(formats, row, strict=True)]) + "\n")
+    buffer.seek(0)
+    _copy_text(connection, table, [*fixed, *keys], buffer)
 
 
 SMALL_TABLE = 10_000  # rows the planner may still scan whole for each foreign-key check
@@ -105,11 +142,16 @@ def _copy(connection: Any, table: Any, keys: Sequence[str], rows: Sequence[Seque
         write("\t".join([f(value) for f, value in zip(formats, row, strict=True)]))
         write("\n")
     buffer.seek(0)
+    _copy_text(connection, table, keys, buffer)
+
+
+def _copy_text(connection: Any, table: Any, keys: Sequence[str], text: io.StringIO) -> None:
+    """``COPY table (keys) FROM STDIN`` of ``text`` on the connection's DBAPI cursor."""
     prepare = connection.dialect.identifier_preparer
-    names = ", ".join(prepare.quote(c.name) for c in columns)
+    names = ", ".join(prepare.quote(table.columns[key].name) for key in keys)
     raw = connection.connection.dbapi_connection
     with raw.cursor() as cursor:
-        cursor.copy_expert(f"COPY {prepare.format_table(table)} ({names}) FROM STDIN", buffer)
+        cursor.copy_expert(f"COPY {prepare.format_table(table)} ({names}) FROM STDIN", text)
 
 
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})

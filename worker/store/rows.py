@@ -33,7 +33,7 @@ from worker.results.rows import (
     RowTable,
     stack_trajectory_probs,
 )
-from worker.store.bulk import insert_records, refresh_small_parents
+from worker.store.bulk import insert_records, insert_series, refresh_small_parents
 from worker.store.models import (
     REFERENCE_SERIES,
     TRAJECTORY_SERIES,
@@ -242,15 +242,18 @@ def replace_values(
         )
     )
     at = [int(i) for i in index]
-    records = [
-        (job_id, i, method, series.value, 0, metric, _value(v))
-        for method, named in values.items()
-        for metric in metrics
-        if metric in named
-        for i, v in zip(at, named[metric].tolist(), strict=True)
-    ]
-    insert_records(session, SampleValue, VALUE_KEYS, records)
-    return len(records)
+    written = 0
+    for method, named in values.items():
+        for metric in metrics:
+            if metric not in named:
+                continue
+            fixed = {"job_id": job_id, "method": method, "series": series.value, "step": 0}
+            stored = [_value(v) for v in named[metric].tolist()]
+            insert_series(
+                session, SampleValue, {**fixed, "metric": metric}, {"index": at, "value": stored}
+            )
+            written += len(at)
+    return written
 
 
 def delete_rows(session: Session, job_id: str, start: int | None = None, stop: int | None = None):
