@@ -212,3 +212,25 @@ def test_a_series_copied_equals_one_inserted_row_by_row() -> None:
     assert stored["copied"] == stored["inserted"]
     assert [r.value for r in stored["copied"]] == [None, 0.1, 1 / 3, -2.5e-300, 7.0]
     assert {r.method for r in stored["copied"]} == {"grad\tcam\\"}
+
+
+def test_a_table_another_session_analyses_is_skipped_not_waited_for(caplog) -> None:
+    """Two finalisers at once: the second's ANALYZE skips the table the first one holds
+    (SKIP_LOCKED) instead of queueing behind it; queueing would hit this lock_timeout."""
+    with fresh_postgres_database("camdrift_bulk") as (url, _name, _conn):
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        holder = engine.connect()
+        try:
+            holder.exec_driver_sql("BEGIN")
+            holder.exec_driver_sql("ANALYZE sample_values")  # its lock lasts to the end
+            with session_factory(engine)() as db:
+                db.connection().exec_driver_sql("SET lock_timeout = '1s'")
+                with caplog.at_level("WARNING", logger="camdrift.store"):
+                    bulk.refresh_statistics(db, [SampleValue])
+                db.rollback()
+        finally:
+            holder.exec_driver_sql("ROLLBACK")
+            holder.close()
+            engine.dispose()
+    assert "could not refresh" not in caplog.text

@@ -478,21 +478,24 @@ def store_consistency_values(session: Session, job_id: str, values, config) -> N
 def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
     from worker.results.report import build_report
 
+    clock = [_clock()]
+
+    def lap() -> float:  # seconds since the previous lap: the finaliser's timing line
+        clock.append(_clock())
+        return clock[-1] - clock[-2]
+
+    # the job's rows are new to the statistics; in a transaction of its own, so ANALYZE's
+    # table lock is not held through the finalisation (another job's finaliser would wait)
+    with session_scope(ctx.sessions) as s:
+        refresh_statistics(s, (JobSample, SampleMetric, SampleValue))
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)
         if job is None or job.status != JobStatus.RUNNING or job.shards_done != job.shards_total:
             return
         if s.get(Report, job_id) is not None:
             return
-        clock = [_clock()]
-
-        def lap() -> float:  # seconds since the previous lap: the finaliser's timing line
-            clock.append(_clock())
-            return clock[-1] - clock[-2]
-
         audit = build_audit(s, job, ctx)
         names = list(audit.config.metrics)
-        refresh_statistics(s, (JobSample, SampleMetric, SampleValue))  # the job's rows are new
         setup_s = lap()
         table = stored_rows.load_table(s, job_id, names)
         load_s = lap()

@@ -124,9 +124,12 @@ def _analyze_below(session: Session, wanted: dict[Any, float]) -> None:
     if not stale:
         return
     prepare = connection.dialect.identifier_preparer
+    # a table another session is analysing is skipped, not waited for: that one refreshes it
+    skip = "(SKIP_LOCKED) " if (connection.dialect.server_version_info or (0,)) >= (12,) else ""
     try:
         with session.begin_nested():  # a role that may not ANALYZE loses speed, not the job
-            connection.exec_driver_sql("ANALYZE " + ", ".join(prepare.quote(n) for n in stale))
+            names = ", ".join(prepare.quote(n) for n in stale)
+            connection.exec_driver_sql(f"ANALYZE {skip}{names}")
     except DBAPIError as exc:
         log.warning("could not refresh table statistics: %s", exc.orig)
 
