@@ -1,4 +1,4 @@
-"""A job's audit rows in SQL: the one writer and the one loader (torch-free).
+"""A job's audit rows in SQL: the one writer and its readers (torch-free).
 
 An audit row (the dict ``worker.engine`` computes per sample, and the report is built from) is
 stored as one ``job_samples`` record, one ``sample_metrics`` record per method (the degenerate
@@ -11,7 +11,9 @@ flags) and one ``sample_values`` record per metric value (long format)::
     row["trajectory"][method][kind][k - 1][metric]   series kind           step k (1, 2, ...)
 
 so a metric added to ``worker.catalog`` is stored, loaded and sorted on without a migration.
-Loading costs one query per table, whatever the number of samples.
+Two readers, one query per table each, whatever the number of samples: :func:`load_rows` gives
+row dicts (a page of samples, any subset), :func:`load_table` the whole job as columns (the
+finaliser's report; tested equal to ``RowTable.from_rows(load_rows(...))``).
 """
 
 from __future__ import annotations
