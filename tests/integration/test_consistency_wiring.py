@@ -316,7 +316,8 @@ def test_finalising_twice_stores_the_same_values(audits) -> None:
     for _ in range(2):  # a finalisation that ran again before its report was written
         with session_scope(ctx.sessions) as s:
             table = stored_rows.load_table(s, job_id, list(AUDIT_METRICS))
-            jobs.store_consistency(s, ctx, job_id, table, config)
+            _, values = jobs.consistency_values(ctx, job_id, table, config)
+            jobs.store_consistency_values(s, job_id, values, config)
         assert _stored(ctx, job_id) == before
 
 

@@ -437,21 +437,11 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
         _finalize_job(ctx, job_id)
 
 
-def store_consistency(
-    session: Session, ctx: WorkerContext, job_id: str, table: RowTable, config
-) -> RowTable:
-    """The audit-stage metrics of the job's resolved ``config.metrics`` (``consistency_*``),
-    computed from every shard's raw maps in the job's maps folder as ``camdrift drift`` does,
-    stored in ``sample_values`` (replacing any earlier finalisation's) and added to the job's
-    rows ``table``, which is returned."""
-    merged, values = consistency_values(ctx, job_id, table, config)
-    store_consistency_values(session, job_id, values, config)
-    return merged
-
-
 def consistency_values(ctx: WorkerContext, job_id: str, table: RowTable, config):
-    """(``table`` with the job's consistency values, the values or None): computed from the
-    maps folder, stored nowhere yet."""
+    """(``table`` with the job's audit-stage metrics of its resolved ``config.metrics``
+    (``consistency_*``), the values or None): computed from every shard's raw maps in the
+    job's maps folder as ``camdrift drift`` does; :func:`store_consistency_values` stores
+    them."""
     from worker.results.consistency import add_consistency_table
 
     try:
