@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import training
+from service import dispatch
 from service.api.routes import (
     calibrations,
     checkpoints,
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            if not settings.broker_url:  # its jobs' rows stay; a later start resumes them
+                await run_in_threadpool(dispatch.stop_embedded_runner, settings)
             staging.release()
             engine.dispose()
 

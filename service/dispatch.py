@@ -47,6 +47,15 @@ def embedded_runner(settings: Settings):
         return _runners[key]
 
 
+def stop_embedded_runner(settings: Settings) -> None:
+    """Stop the embedded runner for this database and store, if one was started: the app's
+    shutdown, so no thread outlives the app and sweeps a database that may be gone."""
+    with _lock:
+        runner = _runners.pop((settings.database_url, settings.storage), None)
+    if runner is not None:
+        runner.stop()
+
+
 def submit_job(settings: Settings, job_id: str) -> None:
     """Enqueue job ``job_id``; raise :class:`BrokerUnavailable` when that is impossible."""
     send(settings, PLAN, [job_id])

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,41 @@ def test_each_app_has_its_own_registry_and_embedded_serves_the_worker(make_clien
     assert "camdrift_worker_tasks_total" in text  # its runner runs in this process
     queued = make_client(broker_url="redis://127.0.0.1:1/0")
     assert "camdrift_worker_tasks_total" not in queued.get("/metrics").text  # workers elsewhere
+
+
+def test_the_apps_shutdown_stops_its_embedded_runner(make_settings, monkeypatch) -> None:
+    """No runner thread outlives its app: a leftover one would go on sweeping a database that
+    may be gone (and log into other tests). The task it runs is finished; one queued behind it
+    stays undone, its job left for the next start to resume."""
+    from fastapi.testclient import TestClient
+
+    from service import dispatch
+    from service.app import create_app
+    from worker.runtime import jobs
+
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow_plan(_ctx, job_id: str) -> None:
+        started.set()
+        release.wait(5)
+        ran.append(job_id)
+
+    monkeypatch.setattr(jobs, "plan_job", slow_plan)
+    settings = make_settings(sweep_interval_s=0.05)
+    with TestClient(create_app(settings)):
+        runner = dispatch.embedded_runner(settings)
+        assert dispatch.embedded_runner(settings) is runner
+        runner.enqueue(jobs.PLAN, ["first"])
+        runner.enqueue(jobs.PLAN, ["second"])
+        assert started.wait(5)
+        threading.Timer(0.3, release.set).start()  # the shutdown waits for the running task
+    assert not runner._thread.is_alive()
+    assert ran == ["first"]
+    fresh = dispatch.embedded_runner(settings)  # a later use starts a fresh one
+    assert fresh is not runner and fresh._thread.is_alive()
+    dispatch.stop_embedded_runner(settings)
+    assert not fresh._thread.is_alive()
 
 
 def test_auth(make_client, checkpoint_files, caplog) -> None:

@@ -37,6 +37,7 @@ class EmbeddedRunner:
             batch_size=batch_size or settings.batch_size,
         )
         self.sweep_policy = SweepPolicy.from_settings(settings)
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="camdrift-runner", daemon=True)
         self._thread.start()
 
@@ -63,9 +64,13 @@ class EmbeddedRunner:
             time.sleep(0.05)
         return True
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the thread after the task it runs now; queued tasks stay undone (their jobs'
+        rows say what is left, and the next runner's ``resume_unfinished`` or the sweeper of
+        another process picks them up)."""
+        self._stopping.set()
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
         bodies = {  # task name -> (body, what records its failure)
@@ -81,7 +86,8 @@ class EmbeddedRunner:
             except queue.Empty:  # idle: look for jobs whose messages were lost
                 safe_sweep(self.ctx, self.sweep_policy)
                 continue
-            if item is None:
+            if item is None or self._stopping.is_set():
+                self._queue.task_done()
                 break
             name, args = item
             try:
