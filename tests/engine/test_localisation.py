@@ -434,7 +434,7 @@ def test_drift_on_masked_data_reports_localisation(masked_run) -> None:
 
 
 def test_region_values_round_trip_through_the_sql_store(masked_run, tmp_path: Path) -> None:
-    """The long table is generic: the rows the audit wrote come back from ``sample_values``
+    """The series table is generic: the rows the audit wrote come back from ``sample_series``
     unchanged, and a report built from them summarises the region metrics the same way."""
     from worker.results.report import build_report
     from worker.store import rows as stored_rows

@@ -29,7 +29,7 @@ from worker.results.gate import Policy, evaluate_policy
 from worker.results.gate.policy import PolicyError, parse_policy
 from worker.runtime import jobs
 from worker.store import Settings, session_scope
-from worker.store.models import Checkpoint, Dataset, Job, SampleValue
+from worker.store.models import Checkpoint, Dataset, Job, SampleSeries
 
 pytestmark = pytest.mark.slow
 METHODS = JOB["methods"]
@@ -161,11 +161,16 @@ def _run_job(ctx: jobs.WorkerContext, job_id: str) -> None:
 def _stored(ctx: jobs.WorkerContext, job_id: str) -> dict[tuple[int, str, str], float | None]:
     with session_scope(ctx.sessions) as s:
         records = s.execute(
-            select(SampleValue.index, SampleValue.method, SampleValue.metric, SampleValue.value)
-            .where(SampleValue.job_id == job_id, SampleValue.metric.in_(AUDIT_METRICS))
-            .order_by(SampleValue.index, SampleValue.method, SampleValue.metric)
+            select(SampleSeries.index, SampleSeries.method, SampleSeries.metric_values).where(
+                SampleSeries.job_id == job_id, SampleSeries.stage == "audit"
+            )
         ).all()
-    return {(i, m, name): v for i, m, name, v in records}
+    return {
+        (i, m, name): v
+        for i, m, values in records
+        for name, v in values.items()
+        if name in AUDIT_METRICS
+    }
 
 
 def _values(rows: list[dict[str, Any]], method: str, name: str) -> dict[int, float | None]:

@@ -120,7 +120,7 @@ def _two_workers_share_one_job(inputs, processes, tmp_path, local_report, db_url
             # the finaliser read the bulk-loaded values on fresh statistics (autovacuum,
             # a minute away, never analysed this database)
             analysed = s.connection().exec_driver_sql(
-                "SELECT reltuples FROM pg_class WHERE relname = 'sample_values'"
+                "SELECT reltuples FROM pg_class WHERE relname = 'sample_series'"
             )
             assert analysed.scalar_one() >= 40 * 2
             assert (

@@ -13,7 +13,7 @@ from tests.service.conftest import fresh_postgres_database
 from worker.store import bulk
 from worker.store import rows as stored_rows
 from worker.store.db import make_engine, session_factory
-from worker.store.models import Base, Checkpoint, Dataset, Job, SampleValue
+from worker.store.models import Base, Checkpoint, Dataset, Job, SampleSeries
 
 METHODS = ("layercam", "gradcam++")
 NAMES = ["displacement", "iou_top20", "spearman"]
@@ -83,11 +83,17 @@ def _round_trip(url: str) -> None:
             db.commit()
             copied = stored_rows.load_rows(db, "copied", NAMES)
             inserted = stored_rows.load_rows(db, "inserted", NAMES)
-            nulls = db.scalars(
-                select(SampleValue.index).where(
-                    SampleValue.job_id == "copied", SampleValue.value.is_(None)
+            nulls = [
+                index
+                for index, values in db.execute(
+                    select(SampleSeries.index, SampleSeries.metric_values).where(
+                        SampleSeries.job_id == "copied",
+                        SampleSeries.method == "layercam",
+                        SampleSeries.series == "drift",
+                    )
                 )
-            ).all()
+                if values["spearman"] is None
+            ]
     finally:
         engine.dispose()
     assert copied == inserted
@@ -123,7 +129,7 @@ def test_copy_is_the_default_on_postgres_only(monkeypatch, tmp_path) -> None:
             _parents(db, ["j"])
             stored_rows.write_rows(db, "j", _rows(1, 3))
         engine.dispose()
-    assert used == ["job_samples", "sample_metrics", "sample_values"]
+    assert used == ["job_samples", "sample_metrics", "sample_series"]
 
 
 def test_small_parent_tables_get_fresh_statistics_before_a_bulk_insert() -> None:
@@ -165,7 +171,7 @@ def test_refreshed_statistics_count_a_bulk_loaded_job() -> None:
         def estimate() -> float:
             with engine.connect() as c:
                 return c.exec_driver_sql(
-                    "SELECT reltuples FROM pg_class WHERE relname = 'sample_values'"
+                    "SELECT reltuples FROM pg_class WHERE relname = 'sample_series'"
                 ).scalar_one()
 
         with session_factory(engine)() as db:
@@ -173,45 +179,10 @@ def test_refreshed_statistics_count_a_bulk_loaded_job() -> None:
             stored_rows.write_rows(db, "j", _rows(3, 30))
             db.commit()
             assert estimate() < 30  # never analysed: -1 (or 0)
-            bulk.refresh_statistics(db, [SampleValue])
+            bulk.refresh_statistics(db, [SampleSeries])
             db.commit()
-            assert estimate() == 30 * len(METHODS) * 2 * len(NAMES)  # drift + floor values
+            assert estimate() == 30 * len(METHODS) * 2  # a drift and a floor series each
         engine.dispose()
-
-
-def test_a_series_copied_equals_one_inserted_row_by_row() -> None:
-    """insert_series formats the shared part of its records once for COPY: the stored records
-    equal executemany's, awkward shared text and NULLs included, at full float precision."""
-    values = [0.1, None, 1 / 3, -2.5e-300, 7.0]
-    with fresh_postgres_database("camdrift_bulk") as (url, _name, _conn):
-        engine = make_engine(url)
-        Base.metadata.create_all(engine)
-        with session_factory(engine)() as db:
-            _parents(db, ["copied", "inserted"])
-            for job, copy in (("copied", True), ("inserted", False)):
-                fixed = {"job_id": job, "method": "grad\tcam\\", "series": "drift", "step": 0}
-                bulk.insert_series(
-                    db,
-                    SampleValue,
-                    {**fixed, "metric": "consistency_tl"},
-                    {"index": [3, 1, 4, 5, 9], "value": values},
-                    copy=copy,
-                )
-            db.commit()
-            stored = {
-                job: db.execute(
-                    select(
-                        SampleValue.index, SampleValue.method, SampleValue.metric, SampleValue.value
-                    )
-                    .where(SampleValue.job_id == job)
-                    .order_by(SampleValue.index)
-                ).all()
-                for job in ("copied", "inserted")
-            }
-        engine.dispose()
-    assert stored["copied"] == stored["inserted"]
-    assert [r.value for r in stored["copied"]] == [None, 0.1, 1 / 3, -2.5e-300, 7.0]
-    assert {r.method for r in stored["copied"]} == {"grad\tcam\\"}
 
 
 def test_a_table_another_session_analyses_is_skipped_not_waited_for(caplog) -> None:
@@ -223,11 +194,11 @@ def test_a_table_another_session_analyses_is_skipped_not_waited_for(caplog) -> N
         holder = engine.connect()
         try:
             holder.exec_driver_sql("BEGIN")
-            holder.exec_driver_sql("ANALYZE sample_values")  # its lock lasts to the end
+            holder.exec_driver_sql("ANALYZE sample_series")  # its lock lasts to the end
             with session_factory(engine)() as db:
                 db.connection().exec_driver_sql("SET lock_timeout = '1s'")
                 with caplog.at_level("WARNING", logger="camdrift.store"):
-                    bulk.refresh_statistics(db, [SampleValue])
+                    bulk.refresh_statistics(db, [SampleSeries])
                 db.rollback()
         finally:
             holder.exec_driver_sql("ROLLBACK")

@@ -21,7 +21,7 @@ from worker.store.models import Base
 from worker.store.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
-HEAD = "0008_sample_values_bulk"  # the newest revision
+HEAD = "0009_sample_series"  # the newest revision
 TABLES = {
     "checkpoints",
     "checkpoint_imports",
@@ -30,7 +30,7 @@ TABLES = {
     "job_shards",
     "job_samples",
     "sample_metrics",
-    "sample_values",
+    "sample_series",
     "reports",
     "studies",
     "alembic_version",
@@ -391,7 +391,7 @@ def check_data_moves(settings: Settings) -> None:
 
     migrate.downgrade(settings, "0004_dataset_content")
     assert read_old_schema(url, job_id, JOB_METRICS) == before
-    assert "sample_values" not in table_names(url)
+    assert "sample_values" not in table_names(url) and "sample_series" not in table_names(url)
     migrate.upgrade(settings, "head")
     engine = make_engine(url)
     try:
@@ -524,3 +524,86 @@ def test_sqlite_0006_adds_shard_heartbeats(tmp_path) -> None:
 def test_postgres_0006_adds_shard_heartbeats() -> None:
     with fresh_postgres_database("camdrift_migrate") as (url, _name, _admin):
         check_heartbeat_column(Settings(database_url=url))
+
+
+# --------------------------------------------------------------------------- 0009: series rows
+
+
+def long_values(many: int) -> set[tuple[Any, ...]]:
+    """(index, method, series, step, metric, value) as 0005-0008 stored them: floats that
+    only 17 digits carry, a NULL, an audit-stage metric beside pair ones, a floor and a
+    trajectory step; ``many`` more samples with a value of each stage (so the grouping runs
+    over more than one chunk)."""
+    values = {
+        (0, "layercam", "drift", 0, "pearson", 1 / 3),
+        (0, "layercam", "drift", 0, "spearman", None),
+        (0, "layercam", "drift", 0, "consistency_change", 0.1 + 0.2),
+        (0, "layercam", "floor", 0, "pearson", -2.5e-300),
+        (0, "gradcam++", "drift", 0, "pearson", 0.7),
+        (1, "layercam", "drift", 0, "pearson", 7.0),
+        (1, "layercam", "from_first", 2, "iou_top20", 0.12345678901234568),
+    }
+    for i in range(2, 2 + many):
+        values |= {
+            (i, "layercam", "drift", 0, "pearson", i / 7),
+            (i, "layercam", "drift", 0, "spearman", i / 11),
+            (i, "layercam", "drift", 0, "consistency_tl", -i / 9),
+        }
+    return values
+
+
+def check_series_moves(settings: Settings) -> None:
+    """0009 groups each (sample, method, series, step) into one JSON object per stage, every
+    float exact, a NULL kept as null and a metric never stored kept absent; its downgrade
+    gives the same long rows back."""
+    from sqlalchemy import insert, select
+
+    url = settings.database_url
+    job = "a" * 32
+    migrate.upgrade(settings, "0008_sample_values_bulk")
+    original = long_values(2600)
+    keys = ("index", "method", "series", "step", "metric", "value")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                insert(_tables(conn)["sample_values"]),
+                [{"job_id": job, **dict(zip(keys, v, strict=True))} for v in original],
+            )
+        migrate.upgrade(settings, "head")
+        assert schema_diff(url) == []
+        with engine.connect() as conn:
+            t = _tables(conn)["sample_series"]
+            stored = {
+                (r.index, r.method, r.series, r.step, r.stage): r.metric_values
+                for r in conn.execute(select(t).where(t.c.job_id == job))
+            }
+        assert stored[0, "layercam", "drift", 0, "pair"] == {"pearson": 1 / 3, "spearman": None}
+        assert stored[0, "layercam", "drift", 0, "audit"] == {"consistency_change": 0.1 + 0.2}
+        assert stored[0, "layercam", "floor", 0, "pair"] == {"pearson": -2.5e-300}
+        assert stored[1, "layercam", "from_first", 2, "pair"] == {"iou_top20": 0.12345678901234568}
+        assert (1, "layercam", "drift", 0, "audit") not in stored
+        assert stored[2601, "layercam", "drift", 0, "audit"] == {"consistency_tl": -2601 / 9}
+        regrown = {
+            (*key[:4], metric, value)
+            for key, values in stored.items()
+            for metric, value in values.items()
+        }
+        assert regrown == original
+        migrate.downgrade(settings, "0008_sample_values_bulk")
+        with engine.connect() as conn:
+            t = _tables(conn)["sample_values"]
+            back = {tuple(r) for r in conn.execute(select(*(t.c[k] for k in keys)))}
+        assert back == original
+        assert "sample_series" not in table_names(url)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_0009_groups_every_value(tmp_path) -> None:
+    check_series_moves(Settings(database_url=f"sqlite:///{tmp_path}/series.db"))
+
+
+def test_postgres_0009_groups_every_value() -> None:
+    with fresh_postgres_database("camdrift_migrate") as (url, _name, _admin):
+        check_series_moves(Settings(database_url=url))

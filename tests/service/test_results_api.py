@@ -191,6 +191,26 @@ def test_samples_sort_by_any_metric_of_the_job_in_sql(world, job) -> None:
     assert [s["index"] for s in unmeasured["items"]] == [0, 1, 2, 3, 4, 5]
 
 
+def test_samples_sort_by_an_audit_stage_metric(world, db) -> None:
+    """``consistency_*`` values live in the finaliser's rows (stage ``audit``), beside the
+    shards' ones of the same series: sorting by one reads those rows, not the pair ones."""
+    names = ["pearson", "consistency_change"]
+    job_id = world.client.post("/drift-jobs", json=world.job_body(metrics=names)).json()["id"]
+    change = [0.3, -0.2, None, 0.9, 0.0]
+    for i, value in enumerate(change):
+        row = _row(i, f"covid/img{i}.png", 0, True, 0.5)
+        for method in row["metrics"]:
+            row["metrics"][method] |= {"pearson": 1 - i / 10, "consistency_change": value}
+        db.add_all(records_from_row(job_id, row))
+    db.commit()
+    url = f"/drift-jobs/{job_id}/samples"
+    page = world.client.get(url, params={"sort": "consistency_change", "order": "desc"}).json()
+    assert [s["index"] for s in page["items"]] == [3, 0, 4, 1, 2]  # NULL last
+    by_pearson = world.client.get(url, params={"sort": "pearson"}).json()
+    assert [s["index"] for s in by_pearson["items"]] == [4, 3, 2, 1, 0]
+    assert page["items"][0]["metrics"]["consistency_change"] == 0.9
+
+
 def test_samples_validation(world, job) -> None:
     url = f"/drift-jobs/{job}/samples"
     problem = assert_problem(world.client.get(url, params={"sort": "iou_top30"}), 422, "query.sort")

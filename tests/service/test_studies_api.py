@@ -24,7 +24,7 @@ from worker.store.models import (
     JobSample,
     Report,
     SampleMetric,
-    SampleValue,
+    SampleSeries,
 )
 from worker.store.rows import records_from_row
 from worker.store.settings import Settings
@@ -150,11 +150,14 @@ def _stored_entries(db: Session, ids: list[str]) -> list[dict]:
         metrics: dict[int, dict[str, dict]] = {}
         for record in db.scalars(select(SampleMetric).where(SampleMetric.job_id == job_id)):
             metrics.setdefault(record.index, {})[record.method] = dict.fromkeys(METRICS)
-        for value in db.scalars(
-            select(SampleValue).where(SampleValue.job_id == job_id, SampleValue.series == "drift")
+        for stored in db.scalars(
+            select(SampleSeries).where(
+                SampleSeries.job_id == job_id, SampleSeries.series == "drift"
+            )
         ):
-            if value.metric in METRICS:
-                metrics[value.index][value.method][value.metric] = value.value
+            for metric, value in stored.metric_values.items():
+                if metric in METRICS:
+                    metrics[stored.index][stored.method][metric] = value
         rows = [
             {"index": s.index, "included": s.included, "metrics": metrics.get(s.index, {})}
             for s in samples

@@ -43,7 +43,7 @@ from worker.store.models import (
     JobShard,
     Report,
     SampleMetric,
-    SampleValue,
+    SampleSeries,
     utcnow,
 )
 
@@ -477,7 +477,7 @@ def _finalize_job(ctx: WorkerContext, job_id: str) -> None:
     # the job's rows are new to the statistics; in a transaction of its own, so ANALYZE's
     # table lock is not held through the finalisation (another job's finaliser would wait)
     with session_scope(ctx.sessions) as s:
-        refresh_statistics(s, (JobSample, SampleMetric, SampleValue))
+        refresh_statistics(s, (JobSample, SampleMetric, SampleSeries))
     with session_scope(ctx.sessions) as s:
         job = s.get(Job, job_id)
         if job is None or job.status != JobStatus.RUNNING or job.shards_done != job.shards_total:

@@ -1,9 +1,9 @@
 """Bulk inserts: ``COPY ... FROM STDIN`` on PostgreSQL (psycopg2), chunked executemany
 elsewhere (SQLite, other drivers).
 
-A 20,000-image job stores ~20 value records per image and method; COPY streams them in one
-statement per table inside the caller's transaction, where an INSERT pays per row
-(``python -m bench.service_scale`` times a whole job both ways).
+A 20,000-image job stores ~3 records per image and method (its sample, flags and series
+rows); COPY streams them in one statement per table inside the caller's transaction, where an
+INSERT pays per row (``python -m bench.service_scale`` times a whole job).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Float, Integer, insert
@@ -32,8 +32,8 @@ def insert_records(
 ) -> None:
     """Insert ``rows`` (each a tuple of values in ``keys`` order: attribute names of
     ``model``) into ``model``'s table in the session's transaction. ``copy`` None: COPY where
-    the connection supports it. Tuples, not one dict per record: a shard writes ~35 values
-    an image, and building a dict for each cost as much as the COPY itself."""
+    the connection supports it. Tuples, not one dict per record: building a dict for each
+    cost as much as the COPY itself."""
     if not rows:
         return
     connection = session.connection()
@@ -45,43 +45,6 @@ def insert_records(
     for at in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[at : at + INSERT_CHUNK]
         session.execute(insert(model), [dict(zip(keys, row, strict=True)) for row in chunk])
-
-
-def insert_series(
-    session: Session,
-    model: Any,
-    fixed: Mapping[str, Any],
-    varying: Mapping[str, Sequence[Any]],
-    copy: bool | None = None,
-) -> None:
-    """Insert one record per position of the ``varying`` columns (attribute name -> equally
-    long sequences), every record sharing the ``fixed`` values: a metric's values over a job's
-    samples. COPY formats the shared part once, not on every record."""
-    keys, columns = list(varying), list(varying.values())
-    n = len(columns[0]) if columns else 0
-    if not n:
-        return
-    connection = session.connection()
-    if copy is None:
-        copy = connection.dialect.name == "postgresql" and connection.dialect.driver == "psycopg2"
-    if not copy:
-        insert_records(
-            session,
-            model,
-            [*fixed, *keys],
-            [(*fixed.values(), *row) for row in zip(*columns, strict=True)],
-            copy=False,
-        )
-        return
-    table = model.__table__
-    prefix = "".join(_formatter(table.columns[k])(v) + "\t" for k, v in fixed.items())
-    formats = [_formatter(table.columns[k]) for k in keys]
-    buffer = io.StringIO()
-    write = buffer.write
-    for row in zip(*columns, strict=True):
-        write(prefix + "\t".join([f(v) for f, v in zip(formats, row, strict=True)]) + "\n")
-    buffer.seek(0)
-    _copy_text(connection, table, [*fixed, *keys], buffer)
 
 
 SMALL_TABLE = 10_000  # rows the planner may still scan whole for each foreign-key check

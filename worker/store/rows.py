@@ -2,15 +2,19 @@
 
 An audit row (the dict ``worker.engine`` computes per sample, and the report is built from) is
 stored as one ``job_samples`` record, one ``sample_metrics`` record per method (the degenerate
-flags) and one ``sample_values`` record per metric value (long format)::
+flags) and one ``sample_series`` record per method, series, step and stage, its values a JSON
+object of metric -> value (null: undefined)::
 
-    row["metrics"][method][metric]                   series drift          step 0
-    row["floor"][method][metric]                     series floor          step 0
-    row["replica_floor"][method][metric]             series replica_floor  step 0
-    row["ceiling"][method][metric]                   series ceiling        step 0
-    row["trajectory"][method][kind][k - 1][metric]   series kind           step k (1, 2, ...)
+    row["metrics"][method]                  series drift          step 0       stage pair
+    row["metrics"][method] (consistency_*)  series drift          step 0       stage audit
+    row["floor"][method]                    series floor          step 0       stage pair
+    row["replica_floor"][method]            series replica_floor  step 0       stage pair
+    row["ceiling"][method]                  series ceiling        step 0       stage pair
+    row["trajectory"][method][kind][k - 1]  series kind           step k (1..) stage pair
 
 so a metric added to ``worker.catalog`` is stored, loaded and sorted on without a migration.
+The audit stage (``worker.catalog`` ``stage="audit"``) has rows of its own: the finaliser
+replaces them (:func:`replace_values`) without rewriting what the shards stored.
 Two readers, one query per table each, whatever the number of samples: :func:`load_rows` gives
 row dicts (a page of samples, any subset), :func:`load_table` the whole job as columns (the
 finaliser's report; tested equal to ``RowTable.from_rows(load_rows(...))``).
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -27,7 +32,7 @@ import numpy as np
 from sqlalchemy import Text, and_, case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
-from worker.catalog import METRICS, pair_metrics, topq
+from worker.catalog import METRICS, is_audit_metric, pair_metrics, topq
 from worker.results.rows import (
     DRIFT,
     SAMPLE_FIELDS,
@@ -35,13 +40,13 @@ from worker.results.rows import (
     RowTable,
     stack_trajectory_probs,
 )
-from worker.store.bulk import insert_records, insert_series, refresh_small_parents
+from worker.store.bulk import insert_records, refresh_small_parents
 from worker.store.models import (
     REFERENCE_SERIES,
     TRAJECTORY_SERIES,
     JobSample,
     SampleMetric,
-    SampleValue,
+    SampleSeries,
     Series,
 )
 
@@ -50,6 +55,7 @@ SAMPLE_SORTS: tuple[str, ...] = ("index", "label")  # sample columns the samples
 _CATALOG_ORDER = {name: i for i, name in enumerate(METRICS)}
 
 Entry = tuple[str, str, int, str, float | None]  # (method, series, step, metric, value)
+PAIR, AUDIT = "pair", "audit"  # sample_series.stage
 
 
 # --------------------------------------------------------------------------- row <-> records
@@ -88,18 +94,26 @@ _REFERENCES = tuple(series.value for series in REFERENCE_SERIES)
 _STEPS = tuple(series.value for series in TRAJECTORY_SERIES)
 
 
-def method_values(row: dict[str, Any], method: str) -> Iterator[tuple[str, int, str, Any]]:
-    """(series, step, metric, value) of every value the row holds for ``method``."""
-    for metric, value in ((row.get("metrics") or {}).get(method) or {}).items():
-        yield _DRIFT, 0, metric, _value(value)
+def method_series(
+    row: dict[str, Any], method: str
+) -> Iterator[tuple[str, int, str, dict[str, float | None]]]:
+    """(series, step, stage, {metric: value}) of every non-empty series the row holds for
+    ``method``: the stored ``sample_series`` records of one sample and method."""
+    drift = ((row.get("metrics") or {}).get(method)) or {}
+    pair = {m: _value(v) for m, v in drift.items() if not is_audit_metric(m)}
+    audit = {m: _value(v) for m, v in drift.items() if is_audit_metric(m)}
+    for stage, values in ((PAIR, pair), (AUDIT, audit)):
+        if values:
+            yield _DRIFT, 0, stage, values
     for series in _REFERENCES:
-        for metric, value in ((row.get(series) or {}).get(method) or {}).items():
-            yield series, 0, metric, _value(value)
+        values = (row.get(series) or {}).get(method) or {}
+        if values:
+            yield series, 0, PAIR, {m: _value(v) for m, v in values.items()}
     kinds = (row.get("trajectory") or {}).get(method) or {}
     for series in _STEPS:
         for step, values in enumerate(kinds.get(series) or [], start=1):
-            for metric, value in values.items():
-                yield series, step, metric, _value(value)
+            if values:
+                yield series, step, PAIR, {m: _value(v) for m, v in values.items()}
 
 
 def assemble(
@@ -164,11 +178,12 @@ def assemble(
 
 
 def _value(value: Any) -> float | None:
-    """A stored value: a float, or None for an undefined one (None or NaN)."""
+    """A stored value: a float, or None for an undefined one (None, NaN, or not finite: JSON
+    has no infinity, and no metric of the catalog reaches one)."""
     if value is None:
         return None
     value = float(value)
-    return None if value != value else value  # NaN is the one float unequal to itself
+    return value if math.isfinite(value) else None
 
 
 def _catalog_key(name: str) -> tuple[int, int, str]:
@@ -188,7 +203,7 @@ def _pick(values: dict[str, Any], names: Sequence[str] | None) -> dict[str, Any]
 
 SAMPLE_KEYS: tuple[str, ...] = ("job_id", *SAMPLE_COLUMNS)
 METHOD_KEYS = ("job_id", "index", "method", "degenerate_baseline", "degenerate_candidate")
-VALUE_KEYS = ("job_id", "index", "method", "series", "step", "metric", "value")
+SERIES_KEYS = ("job_id", "index", "method", "series", "step", "stage", "metric_values")
 
 
 def write_rows(
@@ -198,22 +213,22 @@ def write_rows(
     PostgreSQL unless ``copy`` is False); returns how many."""
     samples: list[tuple[Any, ...]] = []
     methods: list[tuple[Any, ...]] = []
-    values: list[tuple[Any, ...]] = []
+    series: list[tuple[Any, ...]] = []
     for row in rows:
         sample = sample_fields(row)
         samples.append((job_id, *(sample[c] for c in SAMPLE_COLUMNS)))
         index = sample["index"]
         for method, (base, cand) in method_flags(row).items():
             methods.append((job_id, index, method, base, cand))
-            values.extend(
-                (job_id, index, method, series, step, metric, value)
-                for series, step, metric, value in method_values(row, method)
+            series.extend(
+                (job_id, index, method, kind, step, stage, values)
+                for kind, step, stage, values in method_series(row, method)
             )
     refresh_small_parents(session, (JobSample, SampleMetric))
     for model, keys, records in (
         (JobSample, SAMPLE_KEYS, samples),
         (SampleMetric, METHOD_KEYS, methods),
-        (SampleValue, VALUE_KEYS, values),
+        (SampleSeries, SERIES_KEYS, series),
     ):
         insert_records(session, model, keys, records, copy=copy)
     return len(samples)
@@ -227,40 +242,44 @@ def replace_values(
     metrics: Sequence[str],
     series: Series = Series.DRIFT,
 ) -> int:
-    """Replace the job's stored ``metrics`` values of ``series`` (step 0): every old value of
-    those metrics goes; ``values[method][metric]`` (aligned with the samples ``index``; NaN
-    stores NULL) comes in for each of ``metrics`` it holds. For values computed after the
-    shards (the audit-stage ``consistency_*`` at finalisation): idempotent, so finalising
-    twice stores the same values once. Returns how many values it wrote."""
+    """Replace the job's stored audit-stage values of ``series`` (step 0), the values
+    computed after the shards (``consistency_*`` at finalisation): the old ones all go;
+    ``values[method][metric]`` (aligned with the samples ``index``; NaN stores null) comes in
+    for each of ``metrics`` it holds. Idempotent, so finalising twice stores the same values
+    once. Returns how many values it wrote."""
     metrics = list(dict.fromkeys(metrics))
     if not metrics:
         return 0
+    if pair := pair_metrics(metrics):
+        raise ValueError(f"the shards store {pair}; only audit-stage metrics are replaced")
     session.execute(
-        delete(SampleValue).where(
-            SampleValue.job_id == job_id,
-            SampleValue.series == series.value,
-            SampleValue.step == 0,
-            SampleValue.metric.in_(metrics),
+        delete(SampleSeries).where(
+            SampleSeries.job_id == job_id,
+            SampleSeries.series == series.value,
+            SampleSeries.step == 0,
+            SampleSeries.stage == AUDIT,
         )
     )
     at = [int(i) for i in index]
+    records: list[tuple[Any, ...]] = []
     written = 0
     for method, named in values.items():
-        for metric in metrics:
-            if metric not in named:
-                continue
-            fixed = {"job_id": job_id, "method": method, "series": series.value, "step": 0}
-            stored = [_value(v) for v in named[metric].tolist()]
-            insert_series(
-                session, SampleValue, {**fixed, "metric": metric}, {"index": at, "value": stored}
-            )
-            written += len(at)
+        kept = [m for m in metrics if m in named]
+        if not kept:
+            continue
+        columns = [[_value(v) for v in named[m].tolist()] for m in kept]
+        records.extend(
+            (job_id, i, method, series.value, 0, AUDIT, dict(zip(kept, row, strict=True)))
+            for i, row in zip(at, zip(*columns, strict=True), strict=True)
+        )
+        written += len(at) * len(kept)
+    insert_records(session, SampleSeries, SERIES_KEYS, records)
     return written
 
 
 def delete_rows(session: Session, job_id: str, start: int | None = None, stop: int | None = None):
     """Delete the job's rows with ``start <= index < stop`` (all of them without bounds)."""
-    for model in (SampleValue, SampleMetric, JobSample):
+    for model in (SampleSeries, SampleMetric, JobSample):
         where = [model.job_id == job_id]
         if start is not None and stop is not None:
             where.append(model.index.between(start, stop - 1))
@@ -322,18 +341,21 @@ def load_rows(
         .order_by(SampleMetric.index, SampleMetric.method)
     ):
         flags.setdefault(index, {})[method] = (base, cand)
-    value_query = select(
-        SampleValue.index,
-        SampleValue.method,
-        SampleValue.series,
-        SampleValue.step,
-        SampleValue.metric,
-        SampleValue.value,
-    ).where(*scoped(SampleValue))
-    if names is not None:
-        value_query = value_query.where(SampleValue.metric.in_(names))
-    for index, method, series, step, metric, value in session.execute(value_query):
-        entries.setdefault(index, []).append((method, series, step, metric, value))
+    wanted = set(names) if names is not None else None
+    for index, method, series, step, values in session.execute(
+        select(
+            SampleSeries.index,
+            SampleSeries.method,
+            SampleSeries.series,
+            SampleSeries.step,
+            SampleSeries.metric_values,
+        ).where(*scoped(SampleSeries))
+    ):
+        entries.setdefault(index, []).extend(
+            (method, series, step, metric, value)
+            for metric, value in (values or {}).items()
+            if wanted is None or metric in wanted
+        )
     rows = []
     for record in _ordered(samples, indices):
         sample = record._asdict()
@@ -453,39 +475,44 @@ def _flag_columns(connection: Any, job_id: str, index: np.ndarray) -> dict[str, 
     return out
 
 
+_ABSENT = object()  # a metric a stored series does not hold (null is a held, undefined value)
+
+
 def _value_series(
     connection: Any, job_id: str, names: Sequence[str] | None
 ) -> list[tuple[SeriesKey, np.ndarray, np.ndarray]]:
     """Each stored (method, series, step, metric) of the job (of ``names`` only, if given)
-    with its samples' indices and values (NULL -> NaN). PostgreSQL aggregates each into two
-    arrays (one result row per series instead of one per value: 0.4 s instead of 2 s for
-    680,000 values); elsewhere the values are grouped here."""
-    key = (SampleValue.method, SampleValue.series, SampleValue.step, SampleValue.metric)
-    where = [SampleValue.job_id == job_id]
-    if names is not None:
-        where.append(SampleValue.metric.in_(names))
-    if connection.dialect.name == "postgresql":
-        query = (
-            select(*key, func.array_agg(SampleValue.index), func.array_agg(SampleValue.value))
-            .where(*where)
-            .group_by(*key)
+    with its samples' indices and values (null -> NaN). The JSON objects come as text and
+    are parsed in one ``json.loads`` per series, each metric then taken in one pass."""
+    key = (SampleSeries.method, SampleSeries.series, SampleSeries.step)
+    records = connection.execute(
+        select(*key, SampleSeries.index, cast(SampleSeries.metric_values, Text)).where(
+            SampleSeries.job_id == job_id
         )
-        return [
-            ((m, s, st, k), np.asarray(at, dtype=np.int64), np.asarray(v, dtype=np.float64))
-            for m, s, st, k, at, v in connection.execute(query)
-        ]
-    records = connection.execute(select(*key, SampleValue.index, SampleValue.value).where(*where))
-    grouped: dict[SeriesKey, tuple[list[int], list[float | None]]] = {}
-    for m, s, st, k, at, v in records:
-        entry = grouped.get((m, s, st, k))
+    )
+    grouped: dict[tuple[str, str, int], tuple[list[int], list[str]]] = {}
+    for m, s, st, at, text in records:
+        entry = grouped.get((m, s, st))
         if entry is None:
-            entry = grouped[m, s, st, k] = ([], [])
+            entry = grouped[m, s, st] = ([], [])
         entry[0].append(at)
-        entry[1].append(v)
-    return [
-        (k, np.asarray(at, dtype=np.int64), np.asarray(v, dtype=np.float64))
-        for k, (at, v) in grouped.items()
-    ]
+        entry[1].append(text or "{}")
+    wanted = set(names) if names is not None else None
+    out: list[tuple[SeriesKey, np.ndarray, np.ndarray]] = []
+    for (m, s, st), (at, texts) in grouped.items():
+        index = np.asarray(at, dtype=np.int64)
+        objects: list[dict[str, Any]] = json.loads("[" + ",".join(texts) + "]")
+        for metric in sorted(set().union(*objects)):
+            if wanted is not None and metric not in wanted:
+                continue
+            got = [o.get(metric, _ABSENT) for o in objects]
+            held = np.fromiter((v is not _ABSENT for v in got), dtype=bool, count=len(got))
+            if held.all():
+                out.append(((m, s, st, metric), index, np.asarray(got, dtype=np.float64)))
+            else:
+                kept = [v for v in got if v is not _ABSENT]
+                out.append(((m, s, st, metric), index[held], np.asarray(kept, dtype=np.float64)))
+    return out
 
 
 def _ordered(samples: Sequence[Any], indices: Sequence[int] | None) -> list[Any]:
@@ -533,17 +560,17 @@ def sorted_indices(
         column: Any = getattr(JobSample, sort)
     else:
         query = query.outerjoin(
-            SampleValue,
+            SampleSeries,
             and_(
-                SampleValue.job_id == JobSample.job_id,
-                SampleValue.index == JobSample.index,
-                SampleValue.method == method,
-                SampleValue.series == Series.DRIFT.value,
-                SampleValue.step == 0,
-                SampleValue.metric == sort,
+                SampleSeries.job_id == JobSample.job_id,
+                SampleSeries.index == JobSample.index,
+                SampleSeries.method == method,
+                SampleSeries.series == Series.DRIFT.value,
+                SampleSeries.step == 0,
+                SampleSeries.stage == (AUDIT if is_audit_metric(sort) else PAIR),
             ),
         )
-        column = SampleValue.value
+        column = SampleSeries.metric_values[sort].as_float()
     direction = column.desc() if order == "desc" else column.asc()
     query = (
         query.order_by(case((column.is_(None), 1), else_=0), direction, JobSample.index)
@@ -567,16 +594,16 @@ def records_from_row(job_id: str, row: dict[str, Any]) -> list[JobSample | Sampl
                 degenerate_baseline=flags[0],
                 degenerate_candidate=flags[1],
                 entries=[
-                    SampleValue(
+                    SampleSeries(
                         job_id=job_id,
                         index=sample.index,
                         method=method,
                         series=series,
                         step=step,
-                        metric=metric,
-                        value=value,
+                        stage=stage,
+                        metric_values=values,
                     )
-                    for series, step, metric, value in method_values(row, method)
+                    for series, step, stage, values in method_series(row, method)
                 ],
             )
         )
@@ -593,6 +620,11 @@ def row_from_records(
     return assemble(
         {c: getattr(sample, c) for c in SAMPLE_COLUMNS},
         {m.method: [m.degenerate_baseline, m.degenerate_candidate] for m in metrics},
-        [(m.method, v.series, v.step, v.metric, v.value) for m in metrics for v in m.entries],
+        [
+            (m.method, v.series, v.step, metric, value)
+            for m in metrics
+            for v in m.entries
+            for metric, value in (v.metric_values or {}).items()
+        ],
         names,
     )
