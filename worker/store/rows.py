@@ -475,9 +475,6 @@ def _flag_columns(connection: Any, job_id: str, index: np.ndarray) -> dict[str, 
     return out
 
 
-_ABSENT = object()  # a metric a stored series does not hold (null is a held, undefined value)
-
-
 def _value_series(
     connection: Any, job_id: str, names: Sequence[str] | None
 ) -> list[tuple[SeriesKey, np.ndarray, np.ndarray]]:
@@ -500,19 +497,38 @@ def _value_series(
     wanted = set(names) if names is not None else None
     out: list[tuple[SeriesKey, np.ndarray, np.ndarray]] = []
     for (m, s, st), (at, texts) in grouped.items():
-        index = np.asarray(at, dtype=np.int64)
         objects: list[dict[str, Any]] = json.loads("[" + ",".join(texts) + "]")
-        for metric in sorted(set().union(*objects)):
-            if wanted is not None and metric not in wanted:
-                continue
-            got = [o.get(metric, _ABSENT) for o in objects]
-            held = np.fromiter((v is not _ABSENT for v in got), dtype=bool, count=len(got))
-            if held.all():
-                out.append(((m, s, st, metric), index, np.asarray(got, dtype=np.float64)))
-            else:
-                kept = [v for v in got if v is not _ABSENT]
-                out.append(((m, s, st, metric), index[held], np.asarray(kept, dtype=np.float64)))
+        for metric, index, values in _metric_columns(np.asarray(at, dtype=np.int64), objects):
+            if wanted is None or metric in wanted:
+                out.append(((m, s, st, metric), index, values))
     return out
+
+
+def _metric_columns(
+    index: np.ndarray, objects: list[dict[str, Any]]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(metric, indices holding it, values; null -> NaN) from the series' JSON objects.
+    Objects come in few key layouts (one writer), so each layout is converted to one 2-D
+    array at once instead of one pass per metric."""
+    layouts: dict[tuple[str, ...], list[int]] = {}
+    for k, o in enumerate(objects):
+        layouts.setdefault(tuple(o), []).append(k)
+    parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for keys, members in layouts.items():
+        if not keys:
+            continue
+        grid = np.array([tuple(objects[k].values()) for k in members], dtype=np.float64)
+        at = index[members] if len(members) != len(objects) else index
+        for j, metric in enumerate(keys):
+            got = parts.setdefault(metric, ([], []))
+            got[0].append(at)
+            got[1].append(grid[:, j])
+    for metric in sorted(parts):
+        ats, values = parts[metric]
+        if len(ats) == 1:
+            yield metric, ats[0], values[0]
+        else:
+            yield metric, np.concatenate(ats), np.concatenate(values)
 
 
 def _ordered(samples: Sequence[Any], indices: Sequence[int] | None) -> list[Any]:
