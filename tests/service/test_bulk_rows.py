@@ -205,3 +205,23 @@ def test_a_table_another_session_analyses_is_skipped_not_waited_for(caplog) -> N
             holder.close()
             engine.dispose()
     assert "could not refresh" not in caplog.text
+
+
+def test_json_text_survives_copy_as_executemany_stores_it() -> None:
+    """A JSON column's text goes through COPY with only its backslashes doubled (JSON has
+    escaped tab, newline and CR already): keys and strings that need escaping, non-ASCII
+    text, nulls and full-precision floats read back as executemany stored them."""
+    awkward = {"a\tb": 1 / 3, "back\\slash": None, "new\nline": 0.5, 'ü "q"': [1e-300, "x\\y"]}
+    keys = ("job_id", "index", "method", "series", "step", "stage", "metric_values")
+    with fresh_postgres_database("camdrift_bulk") as (url, _name, _conn):
+        engine = make_engine(url)
+        Base.metadata.create_all(engine)
+        with session_factory(engine)() as db:
+            _parents(db, ["copied", "inserted"])
+            for job, copy in (("copied", True), ("inserted", False)):
+                record = (job, 0, "layercam", "drift", 0, "pair", awkward)
+                bulk.insert_records(db, SampleSeries, keys, [record], copy=copy)
+            db.commit()
+            stored = dict(db.execute(select(SampleSeries.job_id, SampleSeries.metric_values)).all())
+        engine.dispose()
+    assert stored == {"copied": awkward, "inserted": awkward}

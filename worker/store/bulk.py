@@ -146,8 +146,14 @@ def _formatter(column: Any) -> Callable[[Any], str]:
     return text
 
 
+_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # one encoder, not one a call
+
+
 def _json_field(value: Any) -> str:
-    return NULL if value is None else json.dumps(value, allow_nan=False).translate(_ESCAPES)
+    if value is None:
+        return NULL
+    text = _JSON.encode(value)  # JSON escapes tab, newline and CR itself: only \ is left
+    return text.replace("\\", "\\\\") if "\\" in text else text
 
 
 def _bool_field(value: Any) -> str:
