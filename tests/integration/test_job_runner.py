@@ -241,6 +241,50 @@ def test_poison_job_fails_with_its_reason_and_the_runner_goes_on(ctx, inputs) ->
         runner.stop()
 
 
+def test_a_folder_changed_since_registration_fails_the_job_not_its_shards(
+    ctx, inputs, tmp_path
+) -> None:
+    """Shards take samples by position in the folder's listing, so every worker must list
+    the registered folder alike: the changed folder registered again (a new fingerprint) is
+    listed again instead of served from a worker's cache, and a worker that lists the
+    folder afresh for a job on the old registration fails the job with the way out."""
+    import shutil
+    from dataclasses import replace
+
+    data = tmp_path / "data"
+    shutil.copytree(inputs.data, data)
+    moved = replace(inputs, data=data)
+    first = make_job(ctx, moved)
+    jobs.plan_job(ctx, first)  # this worker's cache now holds the listing
+    assert job_row(ctx, first).status == "running"
+    manifest = data / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    path = lines[1].split(",")[0]
+    shutil.copy(data / path, data / path.replace(".png", "_added.png"))
+    added = ",".join([path.replace(".png", "_added.png"), *lines[1].split(",")[1:]])
+    manifest.write_text("\n".join([*lines, added]) + "\n")
+
+    def register(count: int, fingerprint: str) -> None:
+        with session_scope(ctx.sessions) as s:
+            record = s.scalar(select(Dataset).where(Dataset.root_path == str(data)))
+            record.num_samples, record.fingerprint = count, fingerprint
+
+    with session_scope(ctx.sessions) as s:
+        old = s.scalar(select(Dataset).where(Dataset.root_path == str(data)))
+        before = (old.num_samples, old.fingerprint)
+    fresh = discover(data)
+    register(len(fresh.samples), fresh.fingerprint())  # registered again
+    second = make_job(ctx, moved, seed=1)
+    jobs.plan_job(ctx, second)
+    assert job_row(ctx, second).progress_total == len(fresh.samples) == before[0] + 1
+
+    register(*before)  # a job on the old registration, on a worker that lists it now
+    jobs._cached_index.cache_clear()
+    third = make_job(ctx, moved, seed=2)
+    with pytest.raises(jobs.JobFailed, match=r"changed since it was registered .* register it"):
+        jobs.plan_job(ctx, third)
+
+
 def test_every_log_line_of_a_shard_names_its_job_shard_and_attempt(ctx, inputs, caplog) -> None:
     job_id = make_job(ctx, inputs)
     jobs.plan_job(ctx, job_id)

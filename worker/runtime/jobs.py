@@ -122,7 +122,9 @@ def _cached_model(ctx: WorkerContext, path: str, sha256: str, device: str):
 
 
 @lru_cache(maxsize=8)
-def _cached_index(root: str, class_names: tuple[str, ...]):
+def _cached_index(root: str, class_names: tuple[str, ...], fingerprint: str):
+    """A folder's listing, kept between shards. Keyed by the registered fingerprint too, so a
+    folder registered again after it changed is listed again, not served from the cache."""
     from training.datasets import discover
 
     return discover(Path(root), class_names=list(class_names))
@@ -162,7 +164,12 @@ def build_audit(session: Session, job: Job, ctx: WorkerContext):
             )
         )
     root = ctx.store.resolve(dataset.root_path)
-    index = _cached_index(str(root), tuple(baseline.class_names))
+    index = _cached_index(str(root), tuple(baseline.class_names), dataset.fingerprint)
+    if len(index.samples) != dataset.num_samples:  # shards index samples by position
+        raise JobFailed(
+            f"the dataset's folder changed since it was registered ({dataset.num_samples} "
+            f"images then, {len(index.samples)} now): register it again"
+        )
     return Audit(
         baseline.storage_path,
         candidate.storage_path,
