@@ -118,7 +118,10 @@ def _compare(url: str) -> None:
         engine.dispose()
 
 
-def test_load_table_equals_the_row_loader_on_sqlite(tmp_path) -> None:
+@pytest.mark.parametrize("chunk", [7, stored_rows.PARSE_CHUNK])
+def test_load_table_equals_the_row_loader_on_sqlite(tmp_path, monkeypatch, chunk) -> None:
+    """Also with the series' JSON parsed a few objects at a time (a large job's chunks)."""
+    monkeypatch.setattr(stored_rows, "PARSE_CHUNK", chunk)
     _compare(f"sqlite:///{tmp_path / 'rows.db'}")
 
 

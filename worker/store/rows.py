@@ -475,60 +475,55 @@ def _flag_columns(connection: Any, job_id: str, index: np.ndarray) -> dict[str, 
     return out
 
 
+PARSE_CHUNK = 4096  # JSON objects parsed at once: memory stays flat however large the job
+
+
 def _value_series(
     connection: Any, job_id: str, names: Sequence[str] | None
 ) -> list[tuple[SeriesKey, np.ndarray, np.ndarray]]:
     """Each stored (method, series, step, metric) of the job (of ``names`` only, if given)
-    with its samples' indices and values (null -> NaN). The JSON objects come as text and
-    are parsed in one ``json.loads`` per series, each metric then taken in one pass."""
+    with its samples' indices and values (null -> NaN). The JSON objects come as text, one
+    series at a time, parsed by one ``json.loads`` per chunk of :data:`PARSE_CHUNK`."""
     key = (SampleSeries.method, SampleSeries.series, SampleSeries.step)
     records = connection.execute(
-        select(*key, SampleSeries.index, cast(SampleSeries.metric_values, Text)).where(
-            SampleSeries.job_id == job_id
-        )
+        select(*key, SampleSeries.index, cast(SampleSeries.metric_values, Text))
+        .where(SampleSeries.job_id == job_id)
+        .order_by(*key)
     )
-    grouped: dict[tuple[str, str, int], tuple[list[int], list[str]]] = {}
-    for m, s, st, at, text in records:
-        entry = grouped.get((m, s, st))
-        if entry is None:
-            entry = grouped[m, s, st] = ([], [])
-        entry[0].append(at)
-        entry[1].append(text or "{}")
     wanted = set(names) if names is not None else None
     out: list[tuple[SeriesKey, np.ndarray, np.ndarray]] = []
-    for (m, s, st), (at, texts) in grouped.items():
-        objects: list[dict[str, Any]] = json.loads("[" + ",".join(texts) + "]")
-        for metric, index, values in _metric_columns(np.asarray(at, dtype=np.int64), objects):
-            if wanted is None or metric in wanted:
-                out.append(((m, s, st, metric), index, values))
+    for (m, s, st), group in itertools.groupby(records, key=lambda r: (r[0], r[1], r[2])):
+        parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+        for chunk in iter(lambda g=group: list(itertools.islice(g, PARSE_CHUNK)), []):
+            index = np.asarray([r[3] for r in chunk], dtype=np.int64)
+            objects = json.loads("[" + ",".join(r[4] or "{}" for r in chunk) + "]")
+            for metric, at, values in _metric_columns(index, objects):
+                if wanted is None or metric in wanted:
+                    got = parts.setdefault(metric, ([], []))
+                    got[0].append(at)
+                    got[1].append(values)
+        for metric in sorted(parts):
+            ats, values = parts[metric]
+            out.append(((m, s, st, metric), np.concatenate(ats), np.concatenate(values)))
     return out
 
 
 def _metric_columns(
     index: np.ndarray, objects: list[dict[str, Any]]
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """(metric, indices holding it, values; null -> NaN) from the series' JSON objects.
+    """(metric, indices holding it, values; null -> NaN) from JSON objects of one series.
     Objects come in few key layouts (one writer), so each layout is converted to one 2-D
     array at once instead of one pass per metric."""
     layouts: dict[tuple[str, ...], list[int]] = {}
     for k, o in enumerate(objects):
         layouts.setdefault(tuple(o), []).append(k)
-    parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for keys, members in layouts.items():
         if not keys:
             continue
         grid = np.array([tuple(objects[k].values()) for k in members], dtype=np.float64)
         at = index[members] if len(members) != len(objects) else index
         for j, metric in enumerate(keys):
-            got = parts.setdefault(metric, ([], []))
-            got[0].append(at)
-            got[1].append(grid[:, j])
-    for metric in sorted(parts):
-        ats, values = parts[metric]
-        if len(ats) == 1:
-            yield metric, ats[0], values[0]
-        else:
-            yield metric, np.concatenate(ats), np.concatenate(values)
+            yield metric, at, grid[:, j]
 
 
 def _ordered(samples: Sequence[Any], indices: Sequence[int] | None) -> list[Any]:
