@@ -488,8 +488,9 @@ def _value_series(
     records = connection.execute(
         select(*key, SampleSeries.index, cast(SampleSeries.metric_values, Text))
         .where(SampleSeries.job_id == job_id)
-        .order_by(*key)
-    )
+        .order_by(*key),
+        execution_options={"stream_results": True, "yield_per": PARSE_CHUNK},
+    )  # streamed (a server-side cursor on PostgreSQL): the texts never all sit in memory
     wanted = set(names) if names is not None else None
     out: list[tuple[SeriesKey, np.ndarray, np.ndarray]] = []
     for (m, s, st), group in itertools.groupby(records, key=lambda r: (r[0], r[1], r[2])):
