@@ -112,7 +112,8 @@ def _free_port() -> int:
 
 
 class Service:
-    """A fresh database, the workers and the API; everything stopped and dropped on exit."""
+    """A fresh database, the workers and the API; everything stopped and dropped on exit (the
+    database is kept with ``CAMDRIFT_SCALE_KEEP``)."""
 
     def __init__(self, root: Path, workers: int, env: dict[str, str], shard: int) -> None:
         import psycopg2
@@ -225,8 +226,11 @@ class Service:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        with self.admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+        if os.environ.get("CAMDRIFT_SCALE_KEEP"):  # kept with the logs, for profiling
+            print(f"database kept: {self.db}", file=sys.stderr)
+        else:
+            with self.admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
         self.admin.close()
 
 

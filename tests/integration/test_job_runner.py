@@ -304,6 +304,46 @@ def test_every_log_line_of_a_shard_names_its_job_shard_and_attempt(ctx, inputs, 
         assert record.getMessage().endswith(f"job={job_id} shard=0 attempt={attempt}")
 
 
+def test_finalisation_reads_with_the_collector_paused_and_turns_it_back_on(
+    ctx, inputs, monkeypatch
+) -> None:
+    """The finaliser's bulk read runs with the cyclic collector off; it is on again after a
+    finalisation that succeeds and after one that fails, and stays off for a caller that had
+    turned it off itself."""
+    import gc
+
+    seen: list[bool] = []
+    real_load = jobs.stored_rows.load_table
+
+    def load_table(*args: Any, **kw: Any):
+        seen.append(gc.isenabled())
+        return real_load(*args, **kw)
+
+    monkeypatch.setattr(jobs.stored_rows, "load_table", load_table)
+    assert gc.isenabled()
+    _run_to_the_end(ctx, make_job(ctx, inputs))
+    assert seen == [False] and gc.isenabled()
+
+    def broken(*args: Any, **kw: Any):
+        raise RuntimeError("the report broke")
+
+    monkeypatch.setattr("worker.results.report.build_report", broken)
+    failing = make_job(ctx, inputs)
+    jobs.plan_job(ctx, failing)
+    for job, no in ctx.enqueue.take(jobs.SHARD):
+        jobs.run_shard(ctx, job, no)
+    with pytest.raises(RuntimeError, match="the report broke"):
+        jobs.finalize_job(ctx, failing)
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        with jobs.gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def _run_to_the_end(ctx: jobs.WorkerContext, job_id: str) -> None:
     jobs.plan_job(ctx, job_id)
     for job, no in ctx.enqueue.take(jobs.SHARD):

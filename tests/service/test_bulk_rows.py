@@ -207,6 +207,30 @@ def test_a_table_another_session_analyses_is_skipped_not_waited_for(caplog) -> N
     assert "could not refresh" not in caplog.text
 
 
+def test_json_objects_equal_the_encoders_text_of_the_same_dicts() -> None:
+    """The pre-encoded objects are, character for character, what the shared encoder writes
+    for a dict of the same keys and values (oracle: ``json.dumps``), nulls for None and for
+    every non-finite float; keys that JSON or %-formatting must escape included."""
+    import json
+    import math
+
+    rng = random.Random(3)
+    keys = ["consistency_tl", 'q"uote', "per%cent %s", "ü"]
+    specials = [None, math.nan, math.inf, -math.inf, 0.0, -0.0, 1e-300, 1e300, 5e-324, 1 / 3]
+    columns = [
+        [rng.choice(specials) if rng.random() < 0.4 else rng.uniform(-9, 9) for _ in range(200)]
+        for _ in keys
+    ]
+    texts = bulk.json_objects(keys, columns)
+    assert len(texts) == 200
+    for k, text in enumerate(texts):
+        values = [None if v is None or not math.isfinite(v) else v for v in (c[k] for c in columns)]
+        assert text == json.dumps(
+            dict(zip(keys, values, strict=True)), separators=(",", ":"), allow_nan=False
+        )
+    assert bulk.json_objects([], []) == []
+
+
 def test_json_text_survives_copy_as_executemany_stores_it() -> None:
     """A JSON column's text goes through COPY with only its backslashes doubled (JSON has
     escaped tab, newline and CR already): keys and strings that need escaping, non-ASCII
@@ -220,8 +244,22 @@ def test_json_text_survives_copy_as_executemany_stores_it() -> None:
             _parents(db, ["copied", "inserted"])
             for job, copy in (("copied", True), ("inserted", False)):
                 record = (job, 0, "layercam", "drift", 0, "pair", awkward)
-                bulk.insert_records(db, SampleSeries, keys, [record], copy=copy)
+                encoded = bulk.json_objects(["a\tb", "ü"], [[1 / 3], [None]])[0]
+                pre = (job, 1, "layercam", "drift", 0, "audit", encoded)
+                bulk.insert_records(db, SampleSeries, keys, [record, pre], copy=copy)
             db.commit()
-            stored = dict(db.execute(select(SampleSeries.job_id, SampleSeries.metric_values)).all())
+            stored = {
+                (job, i): values
+                for job, i, values in db.execute(
+                    select(SampleSeries.job_id, SampleSeries.index, SampleSeries.metric_values)
+                ).all()
+            }
         engine.dispose()
-    assert stored == {"copied": awkward, "inserted": awkward}
+    # a pre-encoded object is stored as the object it spells, not as a JSON string
+    pre_value = {"a\tb": 1 / 3, "ü": None}
+    assert stored == {
+        ("copied", 0): awkward,
+        ("inserted", 0): awkward,
+        ("copied", 1): pre_value,
+        ("inserted", 1): pre_value,
+    }

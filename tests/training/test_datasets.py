@@ -123,6 +123,44 @@ def test_manifest_directory_symlinks_are_resolved_once_per_directory(tmp_path: P
             discover(root, on_error="skip")
 
 
+def test_manifest_rows_are_skipped_for_what_stat_says_of_their_files(tmp_path: Path) -> None:
+    """Each kind of entry a row can name (a file, a directory, a symlink to either, a
+    dangling one, a missing name, a name under a file) gets the answer ``stat`` gives
+    (oracle: ``os.stat`` of each path), with the row's line and the reason."""
+    root = tmp_path / "data"
+    write_png(root / "plain" / "a.png")
+    write_png(root / "plain" / "target.png")
+    (root / "plain" / "folder.png").mkdir()
+    (root / "plain" / "notadir").write_bytes(b"x")
+    os.symlink(root / "plain" / "target.png", root / "plain" / "linked.png")
+    os.symlink(root / "plain" / "folder.png", root / "plain" / "linked_folder.png")
+    os.symlink(root / "plain" / "gone.png", root / "plain" / "dangling.png")
+    cases = {
+        "plain/a.png": None,
+        "plain/linked.png": None,
+        "plain/folder.png": "is not a file",
+        "plain/linked_folder.png": "is not a file",
+        "plain/dangling.png": "does not exist",
+        "plain/missing.png": "does not exist",
+        "nowhere/b.png": "does not exist",
+        "plain/notadir/c.png": "does not exist",
+    }
+    for rel, expected in cases.items():  # the oracle agrees with the table
+        try:
+            regular = os.stat(root / rel).st_mode & 0o170000 == 0o100000
+            assert (expected is None) == regular, rel
+        except (FileNotFoundError, NotADirectoryError):
+            assert expected == "does not exist", rel
+    write_manifest(root, [f"{rel},normal" for rel in cases])
+    index = discover(root, on_error="skip")
+    assert [index.relative(s) for s in index.samples] == ["plain/a.png", "plain/linked.png"]
+    assert index.skipped == [
+        (rel, f"line {line}: {rel} {expected}")
+        for line, (rel, expected) in enumerate(cases.items(), start=2)
+        if expected is not None
+    ]
+
+
 def test_manifest_structural_errors(tmp_path: Path) -> None:
     write_png(tmp_path / "a.png")
     write_manifest(tmp_path, ["a.png,normal"], header="file,label")

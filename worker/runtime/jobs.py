@@ -13,10 +13,12 @@ checkpoints and datasets by id, never by a server path (``worker.runtime.redact`
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -440,8 +442,24 @@ def job_verdict(job: Job, report: dict[str, Any]) -> dict[str, Any] | None:
 
 def finalize_job(ctx: WorkerContext, job_id: str) -> None:
     """Build the report from the stored rows; running -> succeeded, once."""
-    with logcontext.bound(job=job_id):
+    with logcontext.bound(job=job_id), gc_paused():
         _finalize_job(ctx, job_id)
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for a bulk read: parsing a job's rows makes hundreds
+    of thousands of short-lived containers, and the full collections they trigger walk every
+    object of a worker that has torch loaded (a 20,000-image finalisation: ~0.5 s of ~3 s).
+    Those containers hold no cycles, so reference counting frees them all the same; the
+    collector comes back on (if it was on) however the block ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def consistency_values(ctx: WorkerContext, job_id: str, table: RowTable, config):

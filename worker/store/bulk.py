@@ -42,9 +42,45 @@ def insert_records(
     if copy:
         _copy(connection, model.__table__, keys, rows)
         return
+    encoded = [
+        k for k, key in enumerate(keys) if isinstance(model.__table__.columns[key].type, JSON)
+    ]
     for at in range(0, len(rows), INSERT_CHUNK):
         chunk = rows[at : at + INSERT_CHUNK]
+        if encoded:  # the driver's JSON type encodes values itself: hand it the value
+            chunk = [_decoded(row, encoded) for row in chunk]
         session.execute(insert(model), [dict(zip(keys, row, strict=True)) for row in chunk])
+
+
+class JSONText(str):
+    """A JSON document already encoded the way COPY sends one (compact, no NaN): a caller
+    with many alike objects (:func:`json_objects`) spares the encoder a call per record."""
+
+
+def json_objects(keys: Sequence[str], columns: Sequence[Sequence[float | None]]) -> list[JSONText]:
+    """One JSON object per row of the aligned ``columns`` (one per key; None and non-finite
+    floats -> null), as text equal to the shared encoder's, without a dict per row: 40,000
+    audit rows of a finalisation spent ~0.3 s (profiled) in dicts and the encoder."""
+    if not keys:
+        return []
+    template = "{" + ",".join(json.dumps(k).replace("%", "%%") + ":%s" for k in keys) + "}"
+    texts = [[_json_number(v) for v in column] for column in columns]
+    return [JSONText(template % values) for values in zip(*texts, strict=True)]
+
+
+def _json_number(value: float | None) -> str:
+    if value is None:
+        return "null"
+    value = float(value)
+    return repr(value) if math.isfinite(value) else "null"  # json's own float text is repr
+
+
+def _decoded(row: Sequence[Any], at: Sequence[int]) -> tuple[Any, ...]:
+    out = list(row)
+    for k in at:
+        if isinstance(out[k], JSONText):
+            out[k] = json.loads(out[k])
+    return tuple(out)
 
 
 SMALL_TABLE = 10_000  # rows the planner may still scan whole for each foreign-key check
@@ -152,7 +188,8 @@ _JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))  # one encoder,
 def _json_field(value: Any) -> str:
     if value is None:
         return NULL
-    text = _JSON.encode(value)  # JSON escapes tab, newline and CR itself: only \ is left
+    text = value if isinstance(value, JSONText) else _JSON.encode(value)
+    # JSON escapes tab, newline and CR itself: only \ is left
     return text.replace("\\", "\\\\") if "\\" in text else text
 
 

@@ -40,7 +40,7 @@ from worker.results.rows import (
     RowTable,
     stack_trajectory_probs,
 )
-from worker.store.bulk import insert_records, refresh_small_parents
+from worker.store.bulk import insert_records, json_objects, refresh_small_parents
 from worker.store.models import (
     REFERENCE_SERIES,
     TRAJECTORY_SERIES,
@@ -267,10 +267,10 @@ def replace_values(
         kept = [m for m in metrics if m in named]
         if not kept:
             continue
-        columns = [[_value(v) for v in named[m].tolist()] for m in kept]
+        texts = json_objects(kept, [named[m].tolist() for m in kept])
         records.extend(
-            (job_id, i, method, series.value, 0, AUDIT, dict(zip(kept, row, strict=True)))
-            for i, row in zip(at, zip(*columns, strict=True), strict=True)
+            (job_id, i, method, series.value, 0, AUDIT, text)
+            for i, text in zip(at, texts, strict=True)
         )
         written += len(at) * len(kept)
     insert_records(session, SampleSeries, SERIES_KEYS, records)
