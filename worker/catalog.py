@@ -111,6 +111,8 @@ MetricModel = Literal["baseline", "candidate"]
 # ``pair``: the engine computes it per (baseline map, candidate map) batch; ``audit``: computed
 # after the audit across samples from the stored raw maps (``worker.results.consistency``)
 MetricStage = Literal["pair", "audit"]
+PAIR_STAGE: MetricStage = "pair"
+AUDIT_STAGE: MetricStage = "audit"
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class MetricInfo:
     default: bool = True  # computed when a job names no metrics (and its region exists)
     requires: str | None = None  # the REGIONS entry each sample needs; NaN where it has none
     model: MetricModel | None = None  # a level of this model's map, not a pair's drift
-    stage: MetricStage = "pair"  # ``audit``: no engine function; computed across samples
+    stage: MetricStage = PAIR_STAGE  # ``audit``: no engine function; computed across samples
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -205,7 +207,7 @@ METRICS: dict[str, MetricInfo] = {
             Direction.HIGHER,
             "TL map's mean r with its class's other maps · 0 = image-dependent",
             model="baseline",
-            stage="audit",
+            stage=AUDIT_STAGE,
         ),
         MetricInfo(
             "consistency_ft",
@@ -215,7 +217,7 @@ METRICS: dict[str, MetricInfo] = {
             Direction.HIGHER,
             "FT map's mean r with its class's other maps · 0 = image-dependent",
             model="candidate",
-            stage="audit",
+            stage=AUDIT_STAGE,
         ),
         MetricInfo(
             "consistency_change",
@@ -224,7 +226,7 @@ METRICS: dict[str, MetricInfo] = {
             0,
             Direction.HIGHER,
             "consistency FT − TL · > 0 = maps collapsed onto a common place",
-            stage="audit",
+            stage=AUDIT_STAGE,
         ),
         # Reference-based localisation (issue 13), where the data brings the region: each
         # model's level (``model``; ``unchanged`` = its ideal) and the change FT − TL, whose
@@ -368,12 +370,19 @@ def default_metrics(regions: Iterable[str] = ()) -> list[str]:
     ]
 
 
-AUDIT_METRICS: tuple[str, ...] = tuple(m for m, i in METRICS.items() if i.stage == "audit")
+AUDIT_METRICS: tuple[str, ...] = tuple(m for m, i in METRICS.items() if i.stage == AUDIT_STAGE)
+
+
+def metric_stage(name: str) -> MetricStage:
+    """Where ``name`` is computed: by the engine per map pair, or after the audit across
+    samples; a name the catalog does not hold (a stored ``iou_topQ`` of another Q) is a pair's."""
+    info = METRICS.get(name)
+    return info.stage if info is not None else PAIR_STAGE
 
 
 def is_audit_metric(name: str) -> bool:
     """Computed after the audit across samples, never by the engine per pair."""
-    return name in METRICS and METRICS[name].stage == "audit"
+    return metric_stage(name) == AUDIT_STAGE
 
 
 def pair_metrics(names: Iterable[str]) -> list[str]:

@@ -32,7 +32,15 @@ import numpy as np
 from sqlalchemy import Text, and_, case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
-from worker.catalog import METRICS, is_audit_metric, pair_metrics, topq
+from worker.catalog import (
+    AUDIT_STAGE,
+    METRICS,
+    PAIR_STAGE,
+    is_audit_metric,
+    metric_stage,
+    pair_metrics,
+    topq,
+)
 from worker.results.rows import (
     DRIFT,
     SAMPLE_FIELDS,
@@ -55,7 +63,7 @@ SAMPLE_SORTS: tuple[str, ...] = ("index", "label")  # sample columns the samples
 _CATALOG_ORDER = {name: i for i, name in enumerate(METRICS)}
 
 Entry = tuple[str, str, int, str, float | None]  # (method, series, step, metric, value)
-PAIR, AUDIT = "pair", "audit"  # sample_series.stage
+PAIR, AUDIT = PAIR_STAGE, AUDIT_STAGE  # sample_series.stage: the catalog's metric stages
 
 
 # --------------------------------------------------------------------------- row <-> records
@@ -100,9 +108,10 @@ def method_series(
     """(series, step, stage, {metric: value}) of every non-empty series the row holds for
     ``method``: the stored ``sample_series`` records of one sample and method."""
     drift = ((row.get("metrics") or {}).get(method)) or {}
-    pair = {m: _value(v) for m, v in drift.items() if not is_audit_metric(m)}
-    audit = {m: _value(v) for m, v in drift.items() if is_audit_metric(m)}
-    for stage, values in ((PAIR, pair), (AUDIT, audit)):
+    by_stage: dict[str, dict[str, float | None]] = {PAIR: {}, AUDIT: {}}
+    for m, v in drift.items():
+        by_stage[metric_stage(m)][m] = _value(v)
+    for stage, values in by_stage.items():
         if values:
             yield _DRIFT, 0, stage, values
     for series in _REFERENCES:
