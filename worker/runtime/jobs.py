@@ -450,9 +450,10 @@ def finalize_job(ctx: WorkerContext, job_id: str) -> None:
 def gc_paused() -> Iterator[None]:
     """The cyclic garbage collector off for a bulk read: parsing a job's rows makes hundreds
     of thousands of short-lived containers, and the full collections they trigger walk every
-    object of a worker that has torch loaded (a 20,000-image finalisation: ~0.5 s of ~3 s).
-    Those containers hold no cycles, so reference counting frees them all the same; the
-    collector comes back on (if it was on) however the block ends."""
+    object of a worker that has torch loaded (a 20,000-image job's read: 1.1-1.2 s paused,
+    1.4-2.0 s collected). Those containers hold no cycles, so reference counting frees them
+    all the same, and a cycle made meanwhile waits for the collector's next run; it comes back
+    on (if it was on) however the block ends."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
