@@ -36,7 +36,6 @@ from worker.catalog import (
     AUDIT_STAGE,
     METRICS,
     PAIR_STAGE,
-    is_audit_metric,
     metric_stage,
     pair_metrics,
     topq,
@@ -63,7 +62,6 @@ SAMPLE_SORTS: tuple[str, ...] = ("index", "label")  # sample columns the samples
 _CATALOG_ORDER = {name: i for i, name in enumerate(METRICS)}
 
 Entry = tuple[str, str, int, str, float | None]  # (method, series, step, metric, value)
-PAIR, AUDIT = PAIR_STAGE, AUDIT_STAGE  # sample_series.stage: the catalog's metric stages
 
 
 # --------------------------------------------------------------------------- row <-> records
@@ -108,7 +106,7 @@ def method_series(
     """(series, step, stage, {metric: value}) of every non-empty series the row holds for
     ``method``: the stored ``sample_series`` records of one sample and method."""
     drift = ((row.get("metrics") or {}).get(method)) or {}
-    by_stage: dict[str, dict[str, float | None]] = {PAIR: {}, AUDIT: {}}
+    by_stage: dict[str, dict[str, float | None]] = {PAIR_STAGE: {}, AUDIT_STAGE: {}}
     for m, v in drift.items():
         by_stage[metric_stage(m)][m] = _value(v)
     for stage, values in by_stage.items():
@@ -117,12 +115,12 @@ def method_series(
     for series in _REFERENCES:
         values = (row.get(series) or {}).get(method) or {}
         if values:
-            yield series, 0, PAIR, {m: _value(v) for m, v in values.items()}
+            yield series, 0, PAIR_STAGE, {m: _value(v) for m, v in values.items()}
     kinds = (row.get("trajectory") or {}).get(method) or {}
     for series in _STEPS:
         for step, values in enumerate(kinds.get(series) or [], start=1):
             if values:
-                yield series, step, PAIR, {m: _value(v) for m, v in values.items()}
+                yield series, step, PAIR_STAGE, {m: _value(v) for m, v in values.items()}
 
 
 def assemble(
@@ -266,7 +264,7 @@ def replace_values(
             SampleSeries.job_id == job_id,
             SampleSeries.series == series.value,
             SampleSeries.step == 0,
-            SampleSeries.stage == AUDIT,
+            SampleSeries.stage == AUDIT_STAGE,
         )
     )
     at = [int(i) for i in index]
@@ -278,7 +276,7 @@ def replace_values(
             continue
         texts = json_objects(kept, [named[m].tolist() for m in kept])
         records.extend(
-            (job_id, i, method, series.value, 0, AUDIT, text)
+            (job_id, i, method, series.value, 0, AUDIT_STAGE, text)
             for i, text in zip(at, texts, strict=True)
         )
         written += len(at) * len(kept)
@@ -588,7 +586,7 @@ def sorted_indices(
                 SampleSeries.method == method,
                 SampleSeries.series == Series.DRIFT.value,
                 SampleSeries.step == 0,
-                SampleSeries.stage == (AUDIT if is_audit_metric(sort) else PAIR),
+                SampleSeries.stage == metric_stage(sort),
             ),
         )
         column = SampleSeries.metric_values[sort].as_float()
